@@ -1,0 +1,95 @@
+#pragma once
+// Shared pieces of the control API handlers: the application state, typed API errors, JSON body
+// parsing and field validation, caller authentication, audit records and the worker-config
+// version. Handlers throw ApiError; app.cpp turns it into {"detail": ...} with the status.
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/jwt.hpp"
+#include "control/settings.hpp"
+#include "control/store/database.hpp"
+#include "http/message.hpp"
+#include "http/router.hpp"
+
+namespace ag::control {
+
+using json = nlohmann::json;
+
+struct AppState {
+  Settings settings;
+  std::unique_ptr<store::Database> db;
+  jwt::Algorithm jwt_alg;
+};
+
+class ApiError : public std::runtime_error {
+ public:
+  ApiError(int status, std::string detail)
+      : std::runtime_error(detail), status_(status), detail_(std::move(detail)) {}
+  int status() const { return status_; }
+  const std::string& detail() const { return detail_; }
+  std::vector<http::Header> headers;
+
+ private:
+  int status_;
+  std::string detail_;
+};
+
+ApiError unauthorized(std::string detail);
+ApiError validation_error(std::string_view field, std::string_view message);
+
+http::Response json_response(int status, const json& body);
+http::Response no_content();
+http::Response error_response(int status, std::string_view detail);
+
+// The request id the app assigned (also in the X-Request-Id response header).
+std::string_view request_id(const http::Request& req);
+
+// Parses a JSON object body. Empty body → {} when `allow_empty`. 415 for a non-JSON content
+// type, 400 for invalid JSON or a non-object.
+json parse_object_body(const http::Request& req, bool allow_empty = false);
+// 422 naming the first field not in `allowed`.
+void reject_unknown_fields(const json& obj, std::initializer_list<std::string_view> allowed);
+// Typed field access: 422 "<field>: ..." on a wrong type; nullopt when absent (or null).
+std::optional<std::string> get_string(const json& obj, std::string_view field);
+std::optional<std::int64_t> get_int(const json& obj, std::string_view field, std::int64_t lo,
+                                    std::int64_t hi);
+std::string require_string(const json& obj, std::string_view field);
+
+// The authenticated caller.
+struct Principal {
+  std::string user_id;
+  std::string email;
+  std::string name;
+  std::string session_id;
+  std::int64_t session_expires_at = 0;
+};
+// 401 unless a valid, live access token is presented.
+Principal require_user(AppState& app, const http::Request& req);
+// nullopt when no Authorization header; 401 when one is present but invalid.
+std::optional<Principal> optional_user(AppState& app, const http::Request& req);
+
+// Appends an audit record in the caller's transaction.
+void audit(store::Connection& c, const http::Request& req, const std::optional<std::string>& actor,
+           std::string_view action, std::string_view target_type, const std::string& target_id,
+           const json& detail = json::object());
+
+// Increments the worker-config version inside the caller's transaction; returns the new value.
+std::int64_t bump_config_version(store::Connection& c);
+
+std::string iso_time(std::int64_t ms);
+json iso_or_null(const std::optional<std::int64_t>& ms);
+
+// Route registration, one function per resource file.
+void register_auth_routes(http::Router& r, AppState& app);
+void register_project_routes(http::Router& r, AppState& app);
+void register_key_routes(http::Router& r, AppState& app);
+void register_worker_config_routes(http::Router& r, AppState& app);
+void register_meta_routes(http::Router& r, AppState& app);
+
+}  // namespace ag::control

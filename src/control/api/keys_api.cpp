@@ -1,0 +1,160 @@
+// /projects/{id}/keys: API keys are generated here, shown once, and stored only as SHA-256.
+// Under the default "single" key policy, creating a key rotates out the project's other live
+// keys, immediately or after a grace period the caller picks (at most 24 h).
+#include "common/crypto.hpp"
+#include "common/time.hpp"
+#include "control/api/context.hpp"
+#include "control/service/api_key.hpp"
+#include "control/service/validation.hpp"
+
+namespace ag::control {
+
+namespace {
+
+constexpr std::int64_t kMaxGraceSeconds = 24 * 3600;
+
+struct KeyRow {
+  std::string id, public_id;
+  std::optional<std::string> label;
+  std::int64_t created_at = 0;
+  std::optional<std::int64_t> expires_at, revoked_at;
+};
+
+std::string status_of(const KeyRow& k, std::int64_t now) {
+  if (k.revoked_at) return "revoked";
+  if (k.expires_at) return *k.expires_at <= now ? "expired" : "expiring";
+  return "active";
+}
+
+json to_json(const KeyRow& k, std::int64_t now) {
+  return {{"id", k.id},
+          {"public_id", k.public_id},
+          {"label", k.label ? json(*k.label) : json(nullptr)},
+          {"display", api_key_display(k.public_id)},
+          {"status", status_of(k, now)},
+          {"created_at", iso_time(k.created_at)},
+          {"expires_at", iso_or_null(k.expires_at)},
+          {"revoked_at", iso_or_null(k.revoked_at)}};
+}
+
+// The caller's project with that id, or 404.
+std::string owned_project(store::Connection& c, const std::string& id, const std::string& owner,
+                          std::string* policy = nullptr) {
+  if (crypto::is_uuid(id)) {
+    auto r = c.exec("SELECT key_policy FROM projects WHERE id = $1 AND owner_id = $2", {id, owner});
+    if (!r.empty()) {
+      if (policy) *policy = r.rows[0].text(0);
+      return id;
+    }
+  }
+  throw ApiError(404, "Project not found");
+}
+
+http::Response create(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  json body = parse_object_body(req, true);
+  reject_unknown_fields(body, {"label", "grace_period_seconds"});
+  auto label = get_string(body, "label");
+  if (label) {
+    if (auto e = check_name(*label); !e.empty()) throw validation_error("label", e);
+  }
+  std::int64_t grace = get_int(body, "grace_period_seconds", 0, kMaxGraceSeconds).value_or(0);
+
+  KeyRow k;
+  json rotated = json::array();
+  std::string raw;
+  for (int attempt = 0;; ++attempt) {
+    GeneratedKey g = generate_api_key();
+    k = KeyRow{crypto::uuid_v4(), g.public_id, label, now_ms(), std::nullopt, std::nullopt};
+    rotated = json::array();
+    try {
+      app.db->transaction([&](store::Connection& c) {
+        std::string policy;
+        std::string pid = owned_project(c, params.at("id"), user.user_id, &policy);
+        std::int64_t now = k.created_at;
+        if (policy == "single") {
+          // Every other key still valid now is rotated out.
+          auto live = c.exec(
+              "SELECT id, expires_at FROM api_keys WHERE project_id = $1 AND revoked_at IS NULL AND "
+              "(expires_at IS NULL OR expires_at > $2)",
+              {pid, now});
+          for (const auto& row : live.rows) {
+            std::string old = row.text(0);
+            if (grace == 0) {
+              c.exec("UPDATE api_keys SET revoked_at = $1, revoked_by = $2 WHERE id = $3", {now, user.user_id, old});
+              rotated.push_back({{"id", old}, {"expires_at", iso_time(now)}});
+            } else {
+              std::int64_t until = now + grace * 1000;
+              if (auto cur = row.opt_integer(1); cur && *cur < until) until = *cur;  // never extend
+              c.exec("UPDATE api_keys SET expires_at = $1 WHERE id = $2", {until, old});
+              rotated.push_back({{"id", old}, {"expires_at", iso_time(until)}});
+            }
+          }
+        }
+        c.exec("INSERT INTO api_keys (id, project_id, public_id, key_hash, label, created_at) "
+               "VALUES ($1, $2, $3, $4, $5, $6)",
+               {k.id, pid, k.public_id, g.hash_hex, store::opt(label), now});
+        audit(c, req, user.user_id, "key.create", "api_key", k.id,
+              {{"project_id", pid}, {"public_id", k.public_id}});
+        if (!rotated.empty())
+          audit(c, req, user.user_id, "key.rotate", "project", pid,
+                {{"new_key_id", k.id}, {"rotated", rotated}, {"grace_period_seconds", grace}});
+        bump_config_version(c);
+      });
+    } catch (const store::UniqueViolation&) {
+      // A public id collision (8 base62 characters): draw again.
+      if (attempt < 3) continue;
+      throw;
+    }
+    raw = std::move(g.key);
+    break;
+  }
+  json out = to_json(k, k.created_at);
+  out["api_key"] = raw;
+  out["rotated"] = rotated;
+  return json_response(201, out);
+}
+
+http::Response list(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  json out = json::array();
+  app.db->with_connection([&](store::Connection& c) {
+    std::string pid = owned_project(c, params.at("id"), user.user_id);
+    auto r = c.exec(
+        "SELECT id, public_id, label, created_at, expires_at, revoked_at FROM api_keys "
+        "WHERE project_id = $1 ORDER BY seq DESC",
+        {pid});
+    std::int64_t now = now_ms();
+    for (const auto& row : r.rows)
+      out.push_back(to_json(KeyRow{row.text(0), row.text(1), row.opt_text(2), row.integer(3),
+                                   row.opt_integer(4), row.opt_integer(5)},
+                            now));
+  });
+  return json_response(200, out);
+}
+
+http::Response revoke(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  app.db->transaction([&](store::Connection& c) {
+    std::string pid = owned_project(c, params.at("id"), user.user_id);
+    const std::string& kid = params.at("key_id");
+    if (!crypto::is_uuid(kid)) throw ApiError(404, "API key not found");
+    auto r = c.exec("SELECT revoked_at FROM api_keys WHERE id = $1 AND project_id = $2", {kid, pid});
+    if (r.empty()) throw ApiError(404, "API key not found");
+    if (!r.rows[0].is_null(0)) return;  // already revoked: nothing to do, still 204
+    c.exec("UPDATE api_keys SET revoked_at = $1, revoked_by = $2 WHERE id = $3", {now_ms(), user.user_id, kid});
+    audit(c, req, user.user_id, "key.revoke", "api_key", kid, {{"project_id", pid}});
+    bump_config_version(c);
+  });
+  return no_content();
+}
+
+}  // namespace
+
+void register_key_routes(http::Router& r, AppState& app) {
+  r.add("POST", "/projects/{id}/keys", [&app](const http::Request& q, const http::PathParams& p) { return create(app, q, p); });
+  r.add("GET", "/projects/{id}/keys", [&app](const http::Request& q, const http::PathParams& p) { return list(app, q, p); });
+  r.add("DELETE", "/projects/{id}/keys/{key_id}", [&app](const http::Request& q, const http::PathParams& p) { return revoke(app, q, p); });
+}
+
+}  // namespace ag::control

@@ -1,0 +1,81 @@
+// Health, the audit feed, and the API's own documentation.
+#include <charconv>
+
+#include "control/api/context.hpp"
+
+namespace ag::assets {
+std::string_view openapi_json();
+std::string_view docs_html();
+}  // namespace ag::assets
+
+namespace ag::control {
+
+namespace {
+
+http::Response health(AppState& app) {
+  bool ok = false;
+  try {
+    app.db->with_connection([&](store::Connection& c) { ok = !c.exec("SELECT 1", {}).empty(); });
+  } catch (const std::exception&) {
+    ok = false;
+  }
+  if (!ok) return error_response(503, "database unavailable");
+  return json_response(200, {{"status", "ok"}, {"database", app.db->engine_name()}, {"version", AG_VERSION}});
+}
+
+http::Response audit_feed(AppState& app, const http::Request& req) {
+  auto user = require_user(app, req);
+  std::int64_t limit = 50;
+  std::string raw;
+  if (http::query_param(req.query, "limit", raw)) {
+    auto [p, ec] = std::from_chars(raw.data(), raw.data() + raw.size(), limit);
+    if (ec != std::errc{} || p != raw.data() + raw.size() || limit < 1 || limit > 200)
+      throw validation_error("limit", "must be an integer between 1 and 200");
+  }
+  json out = json::array();
+  app.db->with_connection([&](store::Connection& c) {
+    auto r = c.exec(
+        "SELECT id, action, target_type, target_id, detail, request_id, ip, created_at FROM audit_log "
+        "WHERE actor_id = $1 ORDER BY id DESC LIMIT $2",
+        {user.user_id, limit});
+    for (const auto& row : r.rows) {
+      json detail = row.is_null(4) ? json(nullptr) : json::parse(row.text(4), nullptr, false);
+      if (detail.is_discarded()) detail = nullptr;
+      out.push_back({{"id", row.integer(0)},
+                     {"action", row.text(1)},
+                     {"target_type", row.opt_text(2) ? json(*row.opt_text(2)) : json(nullptr)},
+                     {"target_id", row.opt_text(3) ? json(*row.opt_text(3)) : json(nullptr)},
+                     {"detail", detail},
+                     {"request_id", row.opt_text(5) ? json(*row.opt_text(5)) : json(nullptr)},
+                     {"ip", row.opt_text(6) ? json(*row.opt_text(6)) : json(nullptr)},
+                     {"created_at", iso_time(row.integer(7))}});
+    }
+  });
+  return json_response(200, out);
+}
+
+http::Response static_asset(std::string_view body, const char* type) {
+  http::Response r;
+  r.body = std::string(body);
+  r.set_header("Content-Type", type);
+  r.set_header("Cache-Control", "no-cache");
+  return r;
+}
+
+}  // namespace
+
+void register_meta_routes(http::Router& r, AppState& app) {
+  r.add("GET", "/health", [&app](const http::Request&, const http::PathParams&) { return health(app); });
+  r.add("GET", "/audit", [&app](const http::Request& q, const http::PathParams&) { return audit_feed(app, q); });
+  r.add("GET", "/openapi.json", [](const http::Request&, const http::PathParams&) {
+    return static_asset(assets::openapi_json(), "application/json");
+  });
+  r.add("GET", "/docs", [](const http::Request&, const http::PathParams&) {
+    auto res = static_asset(assets::docs_html(), "text/html; charset=utf-8");
+    res.set_header("Content-Security-Policy",
+                   "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'");
+    return res;
+  });
+}
+
+}  // namespace ag::control

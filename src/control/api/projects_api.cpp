@@ -1,0 +1,196 @@
+// /projects: a project is a name, an upstream base URL and the policies the worker enforces for
+// it. Every caller sees only their own projects; anyone else's is "not found".
+#include "common/crypto.hpp"
+#include "common/time.hpp"
+#include "control/api/context.hpp"
+#include "control/service/validation.hpp"
+
+namespace ag::control {
+
+namespace {
+
+constexpr std::int64_t kDefaultRpm = 60;
+constexpr std::int64_t kDefaultBurst = 20;
+constexpr std::int64_t kDefaultMaxBody = 10 * 1024 * 1024;
+constexpr std::int64_t kMaxBodyLimit = 1LL << 40;
+
+constexpr const char* kProjectColumns =
+    "id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, "
+    "created_at, updated_at";
+
+struct Project {
+  std::string id, name, upstream;
+  std::int64_t rpm = kDefaultRpm, burst = kDefaultBurst;
+  std::string key_policy = "single";
+  std::int64_t max_body = kDefaultMaxBody;
+  std::int64_t created_at = 0, updated_at = 0;
+};
+
+Project from_row(const store::Row& r) {
+  return Project{r.text(0), r.text(1), r.text(2), r.integer(3), r.integer(4),
+                 r.text(5), r.integer(6), r.integer(7), r.integer(8)};
+}
+
+json to_json(const Project& p) {
+  return {{"id", p.id},
+          {"name", p.name},
+          {"upstream_base_url", p.upstream},
+          {"rate_limit", {{"requests_per_minute", p.rpm}, {"burst", p.burst}}},
+          {"key_policy", p.key_policy},
+          {"max_body_bytes", p.max_body},
+          {"created_at", iso_time(p.created_at)},
+          {"updated_at", iso_time(p.updated_at)}};
+}
+
+// Applies the fields present in `body` to `p`, validating each.
+void apply_fields(const json& body, Project& p, bool create) {
+  reject_unknown_fields(body, {"name", "upstream_base_url", "rate_limit", "key_policy", "max_body_bytes"});
+  if (auto name = get_string(body, "name")) {
+    if (auto e = check_name(*name); !e.empty()) throw validation_error("name", e);
+    p.name = *name;
+  } else if (create) {
+    throw validation_error("name", "field required");
+  } else if (body.contains("name")) {
+    throw validation_error("name", "must be a string");
+  }
+  if (auto url = get_string(body, "upstream_base_url")) {
+    if (auto e = check_upstream_url(*url); !e.empty()) throw validation_error("upstream_base_url", e);
+    p.upstream = *url;
+  } else if (create) {
+    throw validation_error("upstream_base_url", "field required");
+  } else if (body.contains("upstream_base_url")) {
+    throw validation_error("upstream_base_url", "must be a string");
+  }
+  if (auto it = body.find("rate_limit"); it != body.end()) {
+    if (!it->is_object()) throw validation_error("rate_limit", "must be an object with requests_per_minute and burst");
+    for (auto f = it->begin(); f != it->end(); ++f)
+      if (f.key() != "requests_per_minute" && f.key() != "burst")
+        throw validation_error("rate_limit." + f.key(), "unknown field");
+    try {
+      if (auto v = get_int(*it, "requests_per_minute", 1, 1000000)) p.rpm = *v;
+      if (auto v = get_int(*it, "burst", 0, 1000000)) p.burst = *v;
+    } catch (const ApiError& e) {
+      throw ApiError(422, "rate_limit." + e.detail());
+    }
+  }
+  if (auto policy = get_string(body, "key_policy")) {
+    if (*policy != "single" && *policy != "multiple")
+      throw validation_error("key_policy", "must be \"single\" or \"multiple\"");
+    p.key_policy = *policy;
+  } else if (body.contains("key_policy") && !body["key_policy"].is_null()) {
+    throw validation_error("key_policy", "must be \"single\" or \"multiple\"");
+  }
+  if (auto v = get_int(body, "max_body_bytes", 0, kMaxBodyLimit)) p.max_body = *v;
+}
+
+std::optional<Project> load(store::Connection& c, const std::string& id, const std::string& owner) {
+  if (!crypto::is_uuid(id)) return std::nullopt;
+  auto r = c.exec(std::string("SELECT ") + kProjectColumns + " FROM projects WHERE id = $1 AND owner_id = $2",
+                  {id, owner});
+  if (r.empty()) return std::nullopt;
+  return from_row(r.rows[0]);
+}
+
+ApiError not_found() { return ApiError(404, "Project not found"); }
+ApiError duplicate() { return ApiError(409, "Project name already exists"); }
+
+bool name_taken(store::Connection& c, const std::string& owner, const std::string& name,
+                const std::string& except_id) {
+  return !c.exec("SELECT 1 FROM projects WHERE owner_id = $1 AND name = $2 AND id <> $3",
+                 {owner, name, except_id})
+              .empty();
+}
+
+http::Response create(AppState& app, const http::Request& req) {
+  auto user = require_user(app, req);
+  json body = parse_object_body(req);
+  Project p;
+  apply_fields(body, p, true);
+  p.id = crypto::uuid_v4();
+  p.created_at = p.updated_at = now_ms();
+  try {
+    app.db->transaction([&](store::Connection& c) {
+      if (name_taken(c, user.user_id, p.name, p.id)) throw duplicate();
+      c.exec("INSERT INTO projects (id, owner_id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, "
+             "key_policy, max_body_bytes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             {p.id, user.user_id, p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body,
+              p.created_at, p.updated_at});
+      audit(c, req, user.user_id, "project.create", "project", p.id, {{"name", p.name}});
+      bump_config_version(c);
+    });
+  } catch (const store::UniqueViolation&) {
+    throw duplicate();
+  }
+  return json_response(201, to_json(p));
+}
+
+http::Response list(AppState& app, const http::Request& req) {
+  auto user = require_user(app, req);
+  json out = json::array();
+  app.db->with_connection([&](store::Connection& c) {
+    auto r = c.exec(std::string("SELECT ") + kProjectColumns +
+                        " FROM projects WHERE owner_id = $1 ORDER BY seq DESC",
+                    {user.user_id});
+    for (const auto& row : r.rows) out.push_back(to_json(from_row(row)));
+  });
+  return json_response(200, out);
+}
+
+http::Response get(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  std::optional<Project> p;
+  app.db->with_connection([&](store::Connection& c) { p = load(c, params.at("id"), user.user_id); });
+  if (!p) throw not_found();
+  return json_response(200, to_json(*p));
+}
+
+http::Response update(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  json body = parse_object_body(req);
+  Project p;
+  try {
+    app.db->transaction([&](store::Connection& c) {
+      auto existing = load(c, params.at("id"), user.user_id);
+      if (!existing) throw not_found();
+      p = *existing;
+      apply_fields(body, p, false);
+      if (p.name != existing->name && name_taken(c, user.user_id, p.name, p.id)) throw duplicate();
+      p.updated_at = now_ms();
+      c.exec("UPDATE projects SET name = $1, upstream_base_url = $2, rate_limit_rpm = $3, rate_limit_burst = $4, "
+             "key_policy = $5, max_body_bytes = $6, updated_at = $7 WHERE id = $8",
+             {p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body, p.updated_at, p.id});
+      json changed = json::array();
+      for (auto it = body.begin(); it != body.end(); ++it) changed.push_back(it.key());
+      audit(c, req, user.user_id, "project.update", "project", p.id, {{"fields", changed}});
+      bump_config_version(c);
+    });
+  } catch (const store::UniqueViolation&) {
+    throw duplicate();
+  }
+  return json_response(200, to_json(p));
+}
+
+http::Response remove(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  app.db->transaction([&](store::Connection& c) {
+    auto p = load(c, params.at("id"), user.user_id);
+    if (!p) throw not_found();
+    c.exec("DELETE FROM api_keys WHERE project_id = $1", {p->id});
+    c.exec("DELETE FROM projects WHERE id = $1", {p->id});
+    audit(c, req, user.user_id, "project.delete", "project", p->id, {{"name", p->name}});
+    bump_config_version(c);
+  });
+  return no_content();
+}
+
+}  // namespace
+
+void register_project_routes(http::Router& r, AppState& app) {
+  r.add("POST", "/projects", [&app](const http::Request& q, const http::PathParams&) { return create(app, q); });
+  r.add("GET", "/projects", [&app](const http::Request& q, const http::PathParams&) { return list(app, q); });
+  r.add("GET", "/projects/{id}", [&app](const http::Request& q, const http::PathParams& p) { return get(app, q, p); });
+  r.add("PATCH", "/projects/{id}", [&app](const http::Request& q, const http::PathParams& p) { return update(app, q, p); });
+  r.add("DELETE", "/projects/{id}", [&app](const http::Request& q, const http::PathParams& p) { return remove(app, q, p); });
+}
+
+}  // namespace ag::control

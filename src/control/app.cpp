@@ -1,0 +1,152 @@
+#include "control/app.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <csignal>
+#include <thread>
+
+#include "common/crypto.hpp"
+#include "control/api/context.hpp"
+#include "control/store/migrations.hpp"
+#include "http/server.hpp"
+
+namespace ag::control {
+
+namespace {
+
+bool valid_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '_' || c == '-'))
+      return false;
+  return true;
+}
+
+void set_request_id(http::Request& req) {
+  std::string id(req.header("x-request-id"));
+  if (!valid_request_id(id)) id = crypto::random_base62(20);
+  for (auto it = req.headers.begin(); it != req.headers.end();)
+    it = it->name == "x-request-id" ? req.headers.erase(it) : it + 1;
+  req.headers.push_back({"x-request-id", std::move(id)});
+}
+
+}  // namespace
+
+ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>()) {
+  state_->settings = std::move(settings);
+  state_->jwt_alg = *jwt::parse_algorithm(state_->settings.jwt_algorithm);
+  state_->db = store::open_database(state_->settings.database_url, state_->settings.threads);
+  auto st = store::migrate(*state_->db);
+  if (!st.applied_now.empty())
+    spdlog::info("database migrated to schema version {} ({} migration(s) applied)", st.current,
+                 st.applied_now.size());
+  register_auth_routes(router_, *state_);
+  register_project_routes(router_, *state_);
+  register_key_routes(router_, *state_);
+  register_worker_config_routes(router_, *state_);
+  register_meta_routes(router_, *state_);
+}
+
+ControlApp::~ControlApp() = default;
+
+http::Response ControlApp::protocol_error(int status, std::string detail) {
+  auto r = error_response(status, detail);
+  r.set_header("X-Request-Id", crypto::random_base62(20));
+  r.set_header("Connection", "close");
+  return r;
+}
+
+http::Response ControlApp::handle(http::Request& req) {
+  auto start = std::chrono::steady_clock::now();
+  set_request_id(req);
+  http::Response res;
+  std::string path = req.path;
+  if (path == "/api/v1" || path.rfind("/api/v1/", 0) == 0) path = path.substr(7);
+  if (path.empty()) path = "/";
+  auto origin = req.header("origin");
+  bool cors = false;
+  if (!origin.empty())
+    for (const auto& o : state_->settings.cors_origins) cors = cors || o == origin || o == "*";
+
+  try {
+    if (req.method == "OPTIONS" && cors) {
+      res.status = 204;
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS");
+      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-Id");
+      res.set_header("Access-Control-Max-Age", "600");
+    } else {
+      auto m = router_.match(req.method, path);
+      if (m.outcome == http::Router::Outcome::kFound) {
+        res = (*m.handler)(req, m.params);
+      } else if (m.outcome == http::Router::Outcome::kMethodNotAllowed) {
+        res = error_response(405, "Method not allowed");
+        res.set_header("Allow", m.allow);
+      } else {
+        res = error_response(404, "Not found");
+      }
+    }
+  } catch (const ApiError& e) {
+    res = error_response(e.status(), e.detail());
+    for (const auto& h : e.headers) res.set_header(h.name, h.value);
+  } catch (const store::DatabaseError& e) {
+    spdlog::error("request {} {} {}: database error: {}", request_id(req), req.method, path, e.what());
+    res = error_response(503, "Database unavailable, try again");
+    res.set_header("Retry-After", "1");
+  } catch (const std::exception& e) {
+    spdlog::error("request {} {} {}: internal error: {}", request_id(req), req.method, path, e.what());
+    res = error_response(500, "Internal server error");
+  }
+  res.set_header("X-Request-Id", std::string(request_id(req)));
+  if (cors) {
+    res.set_header("Access-Control-Allow-Origin", std::string(origin));
+    res.set_header("Vary", "Origin");
+    res.set_header("Access-Control-Expose-Headers", "X-Request-Id, ETag");
+  }
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
+  // Access log: never bodies, never headers (they carry credentials).
+  spdlog::info("{} {} {} {} {:.1f}ms rid={}", req.remote_ip, req.method, path, res.status, us / 1000.0,
+               request_id(req));
+  return res;
+}
+
+int run_control_server(Settings settings, const std::function<void(std::uint16_t)>& on_listening) {
+  for (const auto& w : settings.warnings) spdlog::warn("{}", w);
+  http::ServerOptions opts;
+  opts.host = settings.listen_host;
+  opts.port = settings.listen_port;
+  opts.threads = settings.threads;
+  ControlApp app(std::move(settings));
+  http::Server server(
+      opts, [&app](http::Request& r) { return app.handle(r); },
+      [&app](int status, std::string detail) { return app.protocol_error(status, std::move(detail)); });
+  server.listen();
+  std::string shown_host = opts.host.find(':') != std::string::npos ? "[" + opts.host + "]" : opts.host;
+  spdlog::info("control plane listening on http://{}:{} (database: {})", shown_host, server.bound_port(),
+               app.state().db->engine_name());
+  if (on_listening) on_listening(server.bound_port());
+
+  // Stop on SIGINT/SIGTERM: a watcher thread waits for the signal and stops the server.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread watcher([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    if (sig == SIGINT || sig == SIGTERM) {
+      spdlog::info("signal {} received, shutting down", sig);
+      server.stop();
+    }
+  });
+  server.run();
+  // Wake the watcher if the server stopped for another reason.
+  pthread_kill(watcher.native_handle(), SIGTERM);
+  watcher.join();
+  spdlog::info("control plane stopped");
+  return 0;
+}
+
+}  // namespace ag::control

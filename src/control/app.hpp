@@ -1,0 +1,40 @@
+#pragma once
+// The control plane as a whole: settings + database + routes + HTTP server.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "control/settings.hpp"
+#include "http/message.hpp"
+#include "http/router.hpp"
+
+namespace ag::control {
+
+struct AppState;
+
+class ControlApp {
+ public:
+  // Opens the database and applies pending migrations. Throws with a clear message on failure.
+  explicit ControlApp(Settings settings);
+  ~ControlApp();
+
+  // Handles one request end to end (request id, /api/v1 prefix, CORS, routing, errors, access
+  // log). Never throws.
+  http::Response handle(http::Request& req);
+  // Answer for errors the HTTP layer detects before a request is complete (400/413/431).
+  http::Response protocol_error(int status, std::string detail);
+
+  std::vector<http::RouteInfo> routes() const { return router_.routes(); }
+  AppState& state() { return *state_; }
+
+ private:
+  std::unique_ptr<AppState> state_;
+  http::Router router_;
+};
+
+// Runs the control plane's HTTP server until SIGINT/SIGTERM. `on_listening` gets the bound port.
+int run_control_server(Settings settings, const std::function<void(std::uint16_t)>& on_listening = {});
+
+}  // namespace ag::control

@@ -1,0 +1,44 @@
+#include "control/service/api_key.hpp"
+
+#include "common/crypto.hpp"
+
+namespace ag::control {
+
+namespace {
+bool base62_char(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+std::string checksum(std::string_view body) {
+  return crypto::base62_fixed(crypto::crc32(body), kApiKeyChecksumLength);
+}
+}  // namespace
+
+GeneratedKey generate_api_key() {
+  GeneratedKey g;
+  g.public_id = crypto::random_base62(kApiKeyPublicIdLength);
+  std::string body = std::string(kApiKeyPrefix) + g.public_id + "_" +
+                     crypto::random_base62(kApiKeySecretLength);
+  g.key = body + checksum(body);
+  g.hash_hex = crypto::sha256_hex(g.key);
+  return g;
+}
+
+bool api_key_well_formed(std::string_view key) {
+  if (key.size() != kApiKeyLength || key.substr(0, kApiKeyPrefix.size()) != kApiKeyPrefix) return false;
+  constexpr std::size_t kSep = 4 + kApiKeyPublicIdLength;
+  for (std::size_t i = kApiKeyPrefix.size(); i < key.size(); ++i) {
+    if (i == kSep) {
+      if (key[i] != '_') return false;
+    } else if (!base62_char(key[i])) {
+      return false;
+    }
+  }
+  auto body = key.substr(0, key.size() - kApiKeyChecksumLength);
+  return checksum(body) == key.substr(key.size() - kApiKeyChecksumLength);
+}
+
+std::string api_key_display(std::string_view public_id) {
+  return std::string(kApiKeyPrefix) + std::string(public_id) + "_\u2026";
+}
+
+}  // namespace ag::control

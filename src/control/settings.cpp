@@ -1,0 +1,162 @@
+#include "control/settings.hpp"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <charconv>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "common/crypto.hpp"
+#include "common/env.hpp"
+#include "common/jwt.hpp"
+
+namespace ag::control {
+
+namespace {
+
+std::int64_t int_setting(const char* name, std::int64_t def, std::int64_t lo, std::int64_t hi) {
+  auto v = env::get(name);
+  if (!v) return def;
+  std::int64_t out = 0;
+  auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
+  if (ec != std::errc{} || p != v->data() + v->size() || out < lo || out > hi)
+    throw std::runtime_error(std::string(name) + " must be an integer between " +
+                             std::to_string(lo) + " and " + std::to_string(hi));
+  return out;
+}
+
+std::vector<std::string> split_csv(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t i = 0;
+  while (i <= s.size()) {
+    auto j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    std::string item = s.substr(i, j - i);
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    if (!item.empty()) out.push_back(item);
+    i = j + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+bool weak_secret(const std::string& secret) {
+  static const char* kPlaceholders[] = {"super-secret-jwt-key", "super-long-random-string",
+                                        "changeme", "change-me", "secret", "password"};
+  if (secret.size() < 32) return true;
+  std::string lower = secret;
+  std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+  for (const char* p : kPlaceholders)
+    if (lower.find(p) != std::string::npos) return true;
+  // A single repeated character is not a secret either.
+  return std::all_of(secret.begin(), secret.end(), [&](char c) { return c == secret[0]; });
+}
+
+void parse_listen(const std::string& value, const char* what, std::string& host, std::uint16_t& port) {
+  auto colon = value.rfind(':');
+  if (colon == std::string::npos || colon + 1 >= value.size())
+    throw std::invalid_argument(std::string(what) + " must be HOST:PORT (got '" + value + "')");
+  host = value.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) host = "0.0.0.0";
+  unsigned p = 0;
+  auto ps = value.substr(colon + 1);
+  auto [ptr, ec] = std::from_chars(ps.data(), ps.data() + ps.size(), p);
+  if (ec != std::errc{} || ptr != ps.data() + ps.size() || p > 65535)
+    throw std::invalid_argument(std::string(what) + ": port must be 0-65535 (got '" + ps + "')");
+  port = static_cast<std::uint16_t>(p);
+}
+
+Settings load_settings() {
+  Settings s;
+  std::string env_name = env::get_or("ENV", "development");
+  std::transform(env_name.begin(), env_name.end(), env_name.begin(), ::tolower);
+  s.production = env_name == "production" || env_name == "prod";
+
+  // Database: DATABASE_URL wins; DATABASE_PATH names a SQLite file; default ./data/antigravity.db.
+  std::filesystem::path data_dir = "data";
+  if (auto url = env::get("DATABASE_URL")) {
+    s.database_url = *url;
+    if (url->rfind("sqlite:", 0) == 0) {
+      std::string path = url->rfind("sqlite:///", 0) == 0 ? url->substr(9)
+                         : url->rfind("sqlite://", 0) == 0 ? url->substr(9)
+                                                            : url->substr(7);
+      if (path != ":memory:") data_dir = std::filesystem::path(path).parent_path();
+    }
+  } else {
+    std::filesystem::path p = env::get_or("DATABASE_PATH", "data/antigravity.db");
+    p = std::filesystem::absolute(p);
+    data_dir = p.parent_path();
+    s.database_url = "sqlite://" + p.string();
+  }
+  if (data_dir.empty()) data_dir = ".";
+
+  if (auto alg = env::get("JWT_ALGORITHM")) {
+    if (!jwt::parse_algorithm(*alg))
+      throw std::runtime_error("JWT_ALGORITHM must be HS256, HS384 or HS512 (got '" + *alg + "')");
+    s.jwt_algorithm = *alg;
+  }
+  s.access_ttl_sec = int_setting("ACCESS_TTL_SEC", 3600, 1, 7 * 24 * 3600);
+  s.refresh_ttl_sec = int_setting("REFRESH_TTL_SEC", 30 * 24 * 3600, 60, 365LL * 24 * 3600);
+  s.threads = static_cast<int>(int_setting("CONTROL_THREADS", 4, 1, 256));
+  parse_listen(env::get_or("CONTROL_LISTEN", "127.0.0.1:8000"), "CONTROL_LISTEN", s.listen_host,
+               s.listen_port);
+  s.cors_origins = split_csv(env::get_or("CORS_ORIGINS", ""));
+
+  auto jwt_secret = env::get("JWT_SECRET_KEY");
+  std::vector<std::string> worker;
+  if (auto w = env::get("WORKER_SECRET_KEY")) worker.push_back(*w);
+  if (auto w = env::get("CONTROL_WORKER_SHARED_SECRET"); w && (worker.empty() || *w != worker[0]))
+    worker.push_back(*w);
+
+  if (s.production) {
+    if (!jwt_secret)
+      throw std::runtime_error("ENV=production: JWT_SECRET_KEY is not set (use at least 32 random characters)");
+    if (weak_secret(*jwt_secret))
+      throw std::runtime_error("ENV=production: JWT_SECRET_KEY is weak (use at least 32 random characters, not a placeholder)");
+    if (worker.empty())
+      throw std::runtime_error("ENV=production: WORKER_SECRET_KEY (or CONTROL_WORKER_SHARED_SECRET) is not set");
+    for (const auto& w : worker)
+      if (weak_secret(w))
+        throw std::runtime_error("ENV=production: WORKER_SECRET_KEY / CONTROL_WORKER_SHARED_SECRET is weak (use at least 32 random characters)");
+  } else if (!jwt_secret || worker.empty()) {
+    // Development: generate the missing secrets once and keep them beside the database, so
+    // tokens and workers keep working across restarts.
+    std::filesystem::create_directories(data_dir);
+    auto file = data_dir / "dev-secrets.env";
+    auto saved = [&] {
+      std::ifstream in(file);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      return env::parse_dotenv(ss.str());
+    }();
+    bool changed = false;
+    auto ensure = [&](const char* name) -> std::string {
+      auto it = saved.find(name);
+      if (it != saved.end() && !it->second.empty()) return it->second;
+      changed = true;
+      return saved[name] = crypto::random_base62(48);
+    };
+    if (!jwt_secret) jwt_secret = ensure("JWT_SECRET_KEY");
+    if (worker.empty()) worker.push_back(ensure("WORKER_SECRET_KEY"));
+    if (changed) {
+      std::ofstream out(file, std::ios::trunc);
+      out << "# Development secrets generated by antigravity. Do not use in production.\n";
+      for (auto& [k, v] : saved) out << k << '=' << v << '\n';
+      out.close();
+      ::chmod(file.c_str(), 0600);
+    }
+    s.warnings.push_back("development mode: generated secrets are in " + file.string() +
+                         " (set JWT_SECRET_KEY and WORKER_SECRET_KEY, and ENV=production, for real deployments)");
+  }
+  s.jwt_secret = *jwt_secret;
+  s.worker_secrets = std::move(worker);
+  return s;
+}
+
+}  // namespace ag::control

@@ -1,0 +1,38 @@
+#pragma once
+// Control-plane settings from the environment (and `.env`). Names follow the seeds:
+// ENV, DATABASE_URL, DATABASE_PATH, JWT_SECRET_KEY, JWT_ALGORITHM, ACCESS_TTL_SEC,
+// REFRESH_TTL_SEC, WORKER_SECRET_KEY, CONTROL_WORKER_SHARED_SECRET, CONTROL_LISTEN,
+// CONTROL_THREADS, CORS_ORIGINS. docs/configuration.md lists each with its default.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ag::control {
+
+struct Settings {
+  bool production = false;
+  std::string database_url;  // normalised: sqlite:///abs/path or postgresql://...
+  std::string jwt_secret;
+  std::string jwt_algorithm = "HS256";
+  std::int64_t access_ttl_sec = 3600;
+  std::int64_t refresh_ttl_sec = 30 * 24 * 3600;
+  std::vector<std::string> worker_secrets;  // any one of them authorises a worker
+  std::string listen_host = "127.0.0.1";
+  std::uint16_t listen_port = 8000;
+  int threads = 4;
+  std::vector<std::string> cors_origins;
+  std::vector<std::string> warnings;  // printed at start-up
+};
+
+// Reads settings. In production, a missing or weak secret is an error (std::runtime_error with a
+// message naming the variable). In development, missing secrets are generated once and saved
+// next to the database (dev-secrets.env, mode 0600), with a warning.
+Settings load_settings();
+
+// Parses "host:port" (IPv6 as "[::1]:8000"); throws std::invalid_argument naming `what`.
+void parse_listen(const std::string& value, const char* what, std::string& host, std::uint16_t& port);
+
+// True when `secret` is too short or a well-known placeholder.
+bool weak_secret(const std::string& secret);
+
+}  // namespace ag::control

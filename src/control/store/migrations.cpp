@@ -1,0 +1,197 @@
+#include "control/store/migrations.hpp"
+
+#include "common/time.hpp"
+
+namespace ag::store {
+
+namespace {
+
+struct Migration {
+  int version;
+  const char* name;
+  const char* sqlite;
+  const char* postgres;
+};
+
+// Timestamps are integer milliseconds since the epoch in both engines; booleans are not needed
+// (a NULL `revoked_at` means "not revoked"). `seq` columns give a stable "newest first" order.
+const Migration kMigrations[] = {
+    {1, "initial schema",
+     R"SQL(
+CREATE TABLE users (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  email TEXT NOT NULL UNIQUE,
+  name TEXT NOT NULL,
+  password_hash TEXT NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE TABLE sessions (
+  id TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  revoked_at BIGINT,
+  revoke_reason TEXT,
+  ip TEXT,
+  user_agent TEXT
+);
+CREATE INDEX sessions_user ON sessions(user_id);
+CREATE TABLE refresh_tokens (
+  token_hash TEXT PRIMARY KEY,
+  session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  used_at BIGINT
+);
+CREATE INDEX refresh_tokens_session ON refresh_tokens(session_id);
+CREATE TABLE projects (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  owner_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  upstream_base_url TEXT NOT NULL,
+  rate_limit_rpm BIGINT NOT NULL,
+  rate_limit_burst BIGINT NOT NULL,
+  key_policy TEXT NOT NULL,
+  max_body_bytes BIGINT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  UNIQUE (owner_id, name)
+);
+CREATE TABLE api_keys (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+  public_id TEXT NOT NULL UNIQUE,
+  key_hash TEXT NOT NULL UNIQUE,
+  label TEXT,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT,
+  revoked_at BIGINT,
+  revoked_by TEXT
+);
+CREATE INDEX api_keys_project ON api_keys(project_id);
+CREATE TABLE audit_log (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  actor_id TEXT,
+  action TEXT NOT NULL,
+  target_type TEXT,
+  target_id TEXT,
+  detail TEXT,
+  request_id TEXT,
+  ip TEXT,
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX audit_log_actor ON audit_log(actor_id, id);
+CREATE TABLE config_state (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  version BIGINT NOT NULL
+);
+INSERT INTO config_state (id, version) VALUES (1, 0);
+)SQL",
+     R"SQL(
+CREATE TABLE users (
+  seq BIGSERIAL PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  email TEXT NOT NULL UNIQUE,
+  name TEXT NOT NULL,
+  password_hash TEXT NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE TABLE sessions (
+  id TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  revoked_at BIGINT,
+  revoke_reason TEXT,
+  ip TEXT,
+  user_agent TEXT
+);
+CREATE INDEX sessions_user ON sessions(user_id);
+CREATE TABLE refresh_tokens (
+  token_hash TEXT PRIMARY KEY,
+  session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  used_at BIGINT
+);
+CREATE INDEX refresh_tokens_session ON refresh_tokens(session_id);
+CREATE TABLE projects (
+  seq BIGSERIAL PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  owner_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  upstream_base_url TEXT NOT NULL,
+  rate_limit_rpm BIGINT NOT NULL,
+  rate_limit_burst BIGINT NOT NULL,
+  key_policy TEXT NOT NULL,
+  max_body_bytes BIGINT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  UNIQUE (owner_id, name)
+);
+CREATE TABLE api_keys (
+  seq BIGSERIAL PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+  public_id TEXT NOT NULL UNIQUE,
+  key_hash TEXT NOT NULL UNIQUE,
+  label TEXT,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT,
+  revoked_at BIGINT,
+  revoked_by TEXT
+);
+CREATE INDEX api_keys_project ON api_keys(project_id);
+CREATE TABLE audit_log (
+  id BIGSERIAL PRIMARY KEY,
+  actor_id TEXT,
+  action TEXT NOT NULL,
+  target_type TEXT,
+  target_id TEXT,
+  detail TEXT,
+  request_id TEXT,
+  ip TEXT,
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX audit_log_actor ON audit_log(actor_id, id);
+CREATE TABLE config_state (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  version BIGINT NOT NULL
+);
+INSERT INTO config_state (id, version) VALUES (1, 0);
+)SQL"},
+};
+
+constexpr const char* kCreateTable =
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT "
+    "NULL, applied_at BIGINT NOT NULL)";
+
+}  // namespace
+
+int latest_schema_version() { return kMigrations[std::size(kMigrations) - 1].version; }
+
+MigrationStatus migrate(Database& db) {
+  MigrationStatus status;
+  status.latest = latest_schema_version();
+  db.transaction([&](Connection& c) {
+    // Serialise concurrent migrators on PostgreSQL (SQLite's BEGIN IMMEDIATE already does).
+    if (db.engine() == Engine::kPostgres) c.exec("SELECT pg_advisory_xact_lock(7243001)", {});
+    c.exec_script(kCreateTable);
+    auto r = c.exec("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", {});
+    status.current = static_cast<int>(r.rows.at(0).integer(0));
+    for (const auto& m : kMigrations) {
+      if (m.version <= status.current) continue;
+      c.exec_script(db.engine() == Engine::kSqlite ? m.sqlite : m.postgres);
+      c.exec("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+             {std::int64_t{m.version}, std::string(m.name), now_ms()});
+      status.applied_now.push_back(m.version);
+      status.current = m.version;
+    }
+  });
+  return status;
+}
+
+}  // namespace ag::store

@@ -1,0 +1,44 @@
+#pragma once
+// Plain request/response values for handlers that do no I/O. The server converts to and from
+// Beast's types, so handler code never includes Boost headers.
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace ag::http {
+
+struct Header {
+  std::string name;  // as received (requests: lower-cased)
+  std::string value;
+};
+
+struct Request {
+  std::string method;  // upper case, e.g. "GET"
+  std::string target;  // raw request target, e.g. "/projects?x=1"
+  std::string path;    // target without the query string
+  std::string query;   // after '?', without it
+  std::vector<Header> headers;  // names lower-cased
+  std::string body;
+  std::string remote_ip;
+
+  // First header with that (lower-case) name, or empty.
+  std::string_view header(std::string_view lower_name) const;
+  bool has_header(std::string_view lower_name) const;
+};
+
+struct Response {
+  int status = 200;
+  std::vector<Header> headers;
+  std::string body;
+
+  void set_header(std::string name, std::string value);
+  std::string_view header(std::string_view name) const;  // case-insensitive
+};
+
+// Value of query parameter `name` (percent-decoded), or nullopt-like empty + found flag.
+bool query_param(std::string_view query, std::string_view name, std::string& out);
+std::string percent_decode(std::string_view s, bool plus_is_space);
+
+}  // namespace ag::http

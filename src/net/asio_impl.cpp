@@ -1,0 +1,6 @@
+// The one translation unit that compiles Boost.Asio and Boost.Beast
+// (BOOST_ASIO_SEPARATE_COMPILATION / BOOST_BEAST_SEPARATE_COMPILATION): every other file
+// includes their headers as declarations only, which keeps rebuilds fast on small machines.
+#include <utility>
+#include <boost/asio/impl/src.hpp>
+#include <boost/beast/src.hpp>

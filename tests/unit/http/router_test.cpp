@@ -1,0 +1,52 @@
+#include "http/router.hpp"
+
+#include <gtest/gtest.h>
+
+namespace ag::http {
+namespace {
+
+Handler tag(int n) {
+  return [n](const Request&, const PathParams&) {
+    Response r;
+    r.status = n;
+    return r;
+  };
+}
+
+TEST(Router, MatchesParamsAndMethods) {
+  Router r;
+  r.add("GET", "/projects", tag(1));
+  r.add("POST", "/projects", tag(2));
+  r.add("GET", "/projects/{id}", tag(3));
+  r.add("DELETE", "/projects/{id}/keys/{key_id}", tag(4));
+  Request req;
+  auto m = r.match("DELETE", "/projects/p1/keys/k%2F2");
+  ASSERT_EQ(m.outcome, Router::Outcome::kFound);
+  EXPECT_EQ((*m.handler)(req, m.params).status, 4);
+  EXPECT_EQ(m.params.at("id"), "p1");
+  EXPECT_EQ(m.params.at("key_id"), "k/2");
+  EXPECT_EQ((*r.match("POST", "/projects").handler)(req, {}).status, 2);
+  EXPECT_EQ(r.match("GET", "/projects/").outcome, Router::Outcome::kFound);
+  EXPECT_EQ(r.match("HEAD", "/projects").outcome, Router::Outcome::kFound);
+  auto nope = r.match("PUT", "/projects");
+  EXPECT_EQ(nope.outcome, Router::Outcome::kMethodNotAllowed);
+  EXPECT_EQ(nope.allow, "GET, POST");
+  EXPECT_EQ(r.match("GET", "/nothing").outcome, Router::Outcome::kNotFound);
+  EXPECT_EQ(r.match("GET", "/projects/a/b").outcome, Router::Outcome::kNotFound);
+  EXPECT_EQ(r.routes().size(), 4u);
+}
+
+TEST(Query, DecodesParams) {
+  std::string v;
+  EXPECT_TRUE(query_param("a=1&limit=5&x", "limit", v));
+  EXPECT_EQ(v, "5");
+  EXPECT_TRUE(query_param("username=a%40b.c&password=p+w%21", "password", v));
+  EXPECT_EQ(v, "p w!");
+  EXPECT_TRUE(query_param("x", "x", v));
+  EXPECT_EQ(v, "");
+  EXPECT_FALSE(query_param("a=1", "b", v));
+  EXPECT_EQ(percent_decode("%zz%4", false), "%zz%4");
+}
+
+}  // namespace
+}  // namespace ag::http
