@@ -40,5 +40,7 @@ struct Response {
 // Value of query parameter `name` (percent-decoded), or nullopt-like empty + found flag.
 bool query_param(std::string_view query, std::string_view name, std::string& out);
 std::string percent_decode(std::string_view s, bool plus_is_space);
+// True when every '%' in `s` starts a valid %XX escape (application/x-www-form-urlencoded).
+bool percent_encoding_valid(std::string_view s);
 
 }  // namespace ag::http

@@ -78,6 +78,19 @@ std::string percent_decode(std::string_view s, bool plus_is_space) {
   return out;
 }
 
+bool percent_encoding_valid(std::string_view s) {
+  auto hex = [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+  };
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if (s[i] == '%') {
+      if (i + 2 >= s.size()) return false;
+      if (!hex(s[i + 1]) || !hex(s[i + 2])) return false;
+      i += 2;
+    }
+  return true;
+}
+
 bool query_param(std::string_view query, std::string_view name, std::string& out) {
   while (!query.empty()) {
     auto amp = query.find('&');

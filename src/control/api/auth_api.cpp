@@ -129,6 +129,7 @@ http::Response do_login(AppState& app, const http::Request& req) {
   std::string email, password;
   auto ct = lower_ascii(req.header("content-type"));
   if (ct.rfind("application/x-www-form-urlencoded", 0) == 0) {
+    if (!http::percent_encoding_valid(req.body)) throw ApiError(400, "Malformed form body");
     if (!http::query_param(req.body, "username", email)) throw validation_error("username", "field required");
     if (!http::query_param(req.body, "password", password)) throw validation_error("password", "field required");
   } else {

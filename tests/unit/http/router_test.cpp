@@ -50,3 +50,14 @@ TEST(Query, DecodesParams) {
 
 }  // namespace
 }  // namespace ag::http
+
+namespace ag::http {
+namespace {
+TEST(Query, PercentEncodingValidity) {
+  EXPECT_TRUE(percent_encoding_valid("a=%41%42&b=c+d"));
+  EXPECT_FALSE(percent_encoding_valid("a=%zz"));
+  EXPECT_FALSE(percent_encoding_valid("a=%4"));
+  EXPECT_FALSE(percent_encoding_valid("a=%"));
+}
+}  // namespace
+}  // namespace ag::http
