@@ -38,10 +38,16 @@ json to_json(const KeyRow& k, std::int64_t now) {
 }
 
 // The caller's project with that id, or 404.
+// With `lock_for` set, the project row is locked until the transaction ends, so concurrent key
+// creations for one project rotate each other out in turn (SQLite's BEGIN IMMEDIATE already
+// serialises writers; PostgreSQL needs FOR UPDATE).
 std::string owned_project(store::Connection& c, const std::string& id, const std::string& owner,
-                          std::string* policy = nullptr) {
+                          std::string* policy = nullptr, const store::Database* lock_for = nullptr) {
   if (crypto::is_uuid(id)) {
-    auto r = c.exec("SELECT key_policy FROM projects WHERE id = $1 AND owner_id = $2", {id, owner});
+    bool lock = lock_for && lock_for->engine() == store::Engine::kPostgres;
+    auto r = c.exec(lock ? "SELECT key_policy FROM projects WHERE id = $1 AND owner_id = $2 FOR UPDATE"
+                         : "SELECT key_policy FROM projects WHERE id = $1 AND owner_id = $2",
+                    {id, owner});
     if (!r.empty()) {
       if (policy) *policy = r.rows[0].text(0);
       return id;
@@ -70,7 +76,7 @@ http::Response create(AppState& app, const http::Request& req, const http::PathP
     try {
       app.db->transaction([&](store::Connection& c) {
         std::string policy;
-        std::string pid = owned_project(c, params.at("id"), user.user_id, &policy);
+        std::string pid = owned_project(c, params.at("id"), user.user_id, &policy, app.db.get());
         std::int64_t now = k.created_at;
         if (policy == "single") {
           // Every other key still valid now is rotated out.

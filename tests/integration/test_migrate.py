@@ -1,0 +1,196 @@
+"""Integration tests of the command line: `migrate`, `--help`, and start-up secret checks.
+
+Run: python3 tests/integration/test_migrate.py
+"""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness as h  # noqa: E402
+
+# Quick failure: a misconfigured production server must exit, not start serving.
+EXIT_TIMEOUT_SEC = 15
+
+
+def sqlite_tables(path):
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"))
+    finally:
+        conn.close()
+
+
+class TempDirTestCase(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="ag-migrate-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+
+class MigrateTests(TempDirTestCase):
+
+    def test_migrate_creates_the_sqlite_schema(self):
+        path = os.path.join(self.tmp, "fresh.db")
+        env = {"DATABASE_URL": "sqlite:///" + path}
+        code, out = h.run_binary(["migrate"], env, cwd=self.tmp)
+        self.assertEqual(code, 0, out)
+        self.assertTrue(os.path.exists(path), "migrate did not create %s" % path)
+        tables = sqlite_tables(path)
+        self.assertTrue(tables, "migrate created no tables")
+        # Idempotent: a second run succeeds and changes nothing.
+        code, out = h.run_binary(["migrate"], env, cwd=self.tmp)
+        self.assertEqual(code, 0, out)
+        self.assertEqual(sqlite_tables(path), tables)
+
+    def test_server_runs_on_a_migrated_database(self):
+        path = os.path.join(self.tmp, "migrated.db")
+        code, out = h.run_binary(["migrate"], {"DATABASE_URL": "sqlite:///" + path}, cwd=self.tmp)
+        self.assertEqual(code, 0, out)
+        server = h.start_control("sqlite", workdir=self.tmp, db_url="sqlite:///" + path)
+        try:
+            resp = server.request("GET", "/health")
+            self.assertEqual(resp.status, 200, repr(resp))
+            self.assertEqual(resp.json()["database"], "sqlite")
+            user = h.register_user(server)
+            h.create_project(server, user.token)
+        finally:
+            server.stop()
+        # Migrating a database that is in use keeps its data.
+        code, out = h.run_binary(["migrate"], {"DATABASE_URL": "sqlite:///" + path}, cwd=self.tmp)
+        self.assertEqual(code, 0, out)
+        counts = {}
+        conn = sqlite3.connect(path)
+        try:
+            for table in sqlite_tables(path):
+                counts[table] = conn.execute('SELECT count(*) FROM "%s"' % table).fetchone()[0]
+        finally:
+            conn.close()
+        self.assertGreater(sum(counts.values()), 0, "data lost after a second migrate: %r" % counts)
+
+    def test_migrate_postgres(self):
+        admin = h.pg_required()
+        name, url = h.create_pg_database(admin)
+        self.addCleanup(h.drop_pg_database, admin, name)
+        for _ in range(2):
+            code, out = h.run_binary(["migrate"], {"DATABASE_URL": url}, cwd=self.tmp)
+            self.assertEqual(code, 0, out)
+        tables = h.psql(url, "SELECT count(*) FROM information_schema.tables "
+                             "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')")
+        self.assertGreater(int(tables.strip()), 0, "migrate created no tables")
+
+    def test_migrate_with_a_bad_database_url_fails(self):
+        for url in ("nosuchdb://x", "postgresql://postgres@127.0.0.1:1/nothing"):
+            with self.subTest(url=url):
+                code, out = h.run_binary(["migrate"], {"DATABASE_URL": url}, cwd=self.tmp)
+                self.assertNotEqual(code, 0, out)
+                self.assertTrue(out.strip(), "failure without a message")
+
+
+class HelpTests(unittest.TestCase):
+
+    def test_top_level_help(self):
+        code, out = h.run_binary(["--help"])
+        self.assertEqual(code, 0, out)
+        self.assertIn("control", out)
+        self.assertIn("migrate", out)
+
+    def test_control_help(self):
+        code, out = h.run_binary(["control", "--help"])
+        self.assertEqual(code, 0, out)
+        self.assertIn("--listen", out)
+
+    def test_migrate_help(self):
+        code, out = h.run_binary(["migrate", "--help"])
+        self.assertEqual(code, 0, out)
+        self.assertIn("migrat", out.lower())
+        self.assertIn("--status", out)
+
+    def test_unknown_command_fails(self):
+        code, out = h.run_binary(["no-such-command"])
+        self.assertNotEqual(code, 0, out)
+        self.assertTrue(out.strip(), "failure without a message")
+
+    def test_unknown_option_fails(self):
+        code, out = h.run_binary(["control", "--no-such-option"], timeout=EXIT_TIMEOUT_SEC)
+        self.assertNotEqual(code, 0, out)
+
+
+class StartupSecretTests(TempDirTestCase):
+
+    def run_control(self, env_extra):
+        env = dict({"DATABASE_URL": "sqlite:///" + os.path.join(self.tmp, "ag.db")}, **env_extra)
+        start = time.monotonic()
+        try:
+            code, out = h.run_binary(["control", "--listen", "127.0.0.1:0"], env, cwd=self.tmp,
+                                     timeout=EXIT_TIMEOUT_SEC)
+        except subprocess.TimeoutExpired as e:
+            output = (e.output or b"").decode("utf-8", "replace")
+            self.fail("control kept running with %r:\n%s" % (env_extra, output))
+        return code, out, time.monotonic() - start
+
+    def test_production_requires_jwt_secret(self):
+        good_worker = h.random_string(48)
+        for jwt in (None, "", "secret"):
+            with self.subTest(jwt=jwt):
+                code, out, _ = self.run_control({"ENV": "production", "JWT_SECRET_KEY": jwt,
+                                                 "WORKER_SECRET_KEY": good_worker})
+                self.assertNotEqual(code, 0, out)
+                self.assertIn("JWT_SECRET_KEY", out)
+
+    def test_production_requires_worker_secret(self):
+        good_jwt = h.random_string(48)
+        for worker in (None, "", "secret"):
+            with self.subTest(worker=worker):
+                code, out, _ = self.run_control({"ENV": "production", "JWT_SECRET_KEY": good_jwt,
+                                                 "WORKER_SECRET_KEY": worker})
+                self.assertNotEqual(code, 0, out)
+                self.assertIn("WORKER_SECRET_KEY", out)
+
+    def test_production_starts_with_strong_secrets(self):
+        server = h.start_control("sqlite", env_extra={"ENV": "production"}, workdir=self.tmp)
+        try:
+            resp = server.request("GET", "/health")
+            self.assertEqual(resp.status, 200, repr(resp))
+        finally:
+            server.stop()
+
+    def test_invalid_jwt_algorithm_is_refused(self):
+        code, out, _ = self.run_control({"JWT_ALGORITHM": "RS256"})
+        self.assertNotEqual(code, 0, out)
+        self.assertIn("JWT_ALGORITHM", out)
+
+
+class DevelopmentSecretTests(TempDirTestCase):
+
+    def test_generated_secrets_are_saved(self):
+        db_url = "sqlite:///" + os.path.join(self.tmp, "ag.db")
+        no_secrets = {"ENV": "development", "JWT_SECRET_KEY": None, "WORKER_SECRET_KEY": None}
+        server = h.start_control("sqlite", env_extra=no_secrets, workdir=self.tmp, db_url=db_url)
+        try:
+            warnings = [line for line in server.logs.splitlines() if "generated" in line.lower()]
+            self.assertTrue(warnings, "no warning about generated secrets:\n" + server.logs)
+            user = h.register_user(server)
+            self.assertEqual(server.request("GET", "/projects", token=user.token).status, 200)
+        finally:
+            server.stop(drop_database=False)
+        # A restart in the same place reuses the saved secrets: the old token still works.
+        server = h.start_control("sqlite", env_extra=no_secrets, workdir=self.tmp, db_url=db_url)
+        try:
+            resp = server.request("GET", "/auth/session", token=user.token)
+            self.assertEqual(resp.status, 200, repr(resp))
+            self.assertIs(resp.json()["authenticated"], True)
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
