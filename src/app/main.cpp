@@ -1,6 +1,7 @@
 // antigravity: one binary, several roles.
 //   antigravity control   the control plane (management API)
-//   antigravity up        everything on embedded defaults (today: the control plane)
+//   antigravity worker    the data plane (gateway)
+//   antigravity up        control plane + worker + a demo upstream, on embedded defaults
 //   antigravity migrate   apply database migrations and exit
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -15,6 +16,12 @@
 #include "control/settings.hpp"
 #include "control/store/database.hpp"
 #include "control/store/migrations.hpp"
+#include "gateway/worker.hpp"
+#include "http/server.hpp"
+
+#include <csignal>
+#include <nlohmann/json.hpp>
+#include <thread>
 
 namespace {
 
@@ -31,6 +38,87 @@ ag::control::Settings settings_with_overrides(const std::string& listen, int thr
   if (!listen.empty()) ag::control::parse_listen(listen, "--listen", s.listen_host, s.listen_port);
   if (threads > 0) s.threads = threads;
   return s;
+}
+
+// The demo upstream `antigravity up` starts: it answers every request with what it received, so
+// a newcomer can see the gateway's headers arrive.
+std::unique_ptr<ag::http::Server> start_demo_upstream(const std::string& listen, std::thread& thread) {
+  ag::http::ServerOptions o;
+  ag::control::parse_listen(listen, "--demo-upstream", o.host, o.port);
+  o.threads = 1;
+  auto server = std::make_unique<ag::http::Server>(
+      o,
+      [](ag::http::Request& r) {
+        nlohmann::json headers = nlohmann::json::object();
+        for (const auto& h : r.headers) headers[h.name] = h.value;
+        ag::http::Response res;
+        res.body = nlohmann::json{{"service", "antigravity demo upstream"},
+                                  {"method", r.method},
+                                  {"path", r.path},
+                                  {"query", r.query},
+                                  {"body_bytes", r.body.size()},
+                                  {"headers", headers}}
+                       .dump(2) + "\n";
+        res.set_header("Content-Type", "application/json");
+        return res;
+      },
+      [](int status, std::string detail) {
+        ag::http::Response r;
+        r.status = status;
+        r.body = detail;
+        return r;
+      });
+  server->listen();
+  spdlog::info("demo upstream listening on http://{}:{}", o.host, server->bound_port());
+  auto* raw = server.get();
+  thread = std::thread([raw] { raw->run(); });
+  return server;
+}
+
+int run_up(ag::control::Settings settings, ag::gateway::WorkerOptions wopts, const std::string& demo) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread demo_thread;
+  std::unique_ptr<ag::http::Server> demo_server;
+  if (!demo.empty() && demo != "off") demo_server = start_demo_upstream(demo, demo_thread);
+  ag::control::ControlServer control(std::move(settings));
+  control.start();
+  wopts.control_url = "http://127.0.0.1:" + std::to_string(control.port());
+  if (control.settings().listen_host != "0.0.0.0" && control.settings().listen_host != "::")
+    wopts.control_url = "http://" + control.settings().listen_host + ":" + std::to_string(control.port());
+  wopts.control_secret = control.settings().worker_secrets.at(0);
+  wopts.poll_ms = 1000;
+  ag::gateway::Worker worker(std::move(wopts));
+  worker.start();
+  spdlog::info("antigravity is up: API http://127.0.0.1:{}  gateway http://127.0.0.1:{}  docs http://127.0.0.1:{}/docs",
+               control.port(), worker.port(), control.port());
+  std::thread watcher([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    spdlog::info("signal {} received: shutting down", sig);
+    worker.shutdown();
+  });
+  worker.wait();
+  control.stop();
+  control.wait();
+  if (demo_server) {
+    demo_server->stop();
+    demo_thread.join();
+  }
+  pthread_kill(watcher.native_handle(), SIGTERM);
+  watcher.join();
+  return 0;
+}
+
+void apply_worker_flags(ag::gateway::WorkerOptions& o, const std::string& listen, const std::string& admin,
+                        int threads, const std::string& config) {
+  if (!listen.empty()) ag::control::parse_listen(listen, "--listen", o.listen_host, o.listen_port);
+  if (!admin.empty()) ag::control::parse_listen(admin, "--admin-listen", o.admin_host, o.admin_port);
+  if (threads > 0) o.threads = threads;
+  if (!config.empty()) o.config_file = config;
 }
 
 }  // namespace
@@ -51,8 +139,20 @@ int main(int argc, char** argv) {
   control->add_option("--listen", listen, "HOST:PORT to listen on (env CONTROL_LISTEN, default 127.0.0.1:8000)");
   control->add_option("--threads", threads, "HTTP threads (env CONTROL_THREADS, default 4)")->check(CLI::Range(1, 256));
 
-  auto* up = app.add_subcommand("up", "Run the whole system on embedded defaults (SQLite file, local limits).");
+  std::string wlisten, admin_listen, config_file;
+  int wthreads = 0;
+  auto* worker = app.add_subcommand("worker", "Run the worker (data plane). Config from CONTROL_API_BASE_URL or --config.");
+  worker->add_option("--listen", wlisten, "HOST:PORT for traffic (env WORKER_LISTEN, default 0.0.0.0:8080)");
+  worker->add_option("--admin-listen", admin_listen, "HOST:PORT for /metrics, /ping, /ready (env WORKER_ADMIN_LISTEN, default 127.0.0.1:9901)");
+  worker->add_option("--threads", wthreads, "event-loop threads (env WORKER_THREADS, default: cores)")->check(CLI::Range(1, 256));
+  worker->add_option("--config", config_file, "load config from this JSON file instead of the control plane (env WORKER_CONFIG_FILE)");
+
+  std::string demo = "127.0.0.1:9000";
+  auto* up = app.add_subcommand("up", "Run control plane + worker (+ a demo upstream) on embedded defaults (SQLite file, local limits).");
   up->add_option("--listen", listen, "control plane HOST:PORT (default 127.0.0.1:8000)");
+  up->add_option("--gateway-listen", wlisten, "worker HOST:PORT (default 0.0.0.0:8080)");
+  up->add_option("--admin-listen", admin_listen, "worker admin HOST:PORT (default 127.0.0.1:9901)");
+  up->add_option("--demo-upstream", demo, "HOST:PORT of the built-in demo upstream, or 'off'")->capture_default_str();
 
   bool status_only = false;
   auto* migrate = app.add_subcommand("migrate", "Apply database migrations (DATABASE_URL / DATABASE_PATH) and exit.");
@@ -64,8 +164,17 @@ int main(int argc, char** argv) {
   try {
     ag::crypto::init();
     ag::env::load_dotenv_file(".env");
-    if (*control || *up) {
-      return ag::control::run_control_server(settings_with_overrides(listen, threads));
+    if (*control) return ag::control::run_control_server(settings_with_overrides(listen, threads));
+    if (*worker) {
+      auto o = ag::gateway::load_worker_options();
+      apply_worker_flags(o, wlisten, admin_listen, wthreads, config_file);
+      return ag::gateway::run_worker(std::move(o));
+    }
+    if (*up) {
+      auto o = ag::gateway::load_worker_options();
+      apply_worker_flags(o, wlisten, admin_listen, 0, "");
+      o.config_file.clear();
+      return run_up(settings_with_overrides(listen, threads), std::move(o), demo);
     }
     if (*migrate) {
       auto s = ag::control::load_settings();

@@ -106,43 +106,76 @@ http::Response ControlApp::handle(http::Request& req) {
   }
   auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
   // Access log: never bodies, never headers (they carry credentials).
-  spdlog::info("{} {} {} {} {:.1f}ms rid={}", req.remote_ip, req.method, path, res.status, us / 1000.0,
-               request_id(req));
+  // Unchanged-config polls from workers (304) would drown everything else: debug level.
+  spdlog::log(res.status == 304 ? spdlog::level::debug : spdlog::level::info, "{} {} {} {} {:.1f}ms rid={}",
+              req.remote_ip, req.method, path, res.status, us / 1000.0, request_id(req));
   return res;
 }
 
-int run_control_server(Settings settings, const std::function<void(std::uint16_t)>& on_listening) {
-  for (const auto& w : settings.warnings) spdlog::warn("{}", w);
+struct ControlServer::Impl {
+  explicit Impl(Settings s) : opts(make_opts(s)), app(std::move(s)) {}
+  static http::ServerOptions make_opts(const Settings& s) {
+    http::ServerOptions o;
+    o.host = s.listen_host;
+    o.port = s.listen_port;
+    o.threads = s.threads;
+    return o;
+  }
   http::ServerOptions opts;
-  opts.host = settings.listen_host;
-  opts.port = settings.listen_port;
-  opts.threads = settings.threads;
-  ControlApp app(std::move(settings));
-  http::Server server(
-      opts, [&app](http::Request& r) { return app.handle(r); },
-      [&app](int status, std::string detail) { return app.protocol_error(status, std::move(detail)); });
-  server.listen();
-  std::string shown_host = opts.host.find(':') != std::string::npos ? "[" + opts.host + "]" : opts.host;
-  spdlog::info("control plane listening on http://{}:{} (database: {})", shown_host, server.bound_port(),
-               app.state().db->engine_name());
-  if (on_listening) on_listening(server.bound_port());
+  ControlApp app;
+  std::unique_ptr<http::Server> server;
+  std::thread thread;
+};
 
-  // Stop on SIGINT/SIGTERM: a watcher thread waits for the signal and stops the server.
+ControlServer::ControlServer(Settings settings) {
+  for (const auto& w : settings.warnings) spdlog::warn("{}", w);
+  impl_ = std::make_unique<Impl>(std::move(settings));
+}
+
+ControlServer::~ControlServer() {
+  stop();
+  wait();
+}
+
+void ControlServer::start() {
+  auto& im = *impl_;
+  im.server = std::make_unique<http::Server>(
+      im.opts, [this](http::Request& r) { return impl_->app.handle(r); },
+      [this](int status, std::string detail) { return impl_->app.protocol_error(status, std::move(detail)); });
+  im.server->listen();
+  std::string host = im.opts.host.find(':') != std::string::npos ? "[" + im.opts.host + "]" : im.opts.host;
+  spdlog::info("control plane listening on http://{}:{} (database: {})", host, im.server->bound_port(),
+               im.app.state().db->engine_name());
+  im.thread = std::thread([this] { impl_->server->run(); });
+}
+
+std::uint16_t ControlServer::port() const { return impl_->server ? impl_->server->bound_port() : 0; }
+const Settings& ControlServer::settings() const { return impl_->app.state().settings; }
+
+void ControlServer::stop() {
+  if (impl_->server) impl_->server->stop();
+}
+
+void ControlServer::wait() {
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+int run_control_server(Settings settings) {
+  // Signals are taken by a watcher thread; block them before any other thread starts.
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  ControlServer server(std::move(settings));
+  server.start();
   std::thread watcher([&] {
     int sig = 0;
     sigwait(&set, &sig);
-    if (sig == SIGINT || sig == SIGTERM) {
-      spdlog::info("signal {} received, shutting down", sig);
-      server.stop();
-    }
+    spdlog::info("signal {} received, shutting down", sig);
+    server.stop();
   });
-  server.run();
-  // Wake the watcher if the server stopped for another reason.
+  server.wait();
   pthread_kill(watcher.native_handle(), SIGTERM);
   watcher.join();
   spdlog::info("control plane stopped");

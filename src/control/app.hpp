@@ -34,7 +34,23 @@ class ControlApp {
   http::Router router_;
 };
 
-// Runs the control plane's HTTP server until SIGINT/SIGTERM. `on_listening` gets the bound port.
-int run_control_server(Settings settings, const std::function<void(std::uint16_t)>& on_listening = {});
+// The control plane's HTTP server: start() binds and runs it on its own threads.
+class ControlServer {
+ public:
+  explicit ControlServer(Settings settings);
+  ~ControlServer();
+  void start();
+  std::uint16_t port() const;
+  const Settings& settings() const;
+  void stop();
+  void wait();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Runs the control plane until SIGINT/SIGTERM.
+int run_control_server(Settings settings);
 
 }  // namespace ag::control

@@ -1,0 +1,93 @@
+#pragma once
+// The worker's configuration: an immutable snapshot built from a worker-config document
+// (docs/api.md "Worker config") off the request path, then shared read-only by every thread.
+// Nothing here is ever mutated after build(); a change produces a new snapshot.
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace ag::config {
+
+using KeyDigest = std::array<unsigned char, 32>;  // SHA-256 of the raw API key
+
+struct KeyDigestHash {
+  // SHA-256 output is uniformly distributed: its first 8 bytes are a perfect hash already.
+  std::size_t operator()(const KeyDigest& d) const noexcept {
+    std::size_t h;
+    std::memcpy(&h, d.data(), sizeof h);
+    return h;
+  }
+};
+
+struct RatePolicy {
+  std::int64_t requests_per_minute = 60;
+  std::int64_t burst = 20;
+};
+
+// A resolved upstream address, kept as raw sockaddr bytes so this header stays free of Asio.
+struct Endpoint {
+  alignas(8) unsigned char addr[28] = {};  // sockaddr_in or sockaddr_in6
+  std::uint8_t len = 0;
+};
+
+struct Upstream {
+  std::string url;          // as configured
+  bool supported = false;   // false for schemes the worker cannot proxy to (https today)
+  std::string host_header;  // "host" or "host:port", sent as Host
+  std::string base_path;    // "" or "/api" (no trailing slash)
+  std::string host;
+  std::uint16_t port = 80;
+  std::vector<Endpoint> endpoints;  // resolved at build time; empty = unresolvable
+  std::string pool_key;             // identifies the keep-alive pool ("host:port")
+};
+
+struct Project {
+  std::string id;
+  std::string name;
+  Upstream upstream;
+  RatePolicy rate;
+  std::int64_t max_body_bytes = 10 * 1024 * 1024;
+  std::uint32_t metrics_slot = 0;  // stable index for per-project counters
+};
+
+struct KeyEntry {
+  const Project* project = nullptr;
+  std::string id;
+  std::string public_id;
+  std::int64_t expires_at_ms = 0;  // 0 = no expiry
+  bool has_rate_override = false;
+  RatePolicy rate;                 // effective policy (project's unless overridden)
+};
+
+struct Snapshot {
+  std::int64_t version = 0;
+  std::int64_t loaded_at_ms = 0;
+  std::vector<std::unique_ptr<Project>> projects;
+  std::unordered_map<KeyDigest, KeyEntry, KeyDigestHash> keys;
+
+  const KeyEntry* find_key(const KeyDigest& d) const {
+    auto it = keys.find(d);
+    return it == keys.end() ? nullptr : &it->second;
+  }
+};
+
+// Assigns stable metrics slots to project ids (slot 0 = no project). Thread-safe.
+std::uint32_t metrics_slot_for(std::string_view project_id);
+// The project id of each assigned slot, for the metrics exposition.
+std::vector<std::string> metrics_slot_names();
+
+struct BuildResult {
+  std::shared_ptr<const Snapshot> snapshot;  // null on error
+  std::string error;                         // names the field, e.g. "projects[3].keys[0].hash: ..."
+};
+
+// Parses and validates a worker-config document and resolves upstream hosts (blocking DNS:
+// call it off the request path).
+BuildResult build_snapshot(std::string_view json_text);
+
+}  // namespace ag::config

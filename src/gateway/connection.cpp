@@ -1,0 +1,730 @@
+// The worker's request loop: one coroutine per client connection, walking the pipeline stages
+// (pipeline.hpp) for each request and doing the I/O between them. Design notes:
+// - Heads are rendered into one reused buffer per connection and written together with small
+//   bodies in one gather write (one syscall), instead of Beast's serializer.
+// - Deadlines: the connection records a deadline and a phase; the thread's sweep cancels its
+//   sockets when the deadline passes, and the coroutine maps the cancelled phase to 408/504.
+// - Bodies stream through a 16 KiB buffer allocated only while a body is in flight.
+#include <utility>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/status.hpp>
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <cstring>
+#include <limits>
+#include <optional>
+
+#include "common/crypto.hpp"
+#include "common/time.hpp"
+#include "gateway/redis_limiter.hpp"
+#include "gateway/runtime.hpp"
+
+namespace ag::gateway {
+
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using error_code = boost::system::error_code;
+
+namespace {
+
+constexpr std::size_t kChunk = 16 * 1024;
+
+enum class Phase : std::uint8_t { kFirstHeader, kIdle, kRequestBody, kConnect, kUpstreamWrite, kUpstreamWait, kResponseBody, kTunnel, kLocalWrite };
+
+bool ieq(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+// True when `token` appears in the comma-separated `list` (case-insensitive).
+bool has_token(std::string_view list, std::string_view token) {
+  while (!list.empty()) {
+    auto comma = list.find(',');
+    std::string_view item = list.substr(0, comma);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (ieq(item, token)) return true;
+    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+  }
+  return false;
+}
+
+bool idempotent(http::verb v) {
+  return v == http::verb::get || v == http::verb::head || v == http::verb::options || v == http::verb::put ||
+         v == http::verb::delete_ || v == http::verb::trace;
+}
+
+void append_num(std::string& out, std::uint64_t v) {
+  char buf[24];
+  int n = std::snprintf(buf, sizeof buf, "%llu", static_cast<unsigned long long>(v));
+  out.append(buf, n);
+}
+
+void append_hex(std::string& out, std::uint64_t v) {
+  char buf[24];
+  int n = std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v));
+  out.append(buf, n);
+}
+
+class Connection final : public Tracked {
+ public:
+  Connection(ThreadRuntime& rt, Socket socket) : rt_(rt), sock_(std::move(socket)) {
+    error_code ec;
+    auto ep = sock_.remote_endpoint(ec);
+    if (!ec) {
+      auto addr = ep.address();
+      if (addr.is_v6() && addr.to_v6().is_v4_mapped()) addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+      peer_ip_ = addr.to_string();
+    }
+    sock_.set_option(tcp::no_delay(true), ec);
+    rt_.track(this);
+  }
+  ~Connection() override {
+    rt_.untrack(this);
+    rt_.metrics.set_active_connections(static_cast<std::int64_t>(rt_.live));
+  }
+
+  void on_deadline() override {
+    timed_out_ = true;
+    error_code ec;
+    sock_.cancel(ec);
+    if (upstream_) upstream_->socket.cancel(ec);
+    deadline_ns = INT64_MAX;
+  }
+  void on_drain() override {
+    // Between requests with nothing received: close now. Mid-request: finish, then close.
+    if ((phase_ == Phase::kIdle || phase_ == Phase::kFirstHeader) && buf_.size() == 0) {
+      drained_ = true;
+      error_code ec;
+      sock_.cancel(ec);
+    }
+  }
+
+  Task<void> run();
+
+ private:
+  void arm(Phase p, std::int64_t timeout_ms) {
+    phase_ = p;
+    deadline_ns = steady_ns() + timeout_ms * 1'000'000;
+  }
+
+  Task<bool> handle(http::request_parser<http::buffer_body>& parser);
+  Task<bool> send_local(Context& ctx, const LocalReply& reply, unsigned version, bool keep_alive,
+                        bool head_only = false);
+  Task<bool> proxy(Context& ctx, http::request_parser<http::buffer_body>& parser, bool keep_alive);
+  Task<bool> tunnel(Context& ctx);
+  void finish(Context& ctx, std::string_view method, std::string_view path, std::string_view ua);
+  void add_rate_headers(const Context& ctx, std::string& out) const;
+  char* chunk() {
+    if (!chunk_) chunk_ = std::make_unique<char[]>(kChunk);
+    return chunk_.get();
+  }
+
+  ThreadRuntime& rt_;
+  Socket sock_;
+  beast::flat_buffer buf_{64 * 1024};  // holds at most one request head plus pipelined bytes
+  std::string peer_ip_;
+  Phase phase_ = Phase::kFirstHeader;
+  bool timed_out_ = false;
+  bool drained_ = false;
+  std::unique_ptr<UpstreamConn> upstream_;
+  beast::flat_buffer ubuf_;  // upstream read buffer (for the current upstream connection)
+  std::string head_;         // outgoing head to the client
+  std::string up_head_;      // outgoing head to the upstream
+  std::unique_ptr<char[]> chunk_;
+};
+
+Task<void> Connection::run() {
+  rt_.metrics.add(metrics::Counter::kConnectionsAccepted);
+  rt_.metrics.set_active_connections(static_cast<std::int64_t>(rt_.live));
+  bool first = true;
+  for (;;) {
+    if (rt_.draining && !first) break;
+    http::request_parser<http::buffer_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(rt_.opts.max_header_bytes));
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+    if (first) arm(Phase::kFirstHeader, rt_.opts.header_timeout_ms);
+    else arm(Phase::kIdle, rt_.opts.idle_timeout_ms);
+    timed_out_ = false;
+    error_code ec;
+    co_await http::async_read_header(sock_, buf_, parser, asio::redirect_error(use_task, ec));
+    first = false;
+    if (ec) {
+      if (drained_) break;
+      Context ctx;
+      ctx.start_ns = steady_ns();
+      ctx.client_ip = peer_ip_;
+      ctx.request_id = rt_.next_request_id();
+      LocalReply reply;
+      if (timed_out_) {
+        // Partial headers that never completed: 408. An idle keep-alive connection: just close.
+        if (buf_.size() == 0) break;
+        reply = {408, Reason::kHeaderTimeout, "Request header timeout", true};
+      } else if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
+        reply = {431, Reason::kHeadersTooLarge, "Request header fields too large", true};
+      } else if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+                 ec == asio::error::operation_aborted || ec == asio::error::broken_pipe) {
+        break;
+      } else {
+        reply = {400, Reason::kBadRequest, "Malformed HTTP request", true};
+      }
+      timed_out_ = false;
+      co_await send_local(ctx, reply, 11, false);
+      finish(ctx, "", "", "");
+      break;
+    }
+    bool keep = co_await handle(parser);
+    if (!keep) break;
+  }
+  deadline_ns = INT64_MAX;
+  error_code ec;
+  sock_.shutdown(tcp::socket::shutdown_send, ec);
+  sock_.close(ec);
+}
+
+void Connection::add_rate_headers(const Context& ctx, std::string& out) const {
+  if (!ctx.limit_checked || !ctx.key) return;
+  const auto& d = ctx.limit;
+  out += "RateLimit-Limit: ";
+  append_num(out, static_cast<std::uint64_t>(ctx.key->rate.burst + 1));
+  out += "\r\nRateLimit-Remaining: ";
+  append_num(out, static_cast<std::uint64_t>(std::max<std::int64_t>(d.remaining, 0)));
+  out += "\r\nRateLimit-Reset: ";
+  append_num(out, static_cast<std::uint64_t>((d.reset_ns + 999'999'999) / 1'000'000'000));
+  out += "\r\n";
+  if (!d.allowed) {
+    out += "Retry-After: ";
+    append_num(out, static_cast<std::uint64_t>(std::max<std::int64_t>(1, (d.retry_after_ns + 999'999'999) / 1'000'000'000)));
+    out += "\r\n";
+  }
+}
+
+Task<bool> Connection::send_local(Context& ctx, const LocalReply& reply, unsigned version, bool keep_alive,
+                                  bool head_only) {
+  ctx.status = reply.status;
+  ctx.reason = reply.reason;
+  bool keep = keep_alive && !reply.close && !rt_.draining;
+  std::string body = "{\"detail\":";
+  append_json_string(body, reply.detail);
+  body += "}";
+  head_.clear();
+  head_ += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+  append_num(head_, static_cast<std::uint64_t>(reply.status));
+  head_ += ' ';
+  auto phrase = http::obsolete_reason(static_cast<http::status>(reply.status));
+  head_.append(phrase.data(), phrase.size());
+  head_ += "\r\nContent-Type: application/json\r\nContent-Length: ";
+  append_num(head_, body.size());
+  head_ += "\r\nX-Request-Id: ";
+  head_ += ctx.request_id;
+  head_ += "\r\n";
+  add_rate_headers(ctx, head_);
+  if (reply.status == 401) head_ += "WWW-Authenticate: ApiKey header=\"X-API-Key\"\r\n";
+  head_ += keep ? (version == 10 ? "Connection: keep-alive\r\n" : "") : "Connection: close\r\n";
+  head_ += "\r\n";
+  if (!head_only) head_ += body;
+  arm(Phase::kLocalWrite, rt_.opts.idle_timeout_ms);
+  error_code ec;
+  std::size_t n = co_await asio::async_write(sock_, asio::buffer(head_), asio::redirect_error(use_task, ec));
+  ctx.bytes_out += n;
+  co_return !ec && keep;
+}
+
+void Connection::finish(Context& ctx, std::string_view method, std::string_view path, std::string_view ua) {
+  std::int64_t end = steady_ns();
+  if (rt_.log.enabled()) {
+    rt_.log_line.clear();
+    append_log_line(rt_.log_line, ctx, LogFields{method, path, ua}, end);
+    if (!rt_.log.append(rt_.index, rt_.log_line)) rt_.metrics.add(metrics::Counter::kLogLinesDropped);
+  }
+  rt_.metrics.request(ctx.project ? ctx.project->metrics_slot : 0,
+                      ctx.reason == Reason::kNone ? metrics::Decision::kAllow : metrics::Decision::kBlock, ctx.status);
+  rt_.metrics.latency.observe(static_cast<double>(end - ctx.start_ns) / 1e6);
+  if (ctx.upstream_ns >= 0) rt_.metrics.upstream_latency.observe(static_cast<double>(ctx.upstream_ns) / 1e6);
+}
+
+Task<bool> Connection::handle(http::request_parser<http::buffer_body>& parser) {
+  auto& req = parser.get();
+  Context ctx;
+  ctx.start_ns = steady_ns();
+  ctx.snapshot = rt_.snapshot;  // pinned: a reload mid-request does not affect this request
+  auto rid = req["X-Request-Id"];
+  ctx.request_id = valid_request_id(rid) ? std::string(rid) : rt_.next_request_id();
+  ctx.client_ip = rt_.trusted.empty() ? peer_ip_ : client_ip(peer_ip_, req["X-Forwarded-For"], rt_.trusted);
+  std::string_view method = req.method_string();
+  std::string_view target = req.target();
+  std::string_view path = target.substr(0, target.find('?'));
+  std::string_view ua = req[http::field::user_agent];
+  bool keep_alive = parser.keep_alive();
+  bool has_body = !parser.is_done();
+  unsigned version = req.version();
+  bool head = req.method() == http::verb::head;
+
+  LocalReply reply;
+  bool ok = true;
+  if (!ctx.snapshot) {
+    reply = {503, Reason::kNotReady, "Gateway not ready: configuration not loaded"};
+    ok = false;
+  } else if (target.empty() || target.front() != '/') {
+    reply = {400, Reason::kBadRequest, "Request target must be an absolute path"};
+    ok = false;
+  }
+  if (ok) {
+    auto it = req.find("X-API-Key");
+    ok = identify(ctx, it == req.end() ? std::string_view{} : std::string_view(it->value()), it != req.end(),
+                  now_ms(), reply);
+  }
+  if (ok) {
+    ratelimit::Policy policy{ctx.key->rate.requests_per_minute, ctx.key->rate.burst};
+    // The key's limiter slot is named by the first 8 bytes of its SHA-256 (computed by identify).
+    if (rt_.redis) ctx.limit = co_await rt_.redis->check(ctx.key_tag, policy);
+    else ctx.limit = rt_.limiter.check(ctx.key_tag, policy, steady_ns());
+    ctx.limit_checked = true;
+    if (ctx.limit.fallback) rt_.metrics.add(metrics::Counter::kRateLimitFallback);
+    if (!ctx.limit.allowed) {
+      rt_.metrics.add(metrics::Counter::kRateLimitLimited);
+      reply = {429, Reason::kRateLimited, "Rate limit exceeded"};
+      ok = false;
+    } else {
+      rt_.metrics.add(metrics::Counter::kRateLimitAllowed);
+    }
+  }
+  if (ok && has_body) {
+    auto len = parser.content_length();
+    if (len && static_cast<std::int64_t>(*len) > ctx.project->max_body_bytes) {
+      reply = {413, Reason::kBodyTooLarge, "Request body too large"};
+      ok = false;
+    }
+  }
+  bool keep;
+  if (!ok) {
+    // An unread request body would be taken for the next request: close instead.
+    keep = co_await send_local(ctx, reply, version, keep_alive && !has_body, head);
+  } else {
+    keep = co_await proxy(ctx, parser, keep_alive);
+  }
+  finish(ctx, method, path, ua);
+  co_return keep;
+}
+
+Task<bool> Connection::proxy(Context& ctx, http::request_parser<http::buffer_body>& parser, bool keep_alive) {
+  auto& req = parser.get();
+  const auto& up = ctx.project->upstream;
+  unsigned version = req.version();
+  bool head_req = req.method() == http::verb::head;
+  if (!up.supported) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnsupported, "Upstream scheme not supported by this worker"}, version, keep_alive && parser.is_done());
+  if (up.endpoints.empty()) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, keep_alive && parser.is_done());
+
+  bool has_body = !parser.is_done();
+  bool chunked_in = parser.chunked();
+  auto content_length = parser.content_length();
+  bool upgrade = parser.upgrade() && has_token(req[http::field::upgrade], "websocket");
+  auto conn_hdr = req[http::field::connection];
+  bool expect_continue = has_body && ieq(req[http::field::expect], "100-continue");
+
+  // --- the upstream request head -----------------------------------------------------------
+  up_head_.clear();
+  up_head_.append(req.method_string().data(), req.method_string().size());
+  up_head_ += ' ';
+  up_head_ += up.base_path;
+  up_head_.append(req.target().data(), req.target().size());
+  up_head_ += " HTTP/1.1\r\nHost: ";
+  up_head_ += up.host_header;
+  up_head_ += "\r\n";
+  std::string_view xff, client_host;
+  for (const auto& f : req.base()) {
+    std::string_view name = f.name_string();
+    std::string n = lower(name);
+    if (is_hop_by_hop(n) || n == "host" || n == "content-length" || n == "x-forwarded-proto" ||
+        n == "x-forwarded-host" || n == "x-request-id" || n.rfind("x-gateway-", 0) == 0 || (expect_continue && n == "expect"))
+      {
+        if (n == "host") client_host = f.value();
+        continue;
+      }
+    if (n == "x-forwarded-for") {
+      xff = f.value();
+      continue;
+    }
+    if (!conn_hdr.empty() && has_token(conn_hdr, n)) continue;
+    up_head_.append(name.data(), name.size());
+    up_head_ += ": ";
+    up_head_.append(f.value().data(), f.value().size());
+    up_head_ += "\r\n";
+  }
+  up_head_ += "X-Forwarded-For: ";
+  if (!xff.empty()) {
+    up_head_.append(xff.data(), xff.size());
+    up_head_ += ", ";
+  }
+  up_head_ += peer_ip_;
+  up_head_ += "\r\nX-Forwarded-Proto: http\r\n";
+  if (!client_host.empty()) {
+    up_head_ += "X-Forwarded-Host: ";
+    up_head_.append(client_host.data(), client_host.size());
+    up_head_ += "\r\n";
+  }
+  up_head_ += "X-Request-Id: ";
+  up_head_ += ctx.request_id;
+  up_head_ += "\r\nX-Gateway-Project: ";
+  up_head_ += ctx.project->id;
+  up_head_ += "\r\n";
+  if (!ctx.key->id.empty()) {
+    up_head_ += "X-Gateway-Key-Id: ";
+    up_head_ += ctx.key->id;
+    up_head_ += "\r\n";
+  }
+  if (upgrade) up_head_ += "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+  if (has_body) {
+    if (chunked_in || !content_length) {
+      up_head_ += "Transfer-Encoding: chunked\r\n";
+    } else {
+      up_head_ += "Content-Length: ";
+      append_num(up_head_, *content_length);
+      up_head_ += "\r\n";
+    }
+  }
+  up_head_ += "\r\n";
+  bool send_chunked = has_body && (chunked_in || !content_length);
+
+  if (expect_continue) {
+    static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+    error_code ec;
+    co_await asio::async_write(sock_, asio::buffer(kContinue.data(), kContinue.size()), asio::redirect_error(use_task, ec));
+    if (ec) co_return false;
+  }
+
+  // --- connect, send, read the response head (with one retry) ------------------------------
+  // Beast parsers cannot be reset; an optional lets a 1xx answer be followed by a fresh parser.
+  std::optional<http::response_parser<http::buffer_body>> rpo;
+  auto fresh_parser = [&] {
+    rpo.emplace();
+    rpo->header_limit(64 * 1024);
+    rpo->body_limit(std::numeric_limits<std::uint64_t>::max());
+    if (head_req) rpo->skip(true);
+  };
+  bool retried = false;
+  bool body_started = false;
+  std::int64_t sent_ns = 0;
+  for (int attempt = 0;; ++attempt) {
+    error_code ec;
+    bool pooled = false;
+    upstream_.reset();
+    if (!upgrade) upstream_ = rt_.take_pooled(up.pool_key);
+    if (upstream_) {
+      pooled = true;
+      rt_.metrics.add(metrics::Counter::kUpstreamPoolReuse);
+    } else {
+      upstream_ = std::make_unique<UpstreamConn>(rt_.ioc);
+      upstream_->pool_key = up.pool_key;
+      const auto& e = up.endpoints[static_cast<std::size_t>(attempt) % up.endpoints.size()];
+      tcp::endpoint ep;
+      std::memcpy(ep.data(), e.addr, e.len);
+      arm(Phase::kConnect, rt_.opts.upstream_connect_timeout_ms);
+      timed_out_ = false;
+      co_await upstream_->socket.async_connect(ep, asio::redirect_error(use_task, ec));
+      if (!ec) upstream_->socket.set_option(tcp::no_delay(true), ec);
+      if (ec) {
+        rt_.metrics.add(metrics::Counter::kUpstreamConnectErrors);
+        upstream_.reset();
+        if (!retried && !has_body && idempotent(req.method())) {
+          retried = true;
+          rt_.metrics.add(metrics::Counter::kUpstreamRetries);
+          continue;
+        }
+        co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, keep_alive && !has_body);
+      }
+    }
+    ubuf_.clear();
+    arm(Phase::kUpstreamWrite, rt_.opts.upstream_timeout_ms);
+    timed_out_ = false;
+    sent_ns = steady_ns();
+    co_await asio::async_write(upstream_->socket, asio::buffer(up_head_), asio::redirect_error(use_task, ec));
+    // Stream the request body.
+    if (!ec && has_body) {
+      body_started = true;
+      std::uint64_t total = 0;
+      while (!parser.is_done()) {
+        auto& body = req.body();
+        body.data = chunk();
+        body.size = kChunk;
+        arm(Phase::kRequestBody, rt_.opts.idle_timeout_ms);
+        error_code rec;
+        co_await http::async_read_some(sock_, buf_, parser, asio::redirect_error(use_task, rec));
+        if (rec == http::error::need_buffer) rec = {};
+        if (rec) {
+          upstream_.reset();
+          if (timed_out_) co_return co_await send_local(ctx, {408, Reason::kHeaderTimeout, "Request body timeout", true}, version, false);
+          co_return false;  // client went away or sent garbage mid-body
+        }
+        std::size_t got = kChunk - body.size;
+        total += got;
+        ctx.bytes_in += got;
+        if (static_cast<std::int64_t>(total) > ctx.project->max_body_bytes) {
+          upstream_.reset();
+          co_return co_await send_local(ctx, {413, Reason::kBodyTooLarge, "Request body too large", true}, version, false);
+        }
+        if (got == 0) continue;
+        arm(Phase::kUpstreamWrite, rt_.opts.upstream_timeout_ms);
+        if (send_chunked) {
+          std::string& framing = head_;
+          framing.clear();
+          append_hex(framing, got);
+          framing += "\r\n";
+          std::array<asio::const_buffer, 3> bufs{asio::buffer(framing), asio::buffer(chunk(), got), asio::buffer("\r\n", 2)};
+          co_await asio::async_write(upstream_->socket, bufs, asio::redirect_error(use_task, ec));
+        } else {
+          co_await asio::async_write(upstream_->socket, asio::buffer(chunk(), got), asio::redirect_error(use_task, ec));
+        }
+        if (ec) break;
+      }
+      if (!ec && send_chunked) co_await asio::async_write(upstream_->socket, asio::buffer("0\r\n\r\n", 5), asio::redirect_error(use_task, ec));
+    }
+    if (!ec) {
+      fresh_parser();
+      auto& rp = *rpo;
+      arm(Phase::kUpstreamWait, rt_.opts.upstream_timeout_ms);
+      timed_out_ = false;
+      co_await http::async_read_header(upstream_->socket, ubuf_, rp, asio::redirect_error(use_task, ec));
+      // 1xx informational answers (other than 101) are passed on; then the real head follows.
+      while (!ec && rpo->get().result_int() >= 100 && rpo->get().result_int() < 200 && rpo->get().result_int() != 101) {
+        head_.clear();
+        head_ += "HTTP/1.1 ";
+        append_num(head_, rpo->get().result_int());
+        head_ += " Continue\r\n\r\n";
+        if (rpo->get().result_int() != 100 || !expect_continue) {
+          error_code wec;
+          co_await asio::async_write(sock_, asio::buffer(head_), asio::redirect_error(use_task, wec));
+        }
+        fresh_parser();
+        co_await http::async_read_header(upstream_->socket, ubuf_, *rpo, asio::redirect_error(use_task, ec));
+      }
+    }
+    if (!ec) break;
+    bool timed_out = timed_out_;
+    timed_out_ = false;
+    upstream_.reset();
+    if (timed_out && phase_ == Phase::kUpstreamWait) {
+      rt_.metrics.add(metrics::Counter::kUpstreamTimeouts);
+      co_return co_await send_local(ctx, {504, Reason::kUpstreamTimeout, "Upstream timed out"}, version, false);
+    }
+    // A pooled connection the upstream had already closed: try once more on a fresh one.
+    if (!retried && !body_started && (idempotent(req.method()) || pooled)) {
+      retried = true;
+      rt_.metrics.add(metrics::Counter::kUpstreamRetries);
+      continue;
+    }
+    if (timed_out) {
+      rt_.metrics.add(metrics::Counter::kUpstreamTimeouts);
+      co_return co_await send_local(ctx, {504, Reason::kUpstreamTimeout, "Upstream timed out"}, version, false);
+    }
+    co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, false);
+  }
+  ctx.upstream_ns = steady_ns() - sent_ns;
+  auto& rp = *rpo;
+
+  // --- the response head to the client -----------------------------------------------------
+  auto& res = rp.get();
+  int status = static_cast<int>(res.result_int());
+  ctx.status = status;
+  bool switching = status == 101 && upgrade;
+  bool no_body = head_req || status == 204 || status == 304 || (status >= 100 && status < 200);
+  bool up_chunked = rp.chunked();
+  auto up_len = rp.content_length();
+  bool until_eof = !no_body && !up_chunked && !up_len;
+  bool keep = keep_alive && !rt_.draining;
+  bool chunk_out = !no_body && (up_chunked || until_eof) && version >= 11;
+  if (until_eof && version < 11) keep = false;
+
+  head_.clear();
+  head_ += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+  append_num(head_, static_cast<std::uint64_t>(status));
+  head_ += ' ';
+  head_.append(res.reason().data(), res.reason().size());
+  head_ += "\r\n";
+  auto res_conn = res[http::field::connection];
+  for (const auto& f : res.base()) {
+    std::string n = lower(f.name_string());
+    if (switching && (n == "connection" || n == "upgrade")) {
+      // keep them: they are the handshake
+    } else if (is_hop_by_hop(n) || n == "x-request-id" || (n == "content-length" && !head_req) ||
+               (!res_conn.empty() && has_token(res_conn, n))) {
+      continue;
+    }
+    head_.append(f.name_string().data(), f.name_string().size());
+    head_ += ": ";
+    head_.append(f.value().data(), f.value().size());
+    head_ += "\r\n";
+  }
+  head_ += "X-Request-Id: ";
+  head_ += ctx.request_id;
+  head_ += "\r\n";
+  add_rate_headers(ctx, head_);
+  if (!no_body && !head_req) {
+    if (up_len && !up_chunked) {
+      head_ += "Content-Length: ";
+      append_num(head_, *up_len);
+      head_ += "\r\n";
+    } else if (chunk_out) {
+      head_ += "Transfer-Encoding: chunked\r\n";
+    }
+  }
+  if (!switching) {
+    if (!keep) head_ += "Connection: close\r\n";
+    else if (version == 10) head_ += "Connection: keep-alive\r\n";
+  }
+  head_ += "\r\n";
+
+  error_code ec;
+  if (switching) {
+    arm(Phase::kTunnel, rt_.opts.idle_timeout_ms);
+    co_await asio::async_write(sock_, asio::buffer(head_), asio::redirect_error(use_task, ec));
+    if (ec) co_return false;
+    co_await tunnel(ctx);
+    co_return false;
+  }
+
+  // --- the response body --------------------------------------------------------------------
+  bool head_sent = false;
+  if (no_body || rp.is_done()) {
+    arm(Phase::kResponseBody, rt_.opts.idle_timeout_ms);
+    ctx.bytes_out += co_await asio::async_write(sock_, asio::buffer(head_), asio::redirect_error(use_task, ec));
+    head_sent = true;
+  } else {
+    for (;;) {
+      auto& body = res.body();
+      body.data = chunk();
+      body.size = kChunk;
+      arm(Phase::kResponseBody, rt_.opts.upstream_timeout_ms);
+      error_code rec;
+      co_await http::async_read_some(upstream_->socket, ubuf_, rp, asio::redirect_error(use_task, rec));
+      if (rec == http::error::need_buffer) rec = {};
+      bool eof_done = until_eof && (rec == http::error::end_of_stream || rec == asio::error::eof);
+      if (rec && !eof_done) {
+        // The upstream failed mid-body. If nothing was sent yet, answer properly; otherwise the
+        // only honest signal left is to close the client connection.
+        bool to = timed_out_;
+        upstream_.reset();
+        if (!head_sent) {
+          if (to) rt_.metrics.add(metrics::Counter::kUpstreamTimeouts);
+          co_return co_await send_local(ctx, to ? LocalReply{504, Reason::kUpstreamTimeout, "Upstream timed out", true}
+                                                : LocalReply{502, Reason::kUpstreamUnreachable, "Upstream service unreachable", true},
+                                        version, false);
+        }
+        ctx.reason = to ? Reason::kUpstreamTimeout : Reason::kUpstreamUnreachable;
+        co_return false;
+      }
+      std::size_t got = kChunk - body.size;
+      bool done = rp.is_done() || eof_done;
+      std::array<asio::const_buffer, 4> bufs{};  // unused entries stay empty and are skipped
+      std::size_t nb = 0;
+      if (!head_sent) bufs[nb++] = asio::buffer(head_);
+      std::string& framing = up_head_;  // the upstream head is no longer needed
+      framing.clear();
+      if (got > 0 && chunk_out) {
+        append_hex(framing, got);
+        framing += "\r\n";
+      }
+      if (!framing.empty()) bufs[nb++] = asio::buffer(framing);
+      if (got > 0) bufs[nb++] = asio::buffer(chunk(), got);
+      if (chunk_out) {
+        if (got > 0 && done) bufs[nb++] = asio::buffer("\r\n0\r\n\r\n", 7);
+        else if (got > 0) bufs[nb++] = asio::buffer("\r\n", 2);
+        else if (done) bufs[nb++] = asio::buffer("0\r\n\r\n", 5);
+      }
+      if (nb > 0) {
+        arm(Phase::kResponseBody, rt_.opts.idle_timeout_ms);
+        ctx.bytes_out += co_await asio::async_write(sock_, bufs, asio::redirect_error(use_task, ec));
+        head_sent = true;
+        if (ec) {
+          upstream_.reset();
+          co_return false;
+        }
+      }
+      if (done) break;
+    }
+  }
+  // Back to the pool only when the exchange ended cleanly and the upstream will keep it open.
+  if (upstream_ && rp.is_done() && !until_eof && rp.keep_alive() && ubuf_.size() == 0) {
+    rt_.give_back(std::move(upstream_));
+  } else {
+    upstream_.reset();
+  }
+  co_return !ec && keep;
+}
+
+Task<bool> Connection::tunnel(Context& ctx) {
+  // Bytes already buffered on either side go first, then both directions are pumped until one
+  // side closes. The connection's deadline is refreshed on every transfer.
+  auto pump = [this, &ctx](Socket& from, beast::flat_buffer& pending, Socket& to, bool upstream_to_client) -> Task<void> {
+    std::array<char, 8192> data;
+    error_code ec;
+    if (pending.size() > 0) {
+      co_await asio::async_write(to, pending.data(), asio::redirect_error(use_task, ec));
+      pending.consume(pending.size());
+      if (ec) co_return;
+    }
+    for (;;) {
+      std::size_t n = co_await from.async_read_some(asio::buffer(data), asio::redirect_error(use_task, ec));
+      if (ec) break;
+      deadline_ns = steady_ns() + rt_.opts.idle_timeout_ms * 1'000'000;
+      co_await asio::async_write(to, asio::buffer(data.data(), n), asio::redirect_error(use_task, ec));
+      if (ec) break;
+      if (upstream_to_client) ctx.bytes_out += n;
+      else ctx.bytes_in += n;
+    }
+    error_code ignore;
+    to.shutdown(tcp::socket::shutdown_send, ignore);
+    from.cancel(ignore);
+    to.cancel(ignore);
+  };
+  auto& up = upstream_->socket;
+  // Run client->upstream as a separate coroutine and upstream->client here; each ends the other.
+  bool other_done = false;
+  Timer done_signal(rt_.ioc.get_executor());
+  done_signal.expires_at(std::chrono::steady_clock::time_point::max());
+  asio::co_spawn(rt_.ioc, [&]() -> Task<void> {
+    co_await pump(sock_, buf_, up, false);
+    other_done = true;
+    done_signal.cancel();
+  }, asio::detached);
+  co_await pump(up, ubuf_, sock_, true);
+  if (!other_done) {
+    error_code ec;
+    sock_.cancel(ec);
+    co_await done_signal.async_wait(asio::redirect_error(use_task, ec));
+  }
+  upstream_.reset();
+  co_return false;
+}
+
+}  // namespace
+
+Task<void> serve_connection(ThreadRuntime& rt, Socket socket) {
+  Connection c(rt, std::move(socket));
+  co_await c.run();
+}
+
+}  // namespace ag::gateway

@@ -1,0 +1,264 @@
+#include "gateway/pipeline.hpp"
+
+#include <arpa/inet.h>
+
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+
+#include "common/crypto.hpp"
+#include "common/time.hpp"
+#include "control/service/api_key.hpp"
+
+namespace ag::gateway {
+
+std::string_view reason_name(Reason r) {
+  switch (r) {
+    case Reason::kNone: return "";
+    case Reason::kNotReady: return "not_ready";
+    case Reason::kKeyMissing: return "key_missing";
+    case Reason::kKeyInvalid: return "key_invalid";
+    case Reason::kRateLimited: return "rate_limited";
+    case Reason::kBodyTooLarge: return "body_too_large";
+    case Reason::kHeadersTooLarge: return "headers_too_large";
+    case Reason::kHeaderTimeout: return "header_timeout";
+    case Reason::kBadRequest: return "bad_request";
+    case Reason::kUpstreamUnreachable: return "upstream_unreachable";
+    case Reason::kUpstreamTimeout: return "upstream_timeout";
+    case Reason::kUpstreamUnsupported: return "upstream_unsupported";
+  }
+  return "";
+}
+
+std::int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+bool valid_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '_' || c == '-'))
+      return false;
+  return true;
+}
+
+namespace {
+bool parse_ip(std::string_view s, unsigned char out[16]) {
+  char buf[64];
+  if (s.empty() || s.size() >= sizeof buf) return false;
+  std::memcpy(buf, s.data(), s.size());
+  buf[s.size()] = '\0';
+  in_addr v4;
+  if (inet_pton(AF_INET, buf, &v4) == 1) {
+    std::memset(out, 0, 10);
+    out[10] = out[11] = 0xff;
+    std::memcpy(out + 12, &v4, 4);
+    return true;
+  }
+  return inet_pton(AF_INET6, buf, out) == 1;
+}
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+}  // namespace
+
+std::vector<Cidr> parse_cidrs(std::string_view list) {
+  std::vector<Cidr> out;
+  while (!list.empty()) {
+    auto comma = list.find(',');
+    std::string_view item = trim(list.substr(0, comma));
+    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+    if (item.empty()) continue;
+    Cidr c;
+    auto slash = item.find('/');
+    std::string_view addr = item.substr(0, slash);
+    if (!parse_ip(addr, c.addr)) throw std::invalid_argument("invalid address in CIDR list: '" + std::string(item) + "'");
+    bool v4 = addr.find(':') == std::string_view::npos;
+    int max = v4 ? 32 : 128;
+    int prefix = max;
+    if (slash != std::string_view::npos) {
+      auto p = item.substr(slash + 1);
+      prefix = 0;
+      if (p.empty() || p.size() > 3) throw std::invalid_argument("invalid prefix in CIDR list: '" + std::string(item) + "'");
+      for (char ch : p) {
+        if (ch < '0' || ch > '9') throw std::invalid_argument("invalid prefix in CIDR list: '" + std::string(item) + "'");
+        prefix = prefix * 10 + (ch - '0');
+      }
+      if (prefix > max) throw std::invalid_argument("prefix too long in CIDR list: '" + std::string(item) + "'");
+    }
+    c.prefix = v4 ? prefix + 96 : prefix;
+    out.push_back(c);
+  }
+  return out;
+}
+
+bool cidr_contains(const std::vector<Cidr>& cidrs, std::string_view ip) {
+  if (cidrs.empty()) return false;
+  unsigned char a[16];
+  if (!parse_ip(ip, a)) return false;
+  for (const auto& c : cidrs) {
+    int bits = c.prefix, i = 0;
+    bool match = true;
+    for (; bits >= 8; bits -= 8, ++i)
+      if (a[i] != c.addr[i]) {
+        match = false;
+        break;
+      }
+    if (match && bits > 0) {
+      unsigned char mask = static_cast<unsigned char>(0xff << (8 - bits));
+      match = (a[i] & mask) == (c.addr[i] & mask);
+    }
+    if (match) return true;
+  }
+  return false;
+}
+
+std::string client_ip(std::string_view peer, std::string_view xff, const std::vector<Cidr>& trusted) {
+  if (xff.empty() || !cidr_contains(trusted, peer)) return std::string(peer);
+  // Walk right to left: each hop appended the address it saw.
+  std::string_view rest = xff;
+  while (!rest.empty()) {
+    auto comma = rest.rfind(',');
+    std::string_view hop = trim(comma == std::string_view::npos ? rest : rest.substr(comma + 1));
+    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(0, comma);
+    unsigned char tmp[16];
+    if (!parse_ip(hop, tmp)) break;  // garbage: stop trusting the header here
+    if (!cidr_contains(trusted, hop)) return std::string(hop);
+  }
+  return std::string(peer);
+}
+
+bool identify(Context& ctx, std::string_view api_key, bool key_present, std::int64_t now_ms, LocalReply& reply) {
+  if (!key_present || api_key.empty()) {
+    reply = {401, Reason::kKeyMissing, "API key missing"};
+    return false;
+  }
+  // The checksum rejects mistyped and invented keys without hashing or a lookup.
+  if (!control::api_key_well_formed(api_key)) {
+    reply = {401, Reason::kKeyInvalid, "Invalid API key"};
+    return false;
+  }
+  auto digest = crypto::sha256(api_key);
+  const config::KeyEntry* k = ctx.snapshot->find_key(digest);
+  if (!k || (k->expires_at_ms != 0 && k->expires_at_ms <= now_ms)) {
+    reply = {401, Reason::kKeyInvalid, "Invalid API key"};
+    return false;
+  }
+  ctx.key = k;
+  ctx.project = k->project;
+  ctx.key_tag = config::KeyDigestHash{}(digest);
+  return true;
+}
+
+std::string normalise_endpoint(std::string_view path) {
+  std::string out;
+  out.reserve(path.size());
+  std::size_t i = 0;
+  while (i < path.size()) {
+    if (path[i] == '/') {
+      out.push_back('/');
+      ++i;
+      continue;
+    }
+    auto j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    std::string_view seg = path.substr(i, j - i);
+    bool digits = true, hex = seg.size() >= 16, uuid = seg.size() == 36;
+    for (std::size_t k = 0; k < seg.size(); ++k) {
+      char c = seg[k];
+      bool d = c >= '0' && c <= '9';
+      bool h = d || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+      digits = digits && d;
+      hex = hex && h;
+      if (uuid) uuid = (k == 8 || k == 13 || k == 18 || k == 23) ? c == '-' : h;
+    }
+    if ((digits && !seg.empty()) || hex || uuid) out += ":id";
+    else out.append(seg);
+    i = j;
+  }
+  if (out.empty()) out = "/";
+  return out;
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out.push_back('"');
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          out += "\\u00";
+          out.push_back(kHex[c >> 4]);
+          out.push_back(kHex[c & 0xf]);
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+void append_log_line(std::string& out, const Context& ctx, const LogFields& f, std::int64_t end_ns) {
+  char num[64];
+  out += "{\"ts\":\"";
+  std::int64_t wall = now_ms();
+  out += format_rfc3339(wall);
+  out.insert(out.size() - 1, num, std::snprintf(num, sizeof num, ".%03d", static_cast<int>(wall % 1000)));
+  out += "\",\"request_id\":";
+  append_json_string(out, ctx.request_id);
+  out += ",\"project_id\":";
+  if (ctx.project) append_json_string(out, ctx.project->id);
+  else out += "null";
+  out += ",\"key_id\":";
+  if (ctx.key && !ctx.key->id.empty()) append_json_string(out, ctx.key->id);
+  else out += "null";
+  out += ",\"method\":";
+  append_json_string(out, f.method);
+  out += ",\"path\":";
+  append_json_string(out, f.path.substr(0, 2048));
+  out += ",\"endpoint\":";
+  append_json_string(out, normalise_endpoint(f.path.substr(0, 2048)));
+  out += ",\"ip\":";
+  append_json_string(out, ctx.client_ip);
+  out += ",\"user_agent\":";
+  append_json_string(out, f.user_agent.substr(0, 512));
+  out += ",\"decision\":";
+  out += ctx.reason == Reason::kNone ? "\"allow\"" : "\"block\"";
+  out += ",\"reason\":";
+  append_json_string(out, reason_name(ctx.reason));
+  double latency_ms = static_cast<double>(end_ns - ctx.start_ns) / 1e6;
+  double upstream_ms = ctx.upstream_ns >= 0 ? static_cast<double>(ctx.upstream_ns) / 1e6 : -1;
+  int n = std::snprintf(num, sizeof num, ",\"risk_score\":0.0,\"status\":%d,\"latency_ms\":%.3f", ctx.status, latency_ms);
+  out.append(num, n);
+  if (upstream_ms >= 0) n = std::snprintf(num, sizeof num, ",\"upstream_latency_ms\":%.3f", upstream_ms);
+  else n = std::snprintf(num, sizeof num, ",\"upstream_latency_ms\":null");
+  out.append(num, n);
+  n = std::snprintf(num, sizeof num, ",\"bytes_in\":%llu,\"bytes_out\":%llu}\n",
+                    static_cast<unsigned long long>(ctx.bytes_in), static_cast<unsigned long long>(ctx.bytes_out));
+  out.append(num, n);
+}
+
+bool is_hop_by_hop(std::string_view n) {
+  switch (n.size()) {
+    case 2: return n == "te";
+    case 7: return n == "trailer" || n == "upgrade";
+    case 9: return n == "x-api-key";
+    case 10: return n == "connection" || n == "keep-alive";
+    case 16: return n == "proxy-connection";
+    case 17: return n == "transfer-encoding";
+    case 19: return n == "proxy-authorization" || n == "proxy-authenticate";
+    default: return false;
+  }
+}
+
+}  // namespace ag::gateway

@@ -1,0 +1,93 @@
+#pragma once
+// The worker's request pipeline, as stages that do no I/O (the connection loop in
+// connection.cpp does the I/O and calls these in order):
+//
+//   accept (request id, client ip, limits) -> identify (API key) -> rate limit -> proxy -> log
+//
+// Each stage reads the per-request Context and the snapshot pinned at request start, and either
+// continues or produces a LocalReply with a reason; the reason is what the access log records.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/snapshot.hpp"
+#include "ratelimit/gcra.hpp"
+
+namespace ag::gateway {
+
+// Why the worker answered itself. kNone = proxied.
+enum class Reason : std::uint8_t {
+  kNone,
+  kNotReady,
+  kKeyMissing,
+  kKeyInvalid,
+  kRateLimited,
+  kBodyTooLarge,
+  kHeadersTooLarge,
+  kHeaderTimeout,
+  kBadRequest,
+  kUpstreamUnreachable,
+  kUpstreamTimeout,
+  kUpstreamUnsupported,
+};
+std::string_view reason_name(Reason r);
+
+struct LocalReply {
+  int status = 0;
+  Reason reason = Reason::kNone;
+  std::string_view detail;
+  bool close = false;  // close the connection after answering
+};
+
+struct Context {
+  std::shared_ptr<const config::Snapshot> snapshot;  // pinned for the whole request
+  const config::Project* project = nullptr;
+  const config::KeyEntry* key = nullptr;
+  std::uint64_t key_tag = 0;  // first 8 bytes of the key's SHA-256: names its rate-limit state
+  std::string request_id;
+  std::string client_ip;
+  ratelimit::Decision limit;
+  bool limit_checked = false;
+  Reason reason = Reason::kNone;
+  int status = 0;
+  std::int64_t start_ns = 0;
+  std::int64_t upstream_ns = -1;  // time to the upstream's response head; -1 = not contacted
+  std::uint64_t bytes_in = 0, bytes_out = 0;
+};
+
+// --- accept -------------------------------------------------------------------------------
+bool valid_request_id(std::string_view id);
+
+struct Cidr {
+  unsigned char addr[16] = {};  // IPv4 as IPv4-mapped IPv6
+  int prefix = 0;               // in IPv6 bits
+};
+// Parses "10.0.0.0/8, ::1/128, 192.168.1.5"; throws std::invalid_argument naming the bad entry.
+std::vector<Cidr> parse_cidrs(std::string_view list);
+bool cidr_contains(const std::vector<Cidr>& cidrs, std::string_view ip);
+// The client address: `peer`, or when the peer is a trusted proxy, the right-most address in
+// X-Forwarded-For that is not itself trusted.
+std::string client_ip(std::string_view peer, std::string_view xff, const std::vector<Cidr>& trusted);
+
+// --- identify -----------------------------------------------------------------------------
+// Looks up the API key; fills ctx.project/ctx.key or returns the 401 to send.
+bool identify(Context& ctx, std::string_view api_key, bool key_present, std::int64_t now_ms, LocalReply& reply);
+
+// --- log ----------------------------------------------------------------------------------
+// "/users/123/orders/5f2b…" -> "/users/:id/orders/:id": numbers, UUIDs and long hex collapse.
+std::string normalise_endpoint(std::string_view path);
+// One JSON access-log line (with trailing '\n') appended to `out`.
+struct LogFields {
+  std::string_view method, path, user_agent;
+};
+void append_log_line(std::string& out, const Context& ctx, const LogFields& f, std::int64_t end_ns);
+
+// --- shared helpers -----------------------------------------------------------------------
+// Hop-by-hop headers (RFC 9110 7.6.1) plus proxy-only ones that are never forwarded.
+bool is_hop_by_hop(std::string_view lower_name);
+void append_json_string(std::string& out, std::string_view s);
+std::int64_t steady_ns();
+
+}  // namespace ag::gateway

@@ -1,0 +1,371 @@
+#include "gateway/worker.hpp"
+#include <utility>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <csignal>
+#include <thread>
+
+#include "common/crypto.hpp"
+#include "common/env.hpp"
+#include "common/time.hpp"
+#include "config/sync.hpp"
+#include "control/settings.hpp"
+#include "gateway/redis_limiter.hpp"
+#include "gateway/runtime.hpp"
+#include "http/server.hpp"
+
+namespace ag::gateway {
+
+using error_code = boost::system::error_code;
+
+// ---------------------------------------------------------------- ThreadRuntime
+
+ThreadRuntime::ThreadRuntime(std::size_t i, const WorkerOptions& o, metrics::Shard& shard, AccessLog& l,
+                             ratelimit::LocalStore& lim, const std::vector<Cidr>& t)
+    : index(i), opts(o), metrics(shard), log(l), limiter(lim), trusted(t) {
+  id_prefix = crypto::random_base62(10);
+  log_line.reserve(1024);
+}
+
+void ThreadRuntime::track(Tracked* t) {
+  t->prev = nullptr;
+  t->next = head;
+  if (head) head->prev = t;
+  head = t;
+  ++live;
+}
+
+void ThreadRuntime::untrack(Tracked* t) {
+  if (t->prev) t->prev->next = t->next;
+  else head = t->next;
+  if (t->next) t->next->prev = t->prev;
+  t->prev = t->next = nullptr;
+  --live;
+}
+
+std::unique_ptr<UpstreamConn> ThreadRuntime::take_pooled(const std::string& key) {
+  auto it = pools.find(key);
+  if (it == pools.end() || it->second.empty()) return nullptr;
+  auto c = std::move(it->second.back());
+  it->second.pop_back();
+  return c;
+}
+
+void ThreadRuntime::give_back(std::unique_ptr<UpstreamConn> c) {
+  if (draining) return;  // closes it
+  c->idle_since_ns = steady_ns();
+  auto& v = pools[c->pool_key];
+  if (v.size() >= 256) return;  // enough idle connections to this upstream
+  v.push_back(std::move(c));
+}
+
+void ThreadRuntime::sweep(std::int64_t now) {
+  for (Tracked* t = head; t;) {
+    Tracked* next = t->next;  // on_deadline never unlinks synchronously, but be safe
+    if (t->deadline_ns <= now) t->on_deadline();
+    t = next;
+  }
+  const std::int64_t idle_limit = opts.upstream_idle_ms * 1'000'000;
+  for (auto& [key, v] : pools) {
+    // Oldest first: drop those idle too long (before the upstream's own keep-alive timeout).
+    std::size_t keep_from = 0;
+    while (keep_from < v.size() && now - v[keep_from]->idle_since_ns > idle_limit) ++keep_from;
+    if (keep_from > 0) v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(keep_from));
+  }
+}
+
+std::string ThreadRuntime::next_request_id() {
+  std::string id = id_prefix;
+  id += '-';
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, ++id_counter, 36);
+  id.append(buf, r.ptr);
+  return id;
+}
+
+// ---------------------------------------------------------------- options
+
+namespace {
+
+std::int64_t env_int(const char* name, std::int64_t def, std::int64_t lo, std::int64_t hi) {
+  auto v = env::get(name);
+  if (!v) return def;
+  std::int64_t out = 0;
+  auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
+  if (ec != std::errc{} || p != v->data() + v->size() || out < lo || out > hi)
+    throw std::runtime_error(std::string(name) + " must be an integer between " + std::to_string(lo) + " and " +
+                             std::to_string(hi));
+  return out;
+}
+
+}  // namespace
+
+WorkerOptions load_worker_options() {
+  WorkerOptions o;
+  control::parse_listen(env::get_or("WORKER_LISTEN", "0.0.0.0:8080"), "WORKER_LISTEN", o.listen_host, o.listen_port);
+  control::parse_listen(env::get_or("WORKER_ADMIN_LISTEN", "127.0.0.1:9901"), "WORKER_ADMIN_LISTEN", o.admin_host,
+                        o.admin_port);
+  o.threads = static_cast<int>(env_int("WORKER_THREADS", 0, 0, 256));
+  o.trusted_proxies = env::get_or("WORKER_TRUSTED_PROXIES", "");
+  o.header_timeout_ms = env_int("WORKER_HEADER_TIMEOUT_SEC", 10, 1, 3600) * 1000;
+  o.idle_timeout_ms = env_int("WORKER_IDLE_TIMEOUT_SEC", 60, 1, 86400) * 1000;
+  o.upstream_connect_timeout_ms = env_int("WORKER_UPSTREAM_CONNECT_TIMEOUT_MS", 3000, 10, 600000);
+  o.upstream_timeout_ms = env_int("WORKER_UPSTREAM_TIMEOUT_SEC", 30, 1, 86400) * 1000;
+  o.drain_ms = env_int("WORKER_DRAIN_SEC", 15, 0, 3600) * 1000;
+  o.max_header_bytes = static_cast<std::size_t>(env_int("WORKER_MAX_HEADER_BYTES", 16384, 1024, 1 << 20));
+  o.access_log = env::get_or("WORKER_ACCESS_LOG", "stdout");
+  o.redis_url = env::get_or("REDIS_URL", "");
+  o.config_file = env::get_or("WORKER_CONFIG_FILE", "");
+  o.control_url = env::get_or("CONTROL_API_BASE_URL", "");
+  o.control_secret = env::get_or("CONTROL_WORKER_SHARED_SECRET", env::get_or("WORKER_SECRET_KEY", ""));
+  o.poll_ms = env_int("WORKER_CONFIG_POLL_SEC", 2, 1, 3600) * 1000;
+  return o;
+}
+
+// ---------------------------------------------------------------- Worker
+
+struct Worker::Impl {
+  explicit Impl(WorkerOptions o) : opts(std::move(o)) {
+    if (opts.threads <= 0) opts.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    trusted = parse_cidrs(opts.trusted_proxies);
+    registry = std::make_unique<metrics::Registry>(static_cast<std::size_t>(opts.threads));
+    log = std::make_unique<AccessLog>(opts.access_log, static_cast<std::size_t>(opts.threads));
+    for (int i = 0; i < opts.threads; ++i)
+      threads.push_back(std::make_unique<ThreadRuntime>(static_cast<std::size_t>(i), opts, registry->shard(i), *log,
+                                                        limiter, trusted));
+    if (!opts.redis_url.empty()) {
+      auto url = parse_redis_url(opts.redis_url);
+      for (auto& t : threads) {
+        redis.push_back(std::make_unique<RedisLimiter>(*t, url, 50));
+        t->redis = redis.back().get();
+      }
+    }
+  }
+
+  WorkerOptions opts;
+  std::vector<Cidr> trusted;
+  std::unique_ptr<metrics::Registry> registry;
+  std::unique_ptr<AccessLog> log;
+  ratelimit::LocalStore limiter;
+  std::vector<std::unique_ptr<ThreadRuntime>> threads;
+  std::vector<std::unique_ptr<RedisLimiter>> redis;
+  std::vector<std::thread> os_threads;
+  std::unique_ptr<http::Server> admin;
+  std::thread admin_thread;
+  std::unique_ptr<config::ConfigSource> source;
+  std::atomic<bool> ready{false};
+  std::atomic<bool> shutting_down{false};
+  std::uint16_t port = 0;
+
+  void bind(ThreadRuntime& t, const tcp::endpoint& ep) {
+    error_code ec;
+    t.acceptor.open(ep.protocol(), ec);
+    if (!ec) t.acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) {
+      int one = 1;
+      if (::setsockopt(t.acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
+        ec = error_code(errno, boost::system::system_category());
+    }
+    if (!ec) t.acceptor.bind(ep, ec);
+    if (!ec) t.acceptor.listen(4096, ec);
+    if (ec)
+      throw std::runtime_error("cannot listen on " + opts.listen_host + ":" + std::to_string(ep.port()) + ": " +
+                               ec.message());
+  }
+
+  static Task<void> accept_loop(ThreadRuntime& t) {
+    for (;;) {
+      error_code ec;
+      Socket s = co_await t.acceptor.async_accept(asio::redirect_error(use_task, ec));
+      if (ec) {
+        if (!t.acceptor.is_open() || t.draining) co_return;
+        if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
+          // Out of file descriptors: back off briefly instead of spinning.
+          Timer wait(t.ioc.get_executor());
+          wait.expires_after(std::chrono::milliseconds(50));
+          co_await wait.async_wait(asio::redirect_error(use_task, ec));
+        }
+        continue;
+      }
+      asio::co_spawn(t.ioc, serve_connection(t, std::move(s)), asio::detached);
+    }
+  }
+
+  static Task<void> sweep_loop(ThreadRuntime& t) {
+    for (;;) {
+      t.sweep_timer.expires_after(std::chrono::milliseconds(250));
+      error_code ec;
+      co_await t.sweep_timer.async_wait(asio::redirect_error(use_task, ec));
+      std::int64_t now = steady_ns();
+      t.sweep(now);
+      if (t.draining) {
+        if (t.live == 0 || now >= t.drain_deadline_ns) {
+          if (t.live > 0) spdlog::warn("drain deadline reached with {} connection(s) still open on thread {}", t.live, t.index);
+          t.pools.clear();
+          t.ioc.stop();
+          co_return;
+        }
+      }
+    }
+  }
+
+  http::Response admin_handle(http::Request& req) {
+    http::Response r;
+    if (req.path == "/metrics") {
+      r.body = registry->render(config::metrics_slot_names());
+      r.set_header("Content-Type", "text/plain; version=0.0.4");
+      return r;
+    }
+    if (req.path == "/ping" || req.path == "/ready") {
+      bool ok = ready.load() && !shutting_down.load();
+      r.status = ok ? 200 : 503;
+      r.body = std::string("{\"status\":\"") + (ok ? "ok" : shutting_down.load() ? "draining" : "starting") +
+               "\",\"ready\":" + (ok ? "true" : "false") +
+               ",\"config_version\":" + std::to_string(registry->config_version.load()) + "}";
+      r.set_header("Content-Type", "application/json");
+      return r;
+    }
+    r.status = 404;
+    r.body = "{\"detail\":\"Not found\"}";
+    r.set_header("Content-Type", "application/json");
+    return r;
+  }
+};
+
+Worker::Worker(WorkerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+Worker::~Worker() {
+  shutdown();
+  wait();
+}
+
+void Worker::start() {
+  auto& im = *impl_;
+  error_code ec;
+  auto addr = asio::ip::make_address(im.opts.listen_host, ec);
+  if (ec) throw std::runtime_error("invalid WORKER_LISTEN address '" + im.opts.listen_host + "'");
+  // The first thread binds (port 0 picks a free port); the others join the same port.
+  tcp::endpoint ep{addr, im.opts.listen_port};
+  im.bind(*im.threads[0], ep);
+  im.port = im.threads[0]->acceptor.local_endpoint().port();
+  ep.port(im.port);
+  for (std::size_t i = 1; i < im.threads.size(); ++i) im.bind(*im.threads[i], ep);
+
+  http::ServerOptions ao;
+  ao.host = im.opts.admin_host;
+  ao.port = im.opts.admin_port;
+  ao.threads = 1;
+  im.admin = std::make_unique<http::Server>(
+      ao, [this](http::Request& r) { return impl_->admin_handle(r); },
+      [](int status, std::string detail) {
+        http::Response r;
+        r.status = status;
+        r.body = "{\"detail\":\"" + detail + "\"}";
+        return r;
+      });
+  im.admin->listen();
+
+  for (auto& r : im.redis) r->start();
+  for (auto& t : im.threads) {
+    asio::co_spawn(t->ioc, Impl::accept_loop(*t), asio::detached);
+    asio::co_spawn(t->ioc, Impl::sweep_loop(*t), asio::detached);
+  }
+  for (auto& t : im.threads) {
+    ThreadRuntime* rt = t.get();
+    im.os_threads.emplace_back([rt] { rt->ioc.run(); });
+  }
+  im.admin_thread = std::thread([this] { impl_->admin->run(); });
+
+  auto publish = [this](std::shared_ptr<const config::Snapshot> s) { this->publish(std::move(s)); };
+  if (!im.opts.config_file.empty()) {
+    im.source = config::make_file_source(im.opts.config_file, std::chrono::milliseconds(1000), publish);
+  } else if (!im.opts.control_url.empty()) {
+    config::ControlPlaneSourceOptions co;
+    co.base_url = im.opts.control_url;
+    co.secret = im.opts.control_secret;
+    co.poll_interval = std::chrono::milliseconds(im.opts.poll_ms);
+    im.source = config::make_control_plane_source(co, publish);
+  } else {
+    spdlog::warn("no config source: set CONTROL_API_BASE_URL or --config; every request gets 503 until then");
+  }
+  if (im.source) im.source->start();
+  spdlog::info("worker listening on http://{}:{} ({} threads{})", im.opts.listen_host, im.port, im.threads.size(),
+               im.redis.empty() ? ", local rate limits" : ", rate limits in Redis");
+  spdlog::info("worker admin listening on http://{}:{}", im.opts.admin_host, im.admin->bound_port());
+}
+
+std::uint16_t Worker::port() const { return impl_->port; }
+std::uint16_t Worker::admin_port() const { return impl_->admin ? impl_->admin->bound_port() : 0; }
+
+void Worker::publish(std::shared_ptr<const config::Snapshot> snapshot) {
+  auto& im = *impl_;
+  im.registry->config_version.store(snapshot->version);
+  im.registry->config_loaded_at_ms.store(now_ms());
+  im.registry->config_keys.store(static_cast<std::int64_t>(snapshot->keys.size()));
+  im.registry->config_projects.store(static_cast<std::int64_t>(snapshot->projects.size()));
+  for (auto& t : im.threads) {
+    ThreadRuntime* rt = t.get();
+    asio::post(rt->ioc, [rt, snapshot] { rt->snapshot = snapshot; });
+  }
+  im.ready.store(true);
+}
+
+void Worker::shutdown() {
+  auto& im = *impl_;
+  if (im.shutting_down.exchange(true)) return;
+  if (im.source) im.source->stop();
+  for (auto& t : im.threads) {
+    ThreadRuntime* rt = t.get();
+    asio::post(rt->ioc, [rt] {
+      rt->draining = true;
+      rt->drain_deadline_ns = steady_ns() + rt->opts.drain_ms * 1'000'000;
+      error_code ec;
+      rt->acceptor.close(ec);
+      rt->pools.clear();
+      for (Tracked* c = rt->head; c;) {
+        Tracked* next = c->next;
+        c->on_drain();
+        c = next;
+      }
+      if (rt->live == 0) rt->ioc.stop();
+    });
+  }
+}
+
+void Worker::wait() {
+  auto& im = *impl_;
+  for (auto& t : im.os_threads)
+    if (t.joinable()) t.join();
+  if (im.admin) im.admin->stop();
+  if (im.admin_thread.joinable()) im.admin_thread.join();
+  im.log->flush();
+}
+
+int run_worker(WorkerOptions options) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  Worker w(std::move(options));
+  w.start();
+  std::thread watcher([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    spdlog::info("signal {} received: draining", sig);
+    w.shutdown();
+  });
+  w.wait();
+  pthread_kill(watcher.native_handle(), SIGTERM);
+  watcher.join();
+  spdlog::info("worker stopped");
+  return 0;
+}
+
+}  // namespace ag::gateway

@@ -1,0 +1,68 @@
+#pragma once
+// The worker (data plane): thread-per-core event loops behind one SO_REUSEPORT port, an admin
+// listener, and a config source. Asio stays out of this header.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/snapshot.hpp"
+
+namespace ag::gateway {
+
+struct WorkerOptions {
+  std::string listen_host = "0.0.0.0";
+  std::uint16_t listen_port = 8080;
+  std::string admin_host = "127.0.0.1";
+  std::uint16_t admin_port = 9901;
+  int threads = 0;  // 0 = number of cores
+  std::string trusted_proxies;
+  std::int64_t header_timeout_ms = 10'000;
+  std::int64_t idle_timeout_ms = 60'000;
+  std::int64_t upstream_connect_timeout_ms = 3'000;
+  std::int64_t upstream_timeout_ms = 30'000;
+  std::int64_t upstream_idle_ms = 30'000;  // pooled upstream connections older than this are closed
+  std::int64_t drain_ms = 15'000;
+  std::size_t max_header_bytes = 16 * 1024;
+  std::string access_log = "stdout";
+  std::string redis_url;
+  // Config source: a file, or the control plane.
+  std::string config_file;
+  std::string control_url;
+  std::string control_secret;
+  std::int64_t poll_ms = 2'000;
+};
+
+// Reads WORKER_* / CONTROL_* / REDIS_URL from the environment; throws std::runtime_error naming
+// the variable on a bad value.
+WorkerOptions load_worker_options();
+
+class Worker {
+ public:
+  explicit Worker(WorkerOptions options);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Binds the listeners (throws with a clear message), starts the threads and the config source.
+  void start();
+  std::uint16_t port() const;
+  std::uint16_t admin_port() const;
+  // Begins a graceful shutdown (thread-safe, idempotent).
+  void shutdown();
+  // Blocks until every thread has stopped; then flushes the access log.
+  void wait();
+  // Publishes a new config snapshot to every thread.
+  void publish(std::shared_ptr<const config::Snapshot> snapshot);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Runs a worker until SIGTERM/SIGINT, then drains. Returns the exit code.
+int run_worker(WorkerOptions options);
+
+}  // namespace ag::gateway

@@ -1,0 +1,26 @@
+#pragma once
+// A small blocking HTTP/1.1 client for background work (config sync, health checks): one
+// request per call on a private event loop, with an overall deadline. Not for the request path.
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "http/message.hpp"
+
+namespace ag::http {
+
+struct ClientResult {
+  bool ok = false;       // a complete response was received
+  std::string error;     // otherwise: why not
+  int status = 0;
+  std::vector<Header> headers;  // names lower-cased
+  std::string body;
+  std::string header(std::string_view lower_name) const;
+};
+
+// `url`: http://host[:port]/path?query. `max_body`: larger responses fail.
+ClientResult fetch(const std::string& method, const std::string& url, const std::vector<Header>& headers,
+                   const std::string& body, std::chrono::milliseconds timeout,
+                   std::size_t max_body = 512 * 1024 * 1024);
+
+}  // namespace ag::http

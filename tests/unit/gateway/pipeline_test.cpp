@@ -1,0 +1,101 @@
+#include "gateway/pipeline.hpp"
+
+#include <gtest/gtest.h>
+
+#include "common/crypto.hpp"
+#include "config/snapshot.hpp"
+#include "control/service/api_key.hpp"
+
+namespace ag::gateway {
+namespace {
+
+TEST(Pipeline, ClientIpHonoursOnlyTrustedProxies) {
+  auto trusted = parse_cidrs("10.0.0.0/8, ::1/128");
+  EXPECT_EQ(client_ip("203.0.113.9", "1.2.3.4", trusted), "203.0.113.9");  // peer not trusted
+  EXPECT_EQ(client_ip("10.1.2.3", "1.2.3.4", trusted), "1.2.3.4");
+  EXPECT_EQ(client_ip("10.1.2.3", "6.6.6.6, 1.2.3.4, 10.9.9.9", trusted), "1.2.3.4");
+  EXPECT_EQ(client_ip("::1", "garbage", trusted), "::1");
+  EXPECT_EQ(client_ip("10.1.2.3", "", trusted), "10.1.2.3");
+  EXPECT_TRUE(cidr_contains(parse_cidrs("192.168.1.0/24"), "192.168.1.77"));
+  EXPECT_FALSE(cidr_contains(parse_cidrs("192.168.1.0/24"), "192.168.2.1"));
+  EXPECT_TRUE(cidr_contains(parse_cidrs("0.0.0.0/0"), "8.8.8.8"));
+  EXPECT_THROW(parse_cidrs("10.0.0.0/33"), std::invalid_argument);
+  EXPECT_THROW(parse_cidrs("not-an-ip"), std::invalid_argument);
+}
+
+TEST(Pipeline, EndpointNormalisation) {
+  EXPECT_EQ(normalise_endpoint("/users/123/orders"), "/users/:id/orders");
+  EXPECT_EQ(normalise_endpoint("/o/3f2504e0-4f89-11d3-9a0c-0305e82c3301"), "/o/:id");
+  EXPECT_EQ(normalise_endpoint("/blob/deadbeefdeadbeef00"), "/blob/:id");
+  EXPECT_EQ(normalise_endpoint("/v1/users"), "/v1/users");
+  EXPECT_EQ(normalise_endpoint(""), "/");
+}
+
+TEST(Pipeline, RequestIdValidation) {
+  EXPECT_TRUE(valid_request_id("abc-123_x.y"));
+  EXPECT_FALSE(valid_request_id(""));
+  EXPECT_FALSE(valid_request_id("a b"));
+  EXPECT_FALSE(valid_request_id(std::string(129, 'a')));
+}
+
+TEST(Pipeline, IdentifyChecksFormatHashAndExpiry) {
+  crypto::init();
+  auto good = control::generate_api_key();
+  auto expired = control::generate_api_key();
+  std::string doc = R"({"version":3,"projects":[{"id":"p1","upstream_base_url":"http://127.0.0.1:9/x",
+    "rate_limit":{"requests_per_minute":60,"burst":20},"max_body_bytes":5,
+    "keys":[{"id":"k1","hash":")" + good.hash_hex + R"(","expires_at":null},
+            {"id":"k2","hash":")" + expired.hash_hex + R"(","expires_at":"2020-01-01T00:00:00Z"}]}]})";
+  auto built = config::build_snapshot(doc);
+  ASSERT_TRUE(built.snapshot) << built.error;
+  Context ctx;
+  ctx.snapshot = built.snapshot;
+  LocalReply r;
+  EXPECT_TRUE(identify(ctx, good.key, true, 1'700'000'000'000, r));
+  EXPECT_EQ(ctx.project->id, "p1");
+  EXPECT_EQ(ctx.key->id, "k1");
+  EXPECT_NE(ctx.key_tag, 0u);
+  Context c2;
+  c2.snapshot = built.snapshot;
+  EXPECT_FALSE(identify(c2, "", false, 0, r));
+  EXPECT_EQ(r.reason, Reason::kKeyMissing);
+  EXPECT_FALSE(identify(c2, expired.key, true, 1'700'000'000'000, r));
+  EXPECT_EQ(r.reason, Reason::kKeyInvalid);
+  EXPECT_FALSE(identify(c2, control::generate_api_key().key, true, 0, r));  // well-formed, unknown
+  std::string tampered = good.key;
+  tampered[20] = tampered[20] == 'a' ? 'b' : 'a';
+  EXPECT_FALSE(identify(c2, tampered, true, 0, r));
+  EXPECT_EQ(r.status, 401);
+}
+
+TEST(Pipeline, LogLineIsOneJsonLineWithoutTheKey) {
+  Context ctx;
+  ctx.request_id = "r\"1";
+  ctx.client_ip = "1.2.3.4";
+  ctx.status = 401;
+  ctx.reason = Reason::kKeyInvalid;
+  std::string out;
+  append_log_line(out, ctx, LogFields{"GET", "/a/1\n", "ua\x01"}, 0);
+  EXPECT_EQ(out.back(), '\n');
+  EXPECT_EQ(out.find('\n'), out.size() - 1);
+  EXPECT_NE(out.find(R"("request_id":"r\"1")"), std::string::npos);
+  EXPECT_NE(out.find(R"("reason":"key_invalid")"), std::string::npos);
+  EXPECT_NE(out.find(R"("decision":"block")"), std::string::npos);
+  EXPECT_NE(out.find(R"(\u0001)"), std::string::npos);
+}
+
+TEST(Snapshot, RejectsBadDocumentsWithTheField) {
+  EXPECT_NE(config::build_snapshot("{").error, "");
+  EXPECT_NE(config::build_snapshot("[]").error, "");
+  auto e = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_base_url":"ftp://x","api_keys":[]}]})");
+  EXPECT_EQ(e.error.rfind("projects[0].upstream_base_url", 0), 0u) << e.error;
+  e = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_base_url":"http://x","api_keys":["zz"]}]})");
+  EXPECT_EQ(e.error.rfind("projects[0].api_keys[0]", 0), 0u) << e.error;
+  auto ok = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_url":"http://127.0.0.1:1","api_keys":[]}]})");
+  ASSERT_TRUE(ok.snapshot) << ok.error;
+  EXPECT_EQ(ok.snapshot->projects.at(0)->upstream.port, 1);
+  EXPECT_FALSE(ok.snapshot->projects.at(0)->upstream.endpoints.empty());
+}
+
+}  // namespace
+}  // namespace ag::gateway
