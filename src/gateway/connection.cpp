@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <charconv>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -52,13 +53,6 @@ bool ieq(std::string_view a, std::string_view b) {
   return true;
 }
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
-
 // True when `token` appears in the comma-separated `list` (case-insensitive).
 bool has_token(std::string_view list, std::string_view token) {
   while (!list.empty()) {
@@ -79,15 +73,27 @@ bool idempotent(http::verb v) {
 
 void append_num(std::string& out, std::uint64_t v) {
   char buf[24];
-  int n = std::snprintf(buf, sizeof buf, "%llu", static_cast<unsigned long long>(v));
-  out.append(buf, n);
+  out.append(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
 }
 
 void append_hex(std::string& out, std::uint64_t v) {
   char buf[24];
-  int n = std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v));
-  out.append(buf, n);
+  out.append(buf, std::to_chars(buf, buf + sizeof buf, v, 16).ptr);
 }
+
+// Header names are compared in lower case; this lowers into a stack buffer (no allocation).
+struct LowerName {
+  explicit LowerName(std::string_view s) {
+    len = s.size() < sizeof buf ? s.size() : sizeof buf;
+    for (std::size_t i = 0; i < len; ++i) {
+      char c = s[i];
+      buf[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    }
+  }
+  std::string_view view() const { return {buf, len}; }
+  char buf[64];
+  std::size_t len;
+};
 
 class Connection final : public Tracked {
  public:
@@ -126,9 +132,11 @@ class Connection final : public Tracked {
   Task<void> run();
 
  private:
+  // Deadlines use the thread's coarse clock (refreshed per request and per sweep): reading the
+  // clock for every I/O showed up in profiles, and a deadline a few ms early does not matter.
   void arm(Phase p, std::int64_t timeout_ms) {
     phase_ = p;
-    deadline_ns = steady_ns() + timeout_ms * 1'000'000;
+    deadline_ns = rt_.coarse_now_ns + timeout_ms * 1'000'000;
   }
 
   Task<bool> handle(http::request_parser<http::buffer_body>& parser);
@@ -254,7 +262,7 @@ Task<bool> Connection::send_local(Context& ctx, const LocalReply& reply, unsigne
 }
 
 void Connection::finish(Context& ctx, std::string_view method, std::string_view path, std::string_view ua) {
-  std::int64_t end = steady_ns();
+  std::int64_t end = rt_.coarse_now_ns = steady_ns();
   if (rt_.log.enabled()) {
     rt_.log_line.clear();
     append_log_line(rt_.log_line, ctx, LogFields{method, path, ua}, end);
@@ -269,7 +277,7 @@ void Connection::finish(Context& ctx, std::string_view method, std::string_view 
 Task<bool> Connection::handle(http::request_parser<http::buffer_body>& parser) {
   auto& req = parser.get();
   Context ctx;
-  ctx.start_ns = steady_ns();
+  ctx.start_ns = rt_.coarse_now_ns = steady_ns();
   ctx.snapshot = rt_.snapshot;  // pinned: a reload mid-request does not affect this request
   auto rid = req["X-Request-Id"];
   ctx.request_id = valid_request_id(rid) ? std::string(rid) : rt_.next_request_id();
@@ -301,7 +309,7 @@ Task<bool> Connection::handle(http::request_parser<http::buffer_body>& parser) {
     ratelimit::Policy policy{ctx.key->rate.requests_per_minute, ctx.key->rate.burst};
     // The key's limiter slot is named by the first 8 bytes of its SHA-256 (computed by identify).
     if (rt_.redis) ctx.limit = co_await rt_.redis->check(ctx.key_tag, policy);
-    else ctx.limit = rt_.limiter.check(ctx.key_tag, policy, steady_ns());
+    else ctx.limit = rt_.limiter.check(ctx.key_tag, policy, ctx.start_ns);
     ctx.limit_checked = true;
     if (ctx.limit.fallback) rt_.metrics.add(metrics::Counter::kRateLimitFallback);
     if (!ctx.limit.allowed) {
@@ -357,9 +365,10 @@ Task<bool> Connection::proxy(Context& ctx, http::request_parser<http::buffer_bod
   std::string_view xff, client_host;
   for (const auto& f : req.base()) {
     std::string_view name = f.name_string();
-    std::string n = lower(name);
+    LowerName ln(name);
+    std::string_view n = ln.view();
     if (is_hop_by_hop(n) || n == "host" || n == "content-length" || n == "x-forwarded-proto" ||
-        n == "x-forwarded-host" || n == "x-request-id" || n.rfind("x-gateway-", 0) == 0 || (expect_continue && n == "expect"))
+        n == "x-forwarded-host" || n == "x-request-id" || n.substr(0, 10) == "x-gateway-" || (expect_continue && n == "expect"))
       {
         if (n == "host") client_host = f.value();
         continue;
@@ -542,7 +551,7 @@ Task<bool> Connection::proxy(Context& ctx, http::request_parser<http::buffer_bod
     }
     co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, false);
   }
-  ctx.upstream_ns = steady_ns() - sent_ns;
+  ctx.upstream_ns = (rt_.coarse_now_ns = steady_ns()) - sent_ns;
   auto& rp = *rpo;
 
   // --- the response head to the client -----------------------------------------------------
@@ -566,7 +575,8 @@ Task<bool> Connection::proxy(Context& ctx, http::request_parser<http::buffer_bod
   head_ += "\r\n";
   auto res_conn = res[http::field::connection];
   for (const auto& f : res.base()) {
-    std::string n = lower(f.name_string());
+    LowerName ln(f.name_string());
+    std::string_view n = ln.view();
     if (switching && (n == "connection" || n == "upgrade")) {
       // keep them: they are the handshake
     } else if (is_hop_by_hop(n) || n == "x-request-id" || (n == "content-length" && !head_req) ||
@@ -689,7 +699,7 @@ Task<bool> Connection::tunnel(Context& ctx) {
     for (;;) {
       std::size_t n = co_await from.async_read_some(asio::buffer(data), asio::redirect_error(use_task, ec));
       if (ec) break;
-      deadline_ns = steady_ns() + rt_.opts.idle_timeout_ms * 1'000'000;
+      deadline_ns = rt_.coarse_now_ns + rt_.opts.idle_timeout_ms * 1'000'000;
       co_await asio::async_write(to, asio::buffer(data.data(), n), asio::redirect_error(use_task, ec));
       if (ec) break;
       if (upstream_to_client) ctx.bytes_out += n;

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
@@ -208,12 +209,37 @@ void append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
 }
 
+namespace {
+void append_uint(std::string& out, std::uint64_t v) {
+  char buf[24];
+  out.append(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
+}
+// Nanoseconds as milliseconds with 3 decimals, without printf.
+void append_ms(std::string& out, std::int64_t ns) {
+  if (ns < 0) ns = 0;
+  std::int64_t us = ns / 1000;
+  append_uint(out, static_cast<std::uint64_t>(us / 1000));
+  char frac[4] = {'.', static_cast<char>('0' + us / 100 % 10), static_cast<char>('0' + us / 10 % 10),
+                  static_cast<char>('0' + us % 10)};
+  out.append(frac, 4);
+}
+// The timestamp's text changes once a second: format it once per second per thread.
+thread_local std::int64_t t_ts_second = -1;
+thread_local char t_ts_text[24];
+}  // namespace
+
 void append_log_line(std::string& out, const Context& ctx, const LogFields& f, std::int64_t end_ns) {
-  char num[64];
-  out += "{\"ts\":\"";
   std::int64_t wall = now_ms();
-  out += format_rfc3339(wall);
-  out.insert(out.size() - 1, num, std::snprintf(num, sizeof num, ".%03d", static_cast<int>(wall % 1000)));
+  if (wall / 1000 != t_ts_second) {
+    t_ts_second = wall / 1000;
+    std::string s = format_rfc3339(wall);  // 2026-11-22T18:34:27Z
+    std::memcpy(t_ts_text, s.data(), 19);
+  }
+  out += "{\"ts\":\"";
+  out.append(t_ts_text, 19);
+  char ms[5] = {'.', static_cast<char>('0' + wall % 1000 / 100), static_cast<char>('0' + wall % 100 / 10),
+                static_cast<char>('0' + wall % 10), 'Z'};
+  out.append(ms, 5);
   out += "\",\"request_id\":";
   append_json_string(out, ctx.request_id);
   out += ",\"project_id\":";
@@ -236,16 +262,18 @@ void append_log_line(std::string& out, const Context& ctx, const LogFields& f, s
   out += ctx.reason == Reason::kNone ? "\"allow\"" : "\"block\"";
   out += ",\"reason\":";
   append_json_string(out, reason_name(ctx.reason));
-  double latency_ms = static_cast<double>(end_ns - ctx.start_ns) / 1e6;
-  double upstream_ms = ctx.upstream_ns >= 0 ? static_cast<double>(ctx.upstream_ns) / 1e6 : -1;
-  int n = std::snprintf(num, sizeof num, ",\"risk_score\":0.0,\"status\":%d,\"latency_ms\":%.3f", ctx.status, latency_ms);
-  out.append(num, n);
-  if (upstream_ms >= 0) n = std::snprintf(num, sizeof num, ",\"upstream_latency_ms\":%.3f", upstream_ms);
-  else n = std::snprintf(num, sizeof num, ",\"upstream_latency_ms\":null");
-  out.append(num, n);
-  n = std::snprintf(num, sizeof num, ",\"bytes_in\":%llu,\"bytes_out\":%llu}\n",
-                    static_cast<unsigned long long>(ctx.bytes_in), static_cast<unsigned long long>(ctx.bytes_out));
-  out.append(num, n);
+  out += ",\"risk_score\":0.0,\"status\":";
+  append_uint(out, static_cast<std::uint64_t>(ctx.status));
+  out += ",\"latency_ms\":";
+  append_ms(out, end_ns - ctx.start_ns);
+  out += ",\"upstream_latency_ms\":";
+  if (ctx.upstream_ns >= 0) append_ms(out, ctx.upstream_ns);
+  else out += "null";
+  out += ",\"bytes_in\":";
+  append_uint(out, ctx.bytes_in);
+  out += ",\"bytes_out\":";
+  append_uint(out, ctx.bytes_out);
+  out += "}\n";
 }
 
 bool is_hop_by_hop(std::string_view n) {

@@ -79,6 +79,7 @@ struct ThreadRuntime {
   RedisLimiter* redis = nullptr;
   const std::vector<Cidr>& trusted;
   bool draining = false;
+  std::int64_t coarse_now_ns = 0;  // steady clock, refreshed per request and per sweep
   std::int64_t drain_deadline_ns = 0;
   std::string log_line;  // reused per request
 

@@ -202,7 +202,7 @@ struct Worker::Impl {
       t.sweep_timer.expires_after(std::chrono::milliseconds(250));
       error_code ec;
       co_await t.sweep_timer.async_wait(asio::redirect_error(use_task, ec));
-      std::int64_t now = steady_ns();
+      std::int64_t now = t.coarse_now_ns = steady_ns();
       t.sweep(now);
       if (t.draining) {
         if (t.live == 0 || now >= t.drain_deadline_ns) {
