@@ -1088,6 +1088,30 @@ class KeyTests(ControlTestCase):
         key = self.new_key(user.token, project["id"], label="l" * 100, grace_period_seconds=86400)
         self.assertEqual(key["label"], "l" * 100)
 
+    def test_per_key_rate_limit_override(self):
+        user = self.shared_user()
+        project = self.new_project(user.token, key_policy="multiple")
+        path = "/projects/%s/keys" % project["id"]
+        plain = self.new_key(user.token, project["id"])
+        self.assertIsNone(plain["rate_limit"])
+        special = self.new_key(user.token, project["id"],
+                               rate_limit={"requests_per_minute": 600, "burst": 5})
+        self.assertEqual(special["rate_limit"], {"requests_per_minute": 600, "burst": 5})
+        listed = {k["id"]: k for k in self.req("GET", path, token=user.token).json()}
+        self.assertEqual(listed[special["id"]]["rate_limit"], {"requests_per_minute": 600, "burst": 5})
+        self.assertIsNone(listed[plain["id"]]["rate_limit"])
+        cfg = self.server.worker_config().json()
+        wp = [p for p in cfg["projects"] if p["id"] == project["id"]][0]
+        by_id = {k["id"]: k for k in wp["keys"]}
+        self.assertEqual(by_id[special["id"]]["rate_limit"], {"requests_per_minute": 600, "burst": 5})
+        self.assertNotIn("rate_limit", by_id[plain["id"]])
+        for body, field in [({"rate_limit": {"requests_per_minute": 0, "burst": 1}}, "requests_per_minute"),
+                            ({"rate_limit": {"requests_per_minute": 10}}, "burst"),
+                            ({"rate_limit": {"requests_per_minute": 10, "burst": 1, "x": 1}}, "rate_limit.x"),
+                            ({"rate_limit": 5}, "rate_limit")]:
+            with self.subTest(body=body):
+                self.assertError(self.req("POST", path, body, token=user.token), 422, mentions=field)
+
     def test_list_never_shows_the_secret(self):
         user = self.shared_user()
         project = self.new_project(user.token)

@@ -18,7 +18,13 @@ struct KeyRow {
   std::optional<std::string> label;
   std::int64_t created_at = 0;
   std::optional<std::int64_t> expires_at, revoked_at;
+  std::optional<std::int64_t> rpm, burst;  // per-key override of the project's rate limit
 };
+
+json rate_json(const KeyRow& k) {
+  if (!k.rpm || !k.burst) return nullptr;
+  return {{"requests_per_minute", *k.rpm}, {"burst", *k.burst}};
+}
 
 std::string status_of(const KeyRow& k, std::int64_t now) {
   if (k.revoked_at) return "revoked";
@@ -34,7 +40,8 @@ json to_json(const KeyRow& k, std::int64_t now) {
           {"status", status_of(k, now)},
           {"created_at", iso_time(k.created_at)},
           {"expires_at", iso_or_null(k.expires_at)},
-          {"revoked_at", iso_or_null(k.revoked_at)}};
+          {"revoked_at", iso_or_null(k.revoked_at)},
+          {"rate_limit", rate_json(k)}};
 }
 
 // The caller's project with that id, or 404.
@@ -59,7 +66,21 @@ std::string owned_project(store::Connection& c, const std::string& id, const std
 http::Response create(AppState& app, const http::Request& req, const http::PathParams& params) {
   auto user = require_user(app, req);
   json body = parse_object_body(req, true);
-  reject_unknown_fields(body, {"label", "grace_period_seconds"});
+  reject_unknown_fields(body, {"label", "grace_period_seconds", "rate_limit"});
+  std::optional<std::int64_t> rpm, burst;
+  if (auto it = body.find("rate_limit"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) throw validation_error("rate_limit", "must be an object with requests_per_minute and burst");
+    for (auto f = it->begin(); f != it->end(); ++f)
+      if (f.key() != "requests_per_minute" && f.key() != "burst") throw validation_error("rate_limit." + f.key(), "unknown field");
+    try {
+      rpm = get_int(*it, "requests_per_minute", 1, 1000000);
+      burst = get_int(*it, "burst", 0, 1000000);
+    } catch (const ApiError& e) {
+      throw ApiError(422, "rate_limit." + e.detail());
+    }
+    if (!rpm) throw validation_error("rate_limit.requests_per_minute", "field required");
+    if (!burst) throw validation_error("rate_limit.burst", "field required");
+  }
   auto label = get_string(body, "label");
   if (label) {
     if (auto e = check_name(*label); !e.empty()) throw validation_error("label", e);
@@ -71,7 +92,7 @@ http::Response create(AppState& app, const http::Request& req, const http::PathP
   std::string raw;
   for (int attempt = 0;; ++attempt) {
     GeneratedKey g = generate_api_key();
-    k = KeyRow{crypto::uuid_v4(), g.public_id, label, now_ms(), std::nullopt, std::nullopt};
+    k = KeyRow{crypto::uuid_v4(), g.public_id, label, now_ms(), std::nullopt, std::nullopt, rpm, burst};
     rotated = json::array();
     try {
       app.db->transaction([&](store::Connection& c) {
@@ -97,9 +118,9 @@ http::Response create(AppState& app, const http::Request& req, const http::PathP
             }
           }
         }
-        c.exec("INSERT INTO api_keys (id, project_id, public_id, key_hash, label, created_at) "
-               "VALUES ($1, $2, $3, $4, $5, $6)",
-               {k.id, pid, k.public_id, g.hash_hex, store::opt(label), now});
+        c.exec("INSERT INTO api_keys (id, project_id, public_id, key_hash, label, created_at, rate_limit_rpm, "
+               "rate_limit_burst) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+               {k.id, pid, k.public_id, g.hash_hex, store::opt(label), now, store::opt(rpm), store::opt(burst)});
         audit(c, req, user.user_id, "key.create", "api_key", k.id,
               {{"project_id", pid}, {"public_id", k.public_id}});
         if (!rotated.empty())
@@ -127,13 +148,13 @@ http::Response list(AppState& app, const http::Request& req, const http::PathPar
   app.db->with_connection([&](store::Connection& c) {
     std::string pid = owned_project(c, params.at("id"), user.user_id);
     auto r = c.exec(
-        "SELECT id, public_id, label, created_at, expires_at, revoked_at FROM api_keys "
-        "WHERE project_id = $1 ORDER BY seq DESC",
+        "SELECT id, public_id, label, created_at, expires_at, revoked_at, rate_limit_rpm, rate_limit_burst "
+        "FROM api_keys WHERE project_id = $1 ORDER BY seq DESC",
         {pid});
     std::int64_t now = now_ms();
     for (const auto& row : r.rows)
-      out.push_back(to_json(KeyRow{row.text(0), row.text(1), row.opt_text(2), row.integer(3),
-                                   row.opt_integer(4), row.opt_integer(5)},
+      out.push_back(to_json(KeyRow{row.text(0), row.text(1), row.opt_text(2), row.integer(3), row.opt_integer(4),
+                                   row.opt_integer(5), row.opt_integer(6), row.opt_integer(7)},
                             now));
   });
   return json_response(200, out);

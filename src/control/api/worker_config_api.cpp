@@ -40,7 +40,8 @@ http::Response config(AppState& app, const http::Request& req) {
         "FROM projects ORDER BY seq",
         {});
     auto kr = c.exec(
-        "SELECT project_id, id, public_id, key_hash, expires_at FROM api_keys WHERE revoked_at IS NULL "
+        "SELECT project_id, id, public_id, key_hash, expires_at, rate_limit_rpm, rate_limit_burst FROM api_keys "
+        "WHERE revoked_at IS NULL "
         "AND (expires_at IS NULL OR expires_at > $1) ORDER BY seq",
         {now});
     std::unordered_map<std::string, std::size_t> index;
@@ -62,10 +63,13 @@ http::Response config(AppState& app, const http::Request& req) {
       if (it == index.end()) continue;
       auto& p = projects[it->second];
       p["api_keys"].push_back(row.text(3));
-      p["keys"].push_back({{"id", row.text(1)},
-                           {"public_id", row.text(2)},
-                           {"hash", row.text(3)},
-                           {"expires_at", iso_or_null(row.opt_integer(4))}});
+      json key = {{"id", row.text(1)},
+                  {"public_id", row.text(2)},
+                  {"hash", row.text(3)},
+                  {"expires_at", iso_or_null(row.opt_integer(4))}};
+      if (!row.is_null(5) && !row.is_null(6))
+        key["rate_limit"] = {{"requests_per_minute", row.integer(5)}, {"burst", row.integer(6)}};
+      p["keys"].push_back(std::move(key));
     }
   });
   auto etag = "\"" + std::to_string(version) + "\"";

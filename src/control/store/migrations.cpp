@@ -163,6 +163,9 @@ CREATE TABLE config_state (
 );
 INSERT INTO config_state (id, version) VALUES (1, 0);
 )SQL"},
+    {2, "per-key rate limit override",
+     "ALTER TABLE api_keys ADD COLUMN rate_limit_rpm BIGINT; ALTER TABLE api_keys ADD COLUMN rate_limit_burst BIGINT;",
+     "ALTER TABLE api_keys ADD COLUMN rate_limit_rpm BIGINT; ALTER TABLE api_keys ADD COLUMN rate_limit_burst BIGINT;"},
 };
 
 constexpr const char* kCreateTable =
