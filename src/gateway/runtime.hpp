@@ -59,6 +59,8 @@ struct UpstreamConn {
   Socket socket;
   std::int64_t idle_since_ns = 0;
   std::string pool_key;
+  bool in_pool = false;
+  std::uint64_t pool_epoch = 0;
 };
 
 struct ThreadRuntime {

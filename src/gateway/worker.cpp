@@ -30,6 +30,7 @@ ThreadRuntime::ThreadRuntime(std::size_t i, const WorkerOptions& o, metrics::Sha
                              ratelimit::LocalStore& lim, const std::vector<Cidr>& t)
     : index(i), opts(o), metrics(shard), log(l), limiter(lim), trusted(t) {
   id_prefix = crypto::random_base62(10);
+  coarse_now_ns = steady_ns();
   log_line.reserve(1024);
 }
 
@@ -54,14 +55,35 @@ std::unique_ptr<UpstreamConn> ThreadRuntime::take_pooled(const std::string& key)
   if (it == pools.end() || it->second.empty()) return nullptr;
   auto c = std::move(it->second.back());
   it->second.pop_back();
+  c->in_pool = false;
+  error_code ec;
+  c->socket.cancel(ec);  // ends the idle watch
   return c;
 }
 
 void ThreadRuntime::give_back(std::unique_ptr<UpstreamConn> c) {
   if (draining) return;  // closes it
-  c->idle_since_ns = steady_ns();
+  c->idle_since_ns = coarse_now_ns;
   auto& v = pools[c->pool_key];
   if (v.size() >= 256) return;  // enough idle connections to this upstream
+  // Watch the idle connection: if the upstream closes it (or sends anything unasked), it leaves
+  // the pool at once instead of failing the next request that would have picked it.
+  UpstreamConn* raw = c.get();
+  raw->in_pool = true;
+  std::uint64_t epoch = ++raw->pool_epoch;
+  raw->socket.async_wait(tcp::socket::wait_read, [this, raw, epoch, key = raw->pool_key](error_code ec) {
+    if (ec == asio::error::operation_aborted) return;
+    auto it = pools.find(key);
+    if (it == pools.end()) return;
+    auto& vec = it->second;
+    for (auto i = vec.begin(); i != vec.end(); ++i) {
+      // Only the same connection, still idle since this watch began (pointer and epoch match).
+      if (i->get() == raw && raw->in_pool && raw->pool_epoch == epoch) {
+        vec.erase(i);
+        return;
+      }
+    }
+  });
   v.push_back(std::move(c));
 }
 
@@ -193,6 +215,7 @@ struct Worker::Impl {
         }
         continue;
       }
+      t.coarse_now_ns = steady_ns();  // the new connection's first deadline starts now
       asio::co_spawn(t.ioc, serve_connection(t, std::move(s)), asio::detached);
     }
   }
