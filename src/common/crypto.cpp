@@ -12,10 +12,25 @@ void init() {
   if (sodium_init() < 0) throw std::runtime_error("libsodium failed to initialise");
 }
 
+namespace {
+// OpenSSL 3 looks an algorithm up (under a lock) on every EVP_sha256()-style call; the worker
+// hashes every API key, so the digest is fetched once and each thread keeps its own context.
+const EVP_MD* sha256_md() {
+  static EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  return md;
+}
+struct MdCtx {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  ~MdCtx() { EVP_MD_CTX_free(ctx); }
+};
+}  // namespace
+
 Sha256Digest sha256(std::string_view data) {
+  thread_local MdCtx c;
   Sha256Digest out{};
   unsigned int len = 0;
-  if (EVP_Digest(data.data(), data.size(), out.data(), &len, EVP_sha256(), nullptr) != 1)
+  if (!c.ctx || EVP_DigestInit_ex2(c.ctx, sha256_md(), nullptr) != 1 ||
+      EVP_DigestUpdate(c.ctx, data.data(), data.size()) != 1 || EVP_DigestFinal_ex(c.ctx, out.data(), &len) != 1)
     throw std::runtime_error("sha256 failed");
   return out;
 }

@@ -27,6 +27,7 @@
 
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "gateway/arena.hpp"
 #include "gateway/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
 
@@ -39,6 +40,8 @@ using error_code = boost::system::error_code;
 namespace {
 
 constexpr std::size_t kChunk = 16 * 1024;
+using ReqParser = http::request_parser<http::buffer_body, ArenaAllocator<char>>;
+using ResParser = http::response_parser<http::buffer_body, ArenaAllocator<char>>;
 
 enum class Phase : std::uint8_t { kFirstHeader, kIdle, kRequestBody, kConnect, kUpstreamWrite, kUpstreamWait, kResponseBody, kTunnel, kLocalWrite };
 
@@ -139,10 +142,10 @@ class Connection final : public Tracked {
     deadline_ns = rt_.coarse_now_ns + timeout_ms * 1'000'000;
   }
 
-  Task<bool> handle(http::request_parser<http::buffer_body>& parser);
+  Task<bool> handle(ReqParser& parser);
   Task<bool> send_local(Context& ctx, const LocalReply& reply, unsigned version, bool keep_alive,
                         bool head_only = false);
-  Task<bool> proxy(Context& ctx, http::request_parser<http::buffer_body>& parser, bool keep_alive);
+  Task<bool> proxy(Context& ctx, ReqParser& parser, bool keep_alive);
   Task<bool> tunnel(Context& ctx);
   void finish(Context& ctx, std::string_view method, std::string_view path, std::string_view ua);
   void add_rate_headers(const Context& ctx, std::string& out) const;
@@ -163,6 +166,7 @@ class Connection final : public Tracked {
   std::string head_;         // outgoing head to the client
   std::string up_head_;      // outgoing head to the upstream
   std::unique_ptr<char[]> chunk_;
+  Arena arena_;  // header fields of the current exchange
 };
 
 Task<void> Connection::run() {
@@ -171,19 +175,21 @@ Task<void> Connection::run() {
   bool first = true;
   for (;;) {
     if (rt_.draining && !first) break;
-    http::request_parser<http::buffer_body> parser;
+    arena_.reset();  // the previous exchange's parsers are gone
+    ReqParser parser(std::piecewise_construct, std::make_tuple(), std::make_tuple(ArenaAllocator<char>(arena_)));
     parser.header_limit(static_cast<std::uint32_t>(rt_.opts.max_header_bytes));
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     if (first) arm(Phase::kFirstHeader, rt_.opts.header_timeout_ms);
     else arm(Phase::kIdle, rt_.opts.idle_timeout_ms);
     timed_out_ = false;
+    const std::int64_t read_started_ns = rt_.coarse_now_ns;
     error_code ec;
     co_await http::async_read_header(sock_, buf_, parser, asio::redirect_error(use_task, ec));
     first = false;
     if (ec) {
       if (drained_) break;
       Context ctx;
-      ctx.start_ns = steady_ns();
+      ctx.start_ns = read_started_ns;  // a 408's latency is the time the client kept us waiting
       ctx.client_ip = peer_ip_;
       ctx.request_id = rt_.next_request_id();
       LocalReply reply;
@@ -264,9 +270,9 @@ Task<bool> Connection::send_local(Context& ctx, const LocalReply& reply, unsigne
 void Connection::finish(Context& ctx, std::string_view method, std::string_view path, std::string_view ua) {
   std::int64_t end = rt_.coarse_now_ns = steady_ns();
   if (rt_.log.enabled()) {
-    rt_.log_line.clear();
+    // Lines collect per thread and go to the log writer in batches (see ThreadRuntime::flush_log).
     append_log_line(rt_.log_line, ctx, LogFields{method, path, ua}, end);
-    if (!rt_.log.append(rt_.index, rt_.log_line)) rt_.metrics.add(metrics::Counter::kLogLinesDropped);
+    if (rt_.log_line.size() >= 32 * 1024) rt_.flush_log();
   }
   rt_.metrics.request(ctx.project ? ctx.project->metrics_slot : 0,
                       ctx.reason == Reason::kNone ? metrics::Decision::kAllow : metrics::Decision::kBlock, ctx.status);
@@ -274,7 +280,7 @@ void Connection::finish(Context& ctx, std::string_view method, std::string_view 
   if (ctx.upstream_ns >= 0) rt_.metrics.upstream_latency.observe(static_cast<double>(ctx.upstream_ns) / 1e6);
 }
 
-Task<bool> Connection::handle(http::request_parser<http::buffer_body>& parser) {
+Task<bool> Connection::handle(ReqParser& parser) {
   auto& req = parser.get();
   Context ctx;
   ctx.start_ns = rt_.coarse_now_ns = steady_ns();
@@ -338,7 +344,7 @@ Task<bool> Connection::handle(http::request_parser<http::buffer_body>& parser) {
   co_return keep;
 }
 
-Task<bool> Connection::proxy(Context& ctx, http::request_parser<http::buffer_body>& parser, bool keep_alive) {
+Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   auto& req = parser.get();
   const auto& up = ctx.project->upstream;
   unsigned version = req.version();
@@ -427,9 +433,9 @@ Task<bool> Connection::proxy(Context& ctx, http::request_parser<http::buffer_bod
 
   // --- connect, send, read the response head (with one retry) ------------------------------
   // Beast parsers cannot be reset; an optional lets a 1xx answer be followed by a fresh parser.
-  std::optional<http::response_parser<http::buffer_body>> rpo;
+  std::optional<ResParser> rpo;
   auto fresh_parser = [&] {
-    rpo.emplace();
+    rpo.emplace(std::piecewise_construct, std::make_tuple(), std::make_tuple(ArenaAllocator<char>(arena_)));
     rpo->header_limit(64 * 1024);
     rpo->body_limit(std::numeric_limits<std::uint64_t>::max());
     if (head_req) rpo->skip(true);

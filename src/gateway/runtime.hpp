@@ -83,7 +83,9 @@ struct ThreadRuntime {
   bool draining = false;
   std::int64_t coarse_now_ns = 0;  // steady clock, refreshed per request and per sweep
   std::int64_t drain_deadline_ns = 0;
-  std::string log_line;  // reused per request
+  std::string log_line;  // access-log lines not yet handed to the writer
+  // Hands the pending lines to the access-log writer: at 32 KiB, on every sweep, and at exit.
+  void flush_log();
 
   // Intrusive list of live client connections.
   Tracked* head = nullptr;

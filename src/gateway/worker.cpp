@@ -31,7 +31,7 @@ ThreadRuntime::ThreadRuntime(std::size_t i, const WorkerOptions& o, metrics::Sha
     : index(i), opts(o), metrics(shard), log(l), limiter(lim), trusted(t) {
   id_prefix = crypto::random_base62(10);
   coarse_now_ns = steady_ns();
-  log_line.reserve(1024);
+  log_line.reserve(40 * 1024);
 }
 
 void ThreadRuntime::track(Tracked* t) {
@@ -100,6 +100,12 @@ void ThreadRuntime::sweep(std::int64_t now) {
     while (keep_from < v.size() && now - v[keep_from]->idle_since_ns > idle_limit) ++keep_from;
     if (keep_from > 0) v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(keep_from));
   }
+}
+
+void ThreadRuntime::flush_log() {
+  if (log_line.empty()) return;
+  if (!log.append(index, log_line)) metrics.add(metrics::Counter::kLogLinesDropped);
+  log_line.clear();
 }
 
 std::string ThreadRuntime::next_request_id() {
@@ -227,10 +233,12 @@ struct Worker::Impl {
       co_await t.sweep_timer.async_wait(asio::redirect_error(use_task, ec));
       std::int64_t now = t.coarse_now_ns = steady_ns();
       t.sweep(now);
+      t.flush_log();
       if (t.draining) {
         if (t.live == 0 || now >= t.drain_deadline_ns) {
           if (t.live > 0) spdlog::warn("drain deadline reached with {} connection(s) still open on thread {}", t.live, t.index);
           t.pools.clear();
+          t.flush_log();
           t.ioc.stop();
           co_return;
         }
@@ -241,6 +249,7 @@ struct Worker::Impl {
   http::Response admin_handle(http::Request& req) {
     http::Response r;
     if (req.path == "/metrics") {
+      if (source) registry->config_errors.store(source->stats.errors.load());
       r.body = registry->render(config::metrics_slot_names());
       r.set_header("Content-Type", "text/plain; version=0.0.4");
       return r;
@@ -365,6 +374,7 @@ void Worker::wait() {
   auto& im = *impl_;
   for (auto& t : im.os_threads)
     if (t.joinable()) t.join();
+  for (auto& t : im.threads) t->flush_log();
   if (im.admin) im.admin->stop();
   if (im.admin_thread.joinable()) im.admin_thread.join();
   im.log->flush();

@@ -115,7 +115,7 @@ std::string Registry::render(const std::vector<std::string>& slot_names) const {
   append(out, "# TYPE ag_config_version gauge\nag_config_version %lld\n", static_cast<long long>(config_version.load()));
   append(out, "# TYPE ag_config_age_seconds gauge\nag_config_age_seconds %.3f\n",
          loaded > 0 ? static_cast<double>(now_ms() - loaded) / 1000.0 : -1.0);
-  append(out, "ag_config_errors_total %llu\n", static_cast<unsigned long long>(config_errors.load()));
+  append(out, "# TYPE ag_config_errors_total counter\nag_config_errors_total %llu\n", static_cast<unsigned long long>(config_errors.load()));
   append(out, "ag_config_keys %lld\nag_config_projects %lld\n", static_cast<long long>(config_keys.load()),
          static_cast<long long>(config_projects.load()));
   return out;

@@ -217,19 +217,23 @@ class FileModeTest(WorkerTestCase):
         cls.unknown_key, _ = wh.make_key()
         cls.ka = wh.key_entry(cls.key_a)
         cls.ka_future = wh.key_entry(cls.key_a_future, expires_at=now + 86400)
+        cls.key_a_limited, _ = wh.make_key()
+        cls.ka_limited = wh.key_entry(cls.key_a_limited, rate_limit=(60, 1))
+        cls.key_https, _ = wh.make_key()
         cls.kb = [wh.key_entry(k) for k in cls.key_b]
         cls.proj_a = wh.project_entry(up + "/base", [cls.ka, wh.key_entry(cls.key_a_expired, expires_at=now - 3600),
-                                                     cls.ka_future],
+                                                     cls.ka_future, cls.ka_limited],
                                       requests_per_minute=600000, burst=100000)
         cls.proj_b = wh.project_entry(up, cls.kb, requests_per_minute=60, burst=2)
         cls.proj_c = wh.project_entry(up, [wh.key_entry(cls.key_c)], max_body_bytes=1000)
         cls.down_port = wh.free_port()
         cls.proj_d = wh.project_entry("http://127.0.0.1:%d" % cls.down_port, [wh.key_entry(cls.key_d)])
         cls.proj_e = wh.project_entry(up, [wh.key_entry(cls.key_e)], max_body_bytes=200 * MB)
-        wh.write_config(cls.config_path, [cls.proj_a, cls.proj_b, cls.proj_c, cls.proj_d, cls.proj_e],
-                        version=cls.VERSION)
-        cls.all_keys = [cls.key_a, cls.key_a_expired, cls.key_a_future, cls.key_c, cls.key_d, cls.key_e,
-                        cls.unknown_key] + cls.key_b + malformed_variants(cls.key_a)
+        cls.proj_https = wh.project_entry("https://127.0.0.1:%d/x" % cls.down_port, [wh.key_entry(cls.key_https)])
+        wh.write_config(cls.config_path, [cls.proj_a, cls.proj_b, cls.proj_c, cls.proj_d, cls.proj_e,
+                                          cls.proj_https], version=cls.VERSION)
+        cls.all_keys = [cls.key_a, cls.key_a_expired, cls.key_a_future, cls.key_a_limited, cls.key_c,
+                        cls.key_d, cls.key_e, cls.key_https, cls.unknown_key] + cls.key_b + malformed_variants(cls.key_a)
         cls.worker = wh.start_worker(cls.config_path)
         ready = cls.worker.wait_ready()
         if ready is None or ready.status != 200:
@@ -406,22 +410,36 @@ class FileModeTest(WorkerTestCase):
             self.assertProxied(r)
             self.assertRegex(r.headers.get("RateLimit-Limit", ""), r"^\d+$", repr(r))
             self.assertRegex(r.headers.get("RateLimit-Remaining", ""), r"^\d+$", repr(r))
-        remaining = [int(r.headers["RateLimit-Remaining"]) for r in results[:3]]
-        self.assertEqual(remaining, sorted(remaining, reverse=True), remaining)
+        # RateLimit-Limit = burst + 1; Remaining = what is left of it now
+        self.assertEqual([r.headers["RateLimit-Limit"] for r in results[:3]], ["3", "3", "3"])
+        self.assertEqual([r.headers["RateLimit-Remaining"] for r in results[:3]], ["2", "1", "0"])
         limited = results[3]
         self.assertError(limited, 429)
         retry = limited.headers.get("Retry-After", "")
         self.assertRegex(retry, r"^\d+$", repr(limited))
-        self.assertTrue(1 <= int(retry) <= 60, repr(limited))
-        self.assertRegex(limited.headers.get("RateLimit-Limit", ""), r"^\d+$", repr(limited))
+        self.assertTrue(1 <= int(retry) <= 2, "60/min: one request is earned back within a second: %r" % limited)
+        self.assertEqual(limited.headers.get("RateLimit-Limit"), "3", repr(limited))
         self.assertEqual(limited.headers.get("RateLimit-Remaining"), "0", repr(limited))
-        self.assertRegex(limited.headers.get("RateLimit-Reset", ""), r"^\d+$", repr(limited))
+        reset = limited.headers.get("RateLimit-Reset", "")
+        self.assertRegex(reset, r"^\d+$", repr(limited))
+        self.assertTrue(2 <= int(reset) <= 4, "the bucket is full again after ~3 s: %r" % limited)
         self.assertEqual(len(self.upstream.matching(m)), 3)
         # per key: another key of the same project is not limited
         self.assertProxied(self.get("/rl-other?" + m, key=self.key_b[2]))
         # 60/min: one request is earned back after a second
         time.sleep(1.3)
         self.assertProxied(self.get("/rl-again?" + m, key=key))
+
+    def test_key_rate_limit_overrides_project(self):
+        # project A allows 100000 at once; this key's own limit is 60/min, burst 1
+        m = marker("keyrl")
+        results = [self.get("/keyrl?%s&n=%d" % (m, i), key=self.key_a_limited) for i in range(3)]
+        self.assertEqual([r.status for r in results], [200, 200, 429], results)
+        self.assertEqual(results[0].headers.get("RateLimit-Limit"), "2", repr(results[0]))
+        self.assertError(results[2], 429)
+        self.assertEqual(len(self.upstream.matching(m)), 2)
+        # the project's other keys keep the project's limit
+        self.assertEqual(self.get("/keyrl-a?" + m, key=self.key_a).headers.get("RateLimit-Limit"), "100001")
 
     # -- bodies -----------------------------------------------------------------------------
 
@@ -590,10 +608,13 @@ class FileModeTest(WorkerTestCase):
         self.assertEqual([r["path"] for r in self.upstream.matching(m)], ["/base/expect?" + m])
 
     def test_conflicting_length_headers_not_smuggled(self):
+        # Content-Length and Transfer-Encoding together: the body is the chunked one (empty), and
+        # the bytes after it are the client's next request (without a key: never forwarded).
         m = marker("smug")
         smuggle = (b"POST /smug?%s HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Length: 4\r\n"
-                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled-%s HTTP/1.1\r\nHost: x\r\n"
-                   b"X-API-Key: %s\r\n\r\n" % (m.encode(), self.key_a.encode(), m.encode(), self.key_a.encode()))
+                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled-%s HTTP/1.1\r\nHost: x\r\n\r\n"
+                   % (m.encode(), self.key_a.encode(), m.encode()))
+        first = None
         sock = self.worker.connect()
         try:
             sock.sendall(smuggle)
@@ -603,17 +624,19 @@ class FileModeTest(WorkerTestCase):
                 first, _, _ = wh.read_http_response(f)
                 wh.read_http_response(f)
             except (socket.timeout, ValueError, OSError):
-                first = first if "first" in locals() else None
+                pass
+            f.close()
         finally:
             sock.close()
         self.assertIn(first, (200, 400))
-        for rec in self.upstream.matching(m):
-            self.assertNotIn(b"GET /smuggled".decode(), rec["path"])
-            if rec["path"].startswith("/base/smug"):
-                # forwarded as one chunked request with an empty body, no conflicting lengths
-                self.assertEqual(rec["body_len"], 0, rec)
-                self.assertFalse("content-length" in rec["header_dict"]
-                                 and "transfer-encoding" in rec["header_dict"], rec["header_dict"])
+        time.sleep(0.3)
+        seen = self.upstream.matching(m)
+        self.assertEqual([r["path"] for r in seen if "smuggled" in r["path"]], [],
+                         "a request hidden in a body reached the upstream")
+        for rec in seen:
+            self.assertEqual(rec["body_len"], 0, rec)
+            self.assertFalse("content-length" in rec["header_dict"] and "transfer-encoding" in rec["header_dict"],
+                             "both framing headers forwarded: %r" % rec["header_dict"])
         # two different Content-Length values: 400, nothing forwarded
         m2 = marker("dupcl")
         status, _, _ = raw_exchange(self.worker, b"POST /dup?%s HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\n"
@@ -690,6 +713,11 @@ class FileModeTest(WorkerTestCase):
             self.assertIn(entry.get("decision"), ("allow", "block"), entry)
         self.assertTrue(self.worker.alive())
         self.assertProxied(self.get("/after-502", key=self.key_a))
+
+    def test_https_upstream_not_supported_502(self):
+        resp = self.get("/tls", key=self.key_https)
+        self.assertError(resp, 502, "Upstream scheme not supported by this worker")
+        self.assertTrue(self.worker.alive())
 
     def test_upstream_reset_502(self):
         m = marker("reset")
@@ -833,11 +861,13 @@ class FileModeTest(WorkerTestCase):
         text = resp.text
         lines = [l for l in text.splitlines() if l.startswith("ag_requests_total{")]
         self.assertTrue(lines, "no ag_requests_total samples:\n" + text[:2000])
-        proj = re.compile(r'project[a-z_]*="%s"' % re.escape(self.proj_a["id"]))
-        allow = [l for l in lines if proj.search(l) and 'decision="allow"' in l]
-        self.assertTrue(allow, "no allow sample for project A:\n" + "\n".join(lines))
+        proj = 'project="%s"' % self.proj_a["id"]
+        allow = [l for l in lines if proj in l and 'decision="allow"' in l and 'status="2xx"' in l]
+        self.assertTrue(allow, "no allow/2xx sample for project A:\n" + "\n".join(lines))
         self.assertGreaterEqual(float(allow[0].rsplit(" ", 1)[1]), 1)
-        self.assertTrue([l for l in lines if 'decision="block"' in l], "\n".join(lines))
+        blocked = [l for l in lines if 'project=""' in l and 'decision="block"' in l and 'status="4xx"' in l]
+        self.assertTrue(blocked, "no block/4xx sample for unidentified callers:\n" + "\n".join(lines))
+        self.assertRegex(text, r"(?m)^# TYPE ag_requests_total counter$")
         self.assertRegex(text, r"(?m)^# TYPE ag_config_version gauge$")
         m = re.search(r"(?m)^ag_config_version(?:\{[^}]*\})? (\S+)$", text)
         self.assertIsNotNone(m, text[:2000])
@@ -1092,6 +1122,7 @@ class ReloadTest(WorkerTestCase):
         self.assertEqual(self.status(key2), 200)
         self.assertEqual(self.status(key_bad), 401)
         self.assertEqual(self.version(), 101)
+        errors = re.search(r"(?m)^ag_config_errors_total(?:\{[^}]*\})? (\S+)$", self.worker.metrics())
 
         # a valid document again, with a key that expires in a few seconds
         key3, _ = wh.make_key()
@@ -1107,6 +1138,9 @@ class ReloadTest(WorkerTestCase):
         time.sleep(max(0.0, expires + 1.2 - time.time()))
         self.assertEqual(self.status(key4), 401, "key accepted after its expires_at")
         self.assertEqual(self.status(key3), 200)
+        # checked last so that the behaviour above is checked whatever the counter says
+        self.assertIsNotNone(errors, "ag_config_errors_total missing")
+        self.assertGreaterEqual(float(errors.group(1)), 2, "ag_config_errors_total after two rejected documents")
 
 
 # =============================================================================================
@@ -1139,6 +1173,9 @@ class NotReadyTest(WorkerTestCase):
         entry = self.assertLogged(self.worker, lambda e: e.get("request_id") == rid, "not ready")
         self.assertEqual((entry.get("decision"), entry.get("reason"), entry.get("status")),
                          ("block", "not_ready", 503), entry)
+        m = re.search(r"(?m)^ag_config_version(?:\{[^}]*\})? (\S+)$", self.worker.metrics())
+        self.assertIsNotNone(m)
+        self.assertEqual(float(m.group(1)), -1)
         self.assertTrue(self.worker.alive())
 
 
@@ -1206,6 +1243,14 @@ class ControlPlaneModeTest(WorkerTestCase):
         status, _ = self.poll(lambda: w.request("GET", "/r3", key=k3["api_key"]).status,
                               lambda s: s == 200, 3.0)
         self.assertEqual(status, 200, "new key not picked up within 3 s")
+        # a key with its own rate limit (60/min, burst 0): one request, then 429
+        k4 = h.create_key(ctl, user.token, project["id"], rate_limit={"requests_per_minute": 60, "burst": 0})
+        status, _ = self.poll(lambda: w.request("GET", "/r4", key=k4["api_key"]).status,
+                              lambda s: s != 401, 3.0)
+        self.assertEqual(status, 200, "key with its own limit not picked up within 3 s")
+        resp = w.request("GET", "/r4", key=k4["api_key"])
+        self.assertError(resp, 429)
+        self.assertEqual(resp.headers.get("RateLimit-Limit"), "1", repr(resp))
         version = ctl.worker_config().json()["version"]
         status, _ = self.poll(lambda: w.admin("/ready").json().get("config_version"),
                               lambda v: v == version, 3.0)

@@ -90,17 +90,21 @@ def rfc3339(epoch_seconds):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch_seconds)))
 
 
-def key_entry(key, key_hash=None, expires_at=None, key_id=None):
-    """One `keys[]` element. `expires_at`: None, an RFC 3339 string or epoch seconds."""
+def key_entry(key, key_hash=None, expires_at=None, key_id=None, rate_limit=None):
+    """One `keys[]` element. `expires_at`: None, an RFC 3339 string or epoch seconds.
+    `rate_limit`: the key's own (requests_per_minute, burst), replacing the project's."""
     if isinstance(expires_at, (int, float)):
         expires_at = rfc3339(expires_at)
-    return {
+    entry = {
         "id": key_id or str(uuid.uuid4()),
         "public_id": key[4:12],
         "hash": key_hash or hashlib.sha256(key.encode("ascii")).hexdigest(),
         "expires_at": expires_at,
         "key": key,  # test-side only; stripped by write_config
     }
+    if rate_limit is not None:
+        entry["rate_limit"] = {"requests_per_minute": rate_limit[0], "burst": rate_limit[1]}
+    return entry
 
 
 def project_entry(upstream_url, keys=(), requests_per_minute=6000, burst=1000,
