@@ -5,14 +5,16 @@
 #     NAME req_per_s p50_ms p99_ms
 # then the worker's ratios to nginx. Everything binds 127.0.0.1 and is stopped at the end.
 #
-# Usage: bench/load/gateway.sh [-c CONNECTIONS] [-d SECONDS] [-k NKEYS] [-l on|off]
+# Usage: bench/load/gateway.sh [-c CONNECTIONS] [-d SECONDS] [-k NKEYS] [-l on|off] [-r ROUNDS]
 #   -l: the worker's access log (to a file in the work dir); default on
+#   -r: rounds; each round runs nginx, haproxy and the worker back to back, and the ratios are
+#       computed per round (the machine is shared: compare within a round, report the median)
 # Env: PEERS_DIR (default ../shared/bench/peers beside the repo), AG_BIN, UPSTREAM_PORT (18080),
 #      WORKER_PORT (18083)
 set -euo pipefail
-CONNS=64 DUR=10 NKEYS=10000 LOG=on
-while getopts "c:d:k:l:h" o; do
-  case "$o" in c) CONNS="$OPTARG" ;; d) DUR="$OPTARG" ;; k) NKEYS="$OPTARG" ;; l) LOG="$OPTARG" ;; *) sed -n '2,12p' "$0"; exit 2 ;; esac
+CONNS=64 DUR=10 NKEYS=10000 LOG=on ROUNDS=1
+while getopts "c:d:k:l:r:h" o; do
+  case "$o" in c) CONNS="$OPTARG" ;; d) DUR="$OPTARG" ;; k) NKEYS="$OPTARG" ;; l) LOG="$OPTARG" ;; r) ROUNDS="$OPTARG" ;; *) sed -n '2,15p' "$0"; exit 2 ;; esac
 done
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
@@ -36,15 +38,11 @@ wait_listen() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/d
 to_ms() { awk -v v="$1" 'BEGIN{ n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
   f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : -1; if (f < 0) { print "NaN"; exit } printf "%.3f", n * f }'; }
 
-results=()
-# Peers first (each starts and stops its own upstream).
-for peer in nginx haproxy; do
-  line="$("$PEERS_DIR/run-peers.sh" -c "$CONNS" -d "$DUR" -k "$NKEYS" "$peer" 2>"$WORK/$peer.err")" || { cat "$WORK/$peer.err" >&2; exit 1; }
-  results+=("$line")
-  echo "$line"
-done
+run_peer() {  # nginx|haproxy -> "NAME rps p50 p99"
+  "$PEERS_DIR/run-peers.sh" -c "$CONNS" -d "$DUR" -k "$NKEYS" "$1" 2>"$WORK/$1.err" || { cat "$WORK/$1.err" >&2; exit 1; }
+}
 
-# The worker, with the same upstream configuration.
+# The worker, with the same upstream configuration, started once and loaded once per round.
 sed -e "s#@RUNDIR@#$WORK#g; s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" "$PEERS_DIR/nginx-upstream.conf" >"$WORK/upstream.conf"
 nginx -e "$WORK/upstream.err" -c "$WORK/upstream.conf" -g 'daemon off;' >/dev/null 2>&1 &
 PIDS+=($!)
@@ -64,6 +62,7 @@ done
 bad="$(curl -s -o /dev/null -w '%{http_code}' -H 'X-API-Key: k_not_a_valid_key' "http://127.0.0.1:$WORKER_PORT/")"
 [[ $bad == 401 ]] || { echo "worker: invalid key -> $bad" >&2; exit 1; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+run_worker() {
 t0="$(ticks "$WPID")"
 out="$(timeout $((DUR + 30)) wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -H "X-API-Key: $KEY" "http://127.0.0.1:$WORKER_PORT/")"
 t1="$(ticks "$WPID")"
@@ -75,10 +74,25 @@ if echo "$out" | grep -qE 'Non-2xx|Socket errors'; then echo "$out" | grep -E 'N
 echo "antigravity $rps $p50 $p99"
 awk -v a="$t0" -v b="$t1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" \
   'BEGIN{printf "antigravity: %.2f CPU-us/request\n", (b-a)*1e6/hz/n}' >&2
+}
+
+# The worker keeps running between rounds, so stop its upstream only at the end; the peers bring
+# their own upstream on the same port, so ours is paused (SIGSTOP would keep the port): instead the
+# peers run on a different upstream port.
+ratios=()
+for round in $(seq 1 "$ROUNDS"); do
+  n="$(UPSTREAM_PORT=$((UPSTREAM_PORT + 10)) run_peer nginx)"; echo "$n"
+  h="$(UPSTREAM_PORT=$((UPSTREAM_PORT + 10)) run_peer haproxy)"; echo "$h"
+  w="$(run_worker)"; echo "$w"
+  r="$(awk -v w="$(echo "$w" | awk '{print $2}')" -v n="$(echo "$n" | awk '{print $2}')" -v h="$(echo "$h" | awk '{print $2}')" \
+        -v wp="$(echo "$w" | awk '{print $4}')" -v np="$(echo "$n" | awk '{print $4}')" \
+        'BEGIN{printf "%.2f %.2f %.2f", w/n, w/h, wp/np}')"
+  set -- $r
+  echo "round $round: req/s $1x nginx, $2x haproxy; p99 $3x nginx"
+  ratios+=("$1")
+done
 rss="$(awk '/VmRSS/{print $2}' "/proc/$WPID/status")"
-echo "antigravity RSS after run: ${rss} kB (access log: $LOG)" >&2
-nginx_rps="$(echo "${results[0]}" | awk '{print $2}')"
-haproxy_rps="$(echo "${results[1]}" | awk '{print $2}')"
-nginx_p99="$(echo "${results[0]}" | awk '{print $4}')"
-awk -v w="$rps" -v n="$nginx_rps" -v h="$haproxy_rps" -v wp="$p99" -v np="$nginx_p99" \
-  'BEGIN{printf "ratio req/s: %.2fx nginx, %.2fx haproxy; p99: %.2fx nginx\n", w/n, w/h, wp/np}'
+echo "antigravity RSS after the runs: ${rss} kB (access log: $LOG)" >&2
+median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')"
+echo "median ratio req/s over $ROUNDS round(s): ${median}x nginx"
+

@@ -19,6 +19,7 @@
 #include <boost/beast/http/status.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstring>
@@ -98,9 +99,100 @@ struct LowerName {
   std::size_t len;
 };
 
+
+// Reading with Beast's parser through put() on our own buffer, instead of Beast's composed
+// async_read_header/async_read_some: the same parsing without two layers of composed operations
+// per read (measured: about 1 µs per proxied request).
+constexpr std::size_t kReadSize = 8 * 1024;
+
+// Reads more bytes into `b`; false (with ec set) on error or when the buffer is full.
+Task<bool> fill(Socket& s, beast::flat_buffer& b, error_code& ec) {
+  std::size_t room = b.max_size() - b.size();
+  if (room == 0) {
+    ec = http::error::header_limit;
+    co_return false;
+  }
+  std::size_t n = co_await s.async_read_some(b.prepare(std::min(room, kReadSize)), asio::redirect_error(use_task, ec));
+  if (ec) co_return false;
+  b.commit(n);
+  co_return true;
+}
+
+// Until the parser has the complete head. Errors as Beast's async_read_header reports them.
+// `limit`: bytes the head may take (Beast's own limit only applies to its composed reads).
+template <class Parser>
+Task<void> read_head(Socket& s, beast::flat_buffer& b, Parser& p, error_code& ec, std::size_t limit) {
+  ec = {};
+  std::size_t consumed = 0;
+  for (;;) {
+    while (b.size() > 0) {
+      std::size_t used = p.put(b.data(), ec);
+      b.consume(used);
+      consumed += used;
+      if (consumed > limit) {
+        ec = http::error::header_limit;
+        co_return;
+      }
+      if (ec == http::error::need_more) {
+        ec = {};
+        if (consumed + b.size() > limit) {
+          ec = http::error::header_limit;
+          co_return;
+        }
+        break;
+      }
+      if (ec) co_return;
+      if (p.is_header_done()) co_return;
+      if (used == 0) break;
+    }
+    if (!co_await fill(s, b, ec)) {
+      if (ec == asio::error::eof) ec = b.size() == 0 && !p.got_some() ? http::error::end_of_stream : http::error::partial_message;
+      co_return;
+    }
+  }
+}
+
+// Reads body bytes into the parser's buffer_body window until some arrive or the body ends.
+// `eof_ends_body`: a response delimited by the connection closing.
+template <class Parser>
+Task<void> read_body_some(Socket& s, beast::flat_buffer& b, Parser& p, error_code& ec) {
+  ec = {};
+  auto& body = p.get().body();
+  const std::size_t window = body.size;
+  for (;;) {
+    // Non-eager put() stops after each element (a chunk header, then its data): call it while it
+    // makes progress, and read from the socket only when it needs more bytes.
+    while (b.size() > 0) {
+      std::size_t used = p.put(b.data(), ec);
+      b.consume(used);
+      if (ec == http::error::need_buffer) {
+        ec = {};
+        co_return;
+      }
+      if (ec == http::error::need_more) {
+        ec = {};
+        break;
+      }
+      if (ec) co_return;
+      if (p.is_done() || body.size != window) co_return;
+      if (used == 0) break;
+    }
+    if (!co_await fill(s, b, ec)) {
+      if (ec == asio::error::eof) {
+        error_code eec;
+        p.put_eof(eec);
+        ec = eec ? http::error::partial_message : http::error::end_of_stream;
+        if (!eec) ec = {};
+      }
+      co_return;
+    }
+  }
+}
+
 class Connection final : public Tracked {
  public:
-  Connection(ThreadRuntime& rt, Socket socket) : rt_(rt), sock_(std::move(socket)) {
+  Connection(ThreadRuntime& rt, Socket socket)
+      : rt_(rt), sock_(std::move(socket)), buf_(std::max<std::size_t>(64 * 1024, rt.opts.max_header_bytes + 8192)) {
     error_code ec;
     auto ep = sock_.remote_endpoint(ec);
     if (!ec) {
@@ -156,7 +248,7 @@ class Connection final : public Tracked {
 
   ThreadRuntime& rt_;
   Socket sock_;
-  beast::flat_buffer buf_{64 * 1024};  // holds at most one request head plus pipelined bytes
+  beast::flat_buffer buf_;  // request bytes: at most one head (plus pipelined bytes)
   std::string peer_ip_;
   Phase phase_ = Phase::kFirstHeader;
   bool timed_out_ = false;
@@ -184,7 +276,7 @@ Task<void> Connection::run() {
     timed_out_ = false;
     const std::int64_t read_started_ns = rt_.coarse_now_ns;
     error_code ec;
-    co_await http::async_read_header(sock_, buf_, parser, asio::redirect_error(use_task, ec));
+    co_await read_head(sock_, buf_, parser, ec, rt_.opts.max_header_bytes);
     first = false;
     if (ec) {
       if (drained_) break;
@@ -487,7 +579,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
         body.size = kChunk;
         arm(Phase::kRequestBody, rt_.opts.idle_timeout_ms);
         error_code rec;
-        co_await http::async_read_some(sock_, buf_, parser, asio::redirect_error(use_task, rec));
+        co_await read_body_some(sock_, buf_, parser, rec);
         if (rec == http::error::need_buffer) rec = {};
         if (rec) {
           upstream_.reset();
@@ -522,7 +614,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
       auto& rp = *rpo;
       arm(Phase::kUpstreamWait, rt_.opts.upstream_timeout_ms);
       timed_out_ = false;
-      co_await http::async_read_header(upstream_->socket, ubuf_, rp, asio::redirect_error(use_task, ec));
+      co_await read_head(upstream_->socket, ubuf_, rp, ec, 64 * 1024);
       // 1xx informational answers (other than 101) are passed on; then the real head follows.
       while (!ec && rpo->get().result_int() >= 100 && rpo->get().result_int() < 200 && rpo->get().result_int() != 101) {
         head_.clear();
@@ -534,7 +626,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
           co_await asio::async_write(sock_, asio::buffer(head_), asio::redirect_error(use_task, wec));
         }
         fresh_parser();
-        co_await http::async_read_header(upstream_->socket, ubuf_, *rpo, asio::redirect_error(use_task, ec));
+        co_await read_head(upstream_->socket, ubuf_, *rpo, ec, 64 * 1024);
       }
     }
     if (!ec) break;
@@ -635,7 +727,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
       body.size = kChunk;
       arm(Phase::kResponseBody, rt_.opts.upstream_timeout_ms);
       error_code rec;
-      co_await http::async_read_some(upstream_->socket, ubuf_, rp, asio::redirect_error(use_task, rec));
+      co_await read_body_some(upstream_->socket, ubuf_, rp, rec);
       if (rec == http::error::need_buffer) rec = {};
       bool eof_done = until_eof && (rec == http::error::end_of_stream || rec == asio::error::eof);
       if (rec && !eof_done) {

@@ -156,6 +156,20 @@ bool identify(Context& ctx, std::string_view api_key, bool key_present, std::int
   return true;
 }
 
+// False when no path segment starts with a digit or is long enough to be hex: then the endpoint
+// is the path itself and the log line needs no copy.
+bool needs_normalising(std::string_view path) {
+  std::size_t seg_start = 0;
+  for (std::size_t i = 0; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      std::size_t len = i - seg_start;
+      if (len >= 16 || (len > 0 && path[seg_start] >= '0' && path[seg_start] <= '9')) return true;
+      seg_start = i + 1;
+    }
+  }
+  return path.empty();
+}
+
 std::string normalise_endpoint(std::string_view path) {
   std::string out;
   out.reserve(path.size());
@@ -189,23 +203,26 @@ std::string normalise_endpoint(std::string_view path) {
 void append_json_string(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   out.push_back('"');
-  for (unsigned char c : s) {
+  // Copy runs of characters that need no escaping in one append (the common case is one run).
+  std::size_t run = 0;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) continue;
+    out.append(s.data() + run, i - run);
+    run = i + 1;
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
       case '\n': out += "\\n"; break;
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          out += "\\u00";
-          out.push_back(kHex[c >> 4]);
-          out.push_back(kHex[c & 0xf]);
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
+      default: {
+        char esc[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xf]};
+        out.append(esc, 6);
+      }
     }
   }
+  out.append(s.data() + run, s.size() - run);
   out.push_back('"');
 }
 
@@ -253,7 +270,8 @@ void append_log_line(std::string& out, const Context& ctx, const LogFields& f, s
   out += ",\"path\":";
   append_json_string(out, f.path.substr(0, 2048));
   out += ",\"endpoint\":";
-  append_json_string(out, normalise_endpoint(f.path.substr(0, 2048)));
+  append_json_string(out, needs_normalising(f.path) ? std::string_view(normalise_endpoint(f.path.substr(0, 2048)))
+                                                    : f.path.substr(0, 2048));
   out += ",\"ip\":";
   append_json_string(out, ctx.client_ip);
   out += ",\"user_agent\":";

@@ -78,6 +78,7 @@ bool identify(Context& ctx, std::string_view api_key, bool key_present, std::int
 // --- log ----------------------------------------------------------------------------------
 // "/users/123/orders/5f2b…" -> "/users/:id/orders/:id": numbers, UUIDs and long hex collapse.
 std::string normalise_endpoint(std::string_view path);
+bool needs_normalising(std::string_view path);
 // One JSON access-log line (with trailing '\n') appended to `out`.
 struct LogFields {
   std::string_view method, path, user_agent;

@@ -29,7 +29,7 @@ using error_code = boost::system::error_code;
 ThreadRuntime::ThreadRuntime(std::size_t i, const WorkerOptions& o, metrics::Shard& shard, AccessLog& l,
                              ratelimit::LocalStore& lim, const std::vector<Cidr>& t)
     : index(i), opts(o), metrics(shard), log(l), limiter(lim), trusted(t) {
-  id_prefix = crypto::random_base62(10);
+  id_prefix = crypto::random_base62(8);  // 8 + '-' + counter stays within std::string's SSO
   coarse_now_ns = steady_ns();
   log_line.reserve(40 * 1024);
 }
