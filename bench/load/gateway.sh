@@ -82,6 +82,7 @@ awk -v a="$t0" -v b="$t1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" \
 ratios=()
 for round in $(seq 1 "$ROUNDS"); do
   n="$(UPSTREAM_PORT=$((UPSTREAM_PORT + 10)) run_peer nginx)"; echo "$n"
+  grep -h 'measured process' "$WORK/nginx.err" | sed 's/^run-peers: measured process:/nginx:/' >&2
   h="$(UPSTREAM_PORT=$((UPSTREAM_PORT + 10)) run_peer haproxy)"; echo "$h"
   w="$(run_worker)"; echo "$w"
   r="$(awk -v w="$(echo "$w" | awk '{print $2}')" -v n="$(echo "$n" | awk '{print $2}')" -v h="$(echo "$h" | awk '{print $2}')" \
