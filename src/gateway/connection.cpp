@@ -105,17 +105,10 @@ struct LowerName {
 // per read (measured: about 1 µs per proxied request).
 constexpr std::size_t kReadSize = 8 * 1024;
 
-// Reads more bytes into `b`; false (with ec set) on error or when the buffer is full.
-Task<bool> fill(Socket& s, beast::flat_buffer& b, error_code& ec) {
-  std::size_t room = b.max_size() - b.size();
-  if (room == 0) {
-    ec = http::error::header_limit;
-    co_return false;
-  }
-  std::size_t n = co_await s.async_read_some(b.prepare(std::min(room, kReadSize)), asio::redirect_error(use_task, ec));
-  if (ec) co_return false;
-  b.commit(n);
-  co_return true;
+// Room for the next read, or 0 when the buffer is at its limit. (Reads are done inline in the
+// helpers below rather than in a helper coroutine: every coroutine call costs a frame.)
+inline std::size_t read_room(const beast::flat_buffer& b) {
+  return std::min(b.max_size() - b.size(), kReadSize);
 }
 
 // Until the parser has the complete head. Errors as Beast's async_read_header reports them.
@@ -145,10 +138,17 @@ Task<void> read_head(Socket& s, beast::flat_buffer& b, Parser& p, error_code& ec
       if (p.is_header_done()) co_return;
       if (used == 0) break;
     }
-    if (!co_await fill(s, b, ec)) {
+    std::size_t room = read_room(b);
+    if (room == 0) {
+      ec = http::error::header_limit;
+      co_return;
+    }
+    std::size_t n = co_await s.async_read_some(b.prepare(room), asio::redirect_error(use_task, ec));
+    if (ec) {
       if (ec == asio::error::eof) ec = b.size() == 0 && !p.got_some() ? http::error::end_of_stream : http::error::partial_message;
       co_return;
     }
+    b.commit(n);
   }
 }
 
@@ -177,15 +177,21 @@ Task<void> read_body_some(Socket& s, beast::flat_buffer& b, Parser& p, error_cod
       if (p.is_done() || body.size != window) co_return;
       if (used == 0) break;
     }
-    if (!co_await fill(s, b, ec)) {
+    std::size_t room = read_room(b);
+    if (room == 0) {
+      ec = http::error::buffer_overflow;
+      co_return;
+    }
+    std::size_t n = co_await s.async_read_some(b.prepare(room), asio::redirect_error(use_task, ec));
+    if (ec) {
       if (ec == asio::error::eof) {
         error_code eec;
         p.put_eof(eec);
-        ec = eec ? http::error::partial_message : http::error::end_of_stream;
-        if (!eec) ec = {};
+        ec = eec ? error_code(http::error::partial_message) : error_code();
       }
       co_return;
     }
+    b.commit(n);
   }
 }
 

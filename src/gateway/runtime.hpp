@@ -71,7 +71,8 @@ struct ThreadRuntime {
 
   std::size_t index;
   const WorkerOptions& opts;
-  asio::io_context ioc{1};
+  // One thread runs this context; other threads only post() to it, so the reactor needs no locks.
+  asio::io_context ioc{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   Acceptor acceptor{ioc.get_executor()};
   Timer sweep_timer{ioc.get_executor()};
   std::shared_ptr<const config::Snapshot> snapshot;  // replaced by publish(), never mutated
