@@ -2,6 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <libpq-fe.h>
+#include <sys/select.h>
+
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <thread>
@@ -98,11 +102,28 @@ http::Response ControlApp::handle(http::Request& req) {
     spdlog::error("request {} {} {}: internal error: {}", request_id(req), req.method, path, e.what());
     res = error_response(500, "Internal server error");
   }
-  res.set_header("X-Request-Id", std::string(request_id(req)));
-  if (cors) {
-    res.set_header("Access-Control-Allow-Origin", std::string(origin));
-    res.set_header("Vary", "Origin");
-    res.set_header("Access-Control-Expose-Headers", "X-Request-Id, ETag");
+  auto finish_headers = [rid = std::string(request_id(req)), cors, origin = std::string(origin)](http::Response& r) {
+    r.set_header("X-Request-Id", rid);
+    if (cors) {
+      r.set_header("Access-Control-Allow-Origin", origin);
+      r.set_header("Vary", "Origin");
+      r.set_header("Access-Control-Expose-Headers", "X-Request-Id, ETag");
+    }
+  };
+  finish_headers(res);
+  if (res.deferred) {
+    // A held long poll: its final response gets the same headers.
+    res.deferred = [inner = std::move(res.deferred), finish_headers] {
+      http::Response r;
+      try {
+        r = inner();
+      } catch (const std::exception& e) {
+        spdlog::error("deferred response failed: {}", e.what());
+        r = error_response(503, "Database unavailable, try again");
+      }
+      finish_headers(r);
+      return r;
+    };
   }
   auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
   // Access log: never bodies, never headers (they carry credentials).
@@ -112,8 +133,57 @@ http::Response ControlApp::handle(http::Request& req) {
   return res;
 }
 
+// Wakes this process's long polls when another control-plane process commits a change
+// (PostgreSQL LISTEN ag_config). Reconnects on its own; stops within a second of stop().
+class PgConfigListener {
+ public:
+  PgConfigListener(std::string conninfo, std::function<void()> wake)
+      : conninfo_(std::move(conninfo)), wake_(std::move(wake)), thread_([this] { run(); }) {}
+  ~PgConfigListener() {
+    stop_ = true;
+    thread_.join();
+  }
+
+ private:
+  void run() {
+    while (!stop_) {
+      PGconn* conn = PQconnectdb(conninfo_.c_str());
+      if (PQstatus(conn) == CONNECTION_OK) {
+        PGresult* r = PQexec(conn, "LISTEN ag_config");
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        if (ok) {
+          wake_();  // anything committed while we were not listening
+          while (!stop_ && PQstatus(conn) == CONNECTION_OK) {
+            int fd = PQsocket(conn);
+            fd_set set;
+            FD_ZERO(&set);
+            FD_SET(fd, &set);
+            timeval tv{1, 0};
+            if (select(fd + 1, &set, nullptr, nullptr, &tv) < 0) break;
+            if (!PQconsumeInput(conn)) break;
+            bool any = false;
+            while (PGnotify* n = PQnotifies(conn)) {
+              any = true;
+              PQfreemem(n);
+            }
+            if (any) wake_();
+          }
+        }
+      }
+      PQfinish(conn);
+      for (int i = 0; i < 10 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  std::string conninfo_;
+  std::function<void()> wake_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 struct ControlServer::Impl {
   explicit Impl(Settings s) : opts(make_opts(s)), app(std::move(s)) {}
+  std::unique_ptr<PgConfigListener> listener;
   static http::ServerOptions make_opts(const Settings& s) {
     http::ServerOptions o;
     o.host = s.listen_host;
@@ -143,6 +213,10 @@ void ControlServer::start() {
       im.opts, [this](http::Request& r) { return impl_->app.handle(r); },
       [this](int status, std::string detail) { return impl_->app.protocol_error(status, std::move(detail)); });
   im.server->listen();
+  http::Server* server = im.server.get();
+  im.app.state().on_config_change = [server] { server->wake_all(); };
+  if (im.app.state().db->engine() == store::Engine::kPostgres)
+    im.listener = std::make_unique<PgConfigListener>(im.app.state().settings.database_url, [server] { server->wake_all(); });
   std::string host = im.opts.host.find(':') != std::string::npos ? "[" + im.opts.host + "]" : im.opts.host;
   spdlog::info("control plane listening on http://{}:{} (database: {})", host, im.server->bound_port(),
                im.app.state().db->engine_name());
@@ -158,6 +232,7 @@ void ControlServer::stop() {
 
 void ControlServer::wait() {
   if (impl_->thread.joinable()) impl_->thread.join();
+  impl_->listener.reset();
 }
 
 int run_control_server(Settings settings) {

@@ -1,7 +1,9 @@
 #pragma once
 // Plain request/response values for handlers that do no I/O. The server converts to and from
 // Beast's types, so handler code never includes Boost headers.
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -32,6 +34,10 @@ struct Response {
   int status = 200;
   std::vector<Header> headers;
   std::string body;
+  // Long poll: when set, the server holds the request for up to `defer_for` or until
+  // Server::wake_all(), then sends what `deferred()` returns instead of this response.
+  std::function<Response()> deferred;
+  std::chrono::milliseconds defer_for{0};
 
   void set_header(std::string name, std::string value);
   std::string_view header(std::string_view name) const;  // case-insensitive

@@ -7,6 +7,9 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -14,6 +17,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <set>
 #include <cctype>
 #include <stdexcept>
 #include <thread>
@@ -33,6 +39,25 @@ struct Server::Impl {
   tcp::acceptor acceptor{ioc};
   std::uint16_t port = 0;
 
+  // Long polls. Each session runs on its own strand, so a wake-up posted to that strand cannot
+  // race the session arming its timer; `generation` closes the gap between the handler's check
+  // and the wait.
+  struct Waiter {
+    explicit Waiter(asio::any_io_executor ex) : executor(ex), timer(ex) {}
+    asio::any_io_executor executor;
+    asio::steady_timer timer;
+  };
+  std::atomic<std::uint64_t> generation{0};
+  std::mutex waiters_mutex;
+  std::set<std::shared_ptr<Waiter>> waiters;
+
+  void wake_all() {
+    generation.fetch_add(1);
+    std::lock_guard lock(waiters_mutex);
+    for (const auto& w : waiters)
+      asio::post(w->executor, [w] { w->timer.cancel(); });
+  }
+
   Impl(ServerOptions o, RequestHandler h, ProtocolErrorHandler e)
       : options(std::move(o)), handler(std::move(h)), on_error(std::move(e)), ioc(options.threads) {}
 
@@ -45,7 +70,7 @@ struct Server::Impl {
         spdlog::warn("accept failed: {}", ec.message());
         continue;
       }
-      asio::co_spawn(ioc, session(std::move(socket)), asio::detached);
+      asio::co_spawn(asio::make_strand(ioc), session(std::move(socket)), asio::detached);
     }
   }
 
@@ -123,7 +148,25 @@ struct Server::Impl {
       bool head = msg.method() == bhttp::verb::head;
       unsigned version = msg.version();
       Request req = to_request(msg, ip);
+      std::uint64_t gen = generation.load();
       Response res = handler(req);
+      if (res.deferred) {
+        auto w = std::make_shared<Waiter>(co_await asio::this_coro::executor);
+        {
+          std::lock_guard lock(waiters_mutex);
+          waiters.insert(w);
+        }
+        if (generation.load() == gen) {
+          w->timer.expires_after(res.defer_for);
+          boost::system::error_code wec;
+          co_await w->timer.async_wait(asio::redirect_error(asio::use_awaitable, wec));
+        }
+        {
+          std::lock_guard lock(waiters_mutex);
+          waiters.erase(w);
+        }
+        res = res.deferred();
+      }
       co_await write_response(stream, res, keep_alive, head, version, ec);
       if (ec || !keep_alive) break;
     }
@@ -162,6 +205,8 @@ void Server::run() {
   impl_->ioc.run();
   for (auto& t : threads) t.join();
 }
+
+void Server::wake_all() { impl_->wake_all(); }
 
 void Server::stop() {
   asio::post(impl_->ioc, [this] {

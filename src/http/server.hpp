@@ -38,6 +38,8 @@ class Server {
   void run();
   // Thread-safe; may be called from a signal handler thread.
   void stop();
+  // Wakes every request held by a deferred (long-poll) response. Thread-safe.
+  void wake_all();
 
  private:
   struct Impl;

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -25,6 +26,8 @@ struct AppState {
   Settings settings;
   std::unique_ptr<store::Database> db;
   jwt::Algorithm jwt_alg;
+  // Wakes this process's long polls after a worker-visible change commits (set by the server).
+  std::function<void()> on_config_change;
 };
 
 class ApiError : public std::runtime_error {

@@ -3,6 +3,7 @@
 // keys, immediately or after a grace period the caller picks (at most 24 h).
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "control/api/config_changes.hpp"
 #include "control/api/context.hpp"
 #include "control/service/api_key.hpp"
 #include "control/service/validation.hpp"
@@ -98,22 +99,25 @@ http::Response create(AppState& app, const http::Request& req, const http::PathP
       app.db->transaction([&](store::Connection& c) {
         std::string policy;
         std::string pid = owned_project(c, params.at("id"), user.user_id, &policy, app.db.get());
+        ConfigChanges changes(app, c);
         std::int64_t now = k.created_at;
         if (policy == "single") {
           // Every other key still valid now is rotated out.
           auto live = c.exec(
-              "SELECT id, expires_at FROM api_keys WHERE project_id = $1 AND revoked_at IS NULL AND "
+              "SELECT id, expires_at, key_hash FROM api_keys WHERE project_id = $1 AND revoked_at IS NULL AND "
               "(expires_at IS NULL OR expires_at > $2)",
               {pid, now});
           for (const auto& row : live.rows) {
             std::string old = row.text(0);
             if (grace == 0) {
               c.exec("UPDATE api_keys SET revoked_at = $1, revoked_by = $2 WHERE id = $3", {now, user.user_id, old});
+              changes.key_delete(pid, old, row.text(2));
               rotated.push_back({{"id", old}, {"expires_at", iso_time(now)}});
             } else {
               std::int64_t until = now + grace * 1000;
               if (auto cur = row.opt_integer(1); cur && *cur < until) until = *cur;  // never extend
               c.exec("UPDATE api_keys SET expires_at = $1 WHERE id = $2", {until, old});
+              changes.key_upsert(old);
               rotated.push_back({{"id", old}, {"expires_at", iso_time(until)}});
             }
           }
@@ -126,7 +130,7 @@ http::Response create(AppState& app, const http::Request& req, const http::PathP
         if (!rotated.empty())
           audit(c, req, user.user_id, "key.rotate", "project", pid,
                 {{"new_key_id", k.id}, {"rotated", rotated}, {"grace_period_seconds", grace}});
-        bump_config_version(c);
+        changes.key_upsert(k.id);
       });
     } catch (const store::UniqueViolation&) {
       // A public id collision (8 base62 characters): draw again.
@@ -136,6 +140,7 @@ http::Response create(AppState& app, const http::Request& req, const http::PathP
     raw = std::move(g.key);
     break;
   }
+  notify_config_change(app);
   json out = to_json(k, k.created_at);
   out["api_key"] = raw;
   out["rotated"] = rotated;
@@ -166,13 +171,14 @@ http::Response revoke(AppState& app, const http::Request& req, const http::PathP
     std::string pid = owned_project(c, params.at("id"), user.user_id);
     const std::string& kid = params.at("key_id");
     if (!crypto::is_uuid(kid)) throw ApiError(404, "API key not found");
-    auto r = c.exec("SELECT revoked_at FROM api_keys WHERE id = $1 AND project_id = $2", {kid, pid});
+    auto r = c.exec("SELECT revoked_at, key_hash FROM api_keys WHERE id = $1 AND project_id = $2", {kid, pid});
     if (r.empty()) throw ApiError(404, "API key not found");
     if (!r.rows[0].is_null(0)) return;  // already revoked: nothing to do, still 204
     c.exec("UPDATE api_keys SET revoked_at = $1, revoked_by = $2 WHERE id = $3", {now_ms(), user.user_id, kid});
     audit(c, req, user.user_id, "key.revoke", "api_key", kid, {{"project_id", pid}});
-    bump_config_version(c);
+    ConfigChanges(app, c).key_delete(pid, kid, r.rows[0].text(1));
   });
+  notify_config_change(app);
   return no_content();
 }
 

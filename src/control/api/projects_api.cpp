@@ -2,6 +2,7 @@
 // it. Every caller sees only their own projects; anyone else's is "not found".
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "control/api/config_changes.hpp"
 #include "control/api/context.hpp"
 #include "control/service/validation.hpp"
 
@@ -116,11 +117,12 @@ http::Response create(AppState& app, const http::Request& req) {
              {p.id, user.user_id, p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body,
               p.created_at, p.updated_at});
       audit(c, req, user.user_id, "project.create", "project", p.id, {{"name", p.name}});
-      bump_config_version(c);
+      ConfigChanges(app, c).project_upsert(p.id);
     });
   } catch (const store::UniqueViolation&) {
     throw duplicate();
   }
+  notify_config_change(app);
   return json_response(201, to_json(p));
 }
 
@@ -162,11 +164,12 @@ http::Response update(AppState& app, const http::Request& req, const http::PathP
       json changed = json::array();
       for (auto it = body.begin(); it != body.end(); ++it) changed.push_back(it.key());
       audit(c, req, user.user_id, "project.update", "project", p.id, {{"fields", changed}});
-      bump_config_version(c);
+      ConfigChanges(app, c).project_upsert(p.id);
     });
   } catch (const store::UniqueViolation&) {
     throw duplicate();
   }
+  notify_config_change(app);
   return json_response(200, to_json(p));
 }
 
@@ -175,11 +178,12 @@ http::Response remove(AppState& app, const http::Request& req, const http::PathP
   app.db->transaction([&](store::Connection& c) {
     auto p = load(c, params.at("id"), user.user_id);
     if (!p) throw not_found();
+    ConfigChanges(app, c).project_delete(p->id);  // reads the keys before they go
     c.exec("DELETE FROM api_keys WHERE project_id = $1", {p->id});
     c.exec("DELETE FROM projects WHERE id = $1", {p->id});
     audit(c, req, user.user_id, "project.delete", "project", p->id, {{"name", p->name}});
-    bump_config_version(c);
   });
+  notify_config_change(app);
   return no_content();
 }
 

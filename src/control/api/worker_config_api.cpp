@@ -1,9 +1,12 @@
 // GET /internal/worker/config: everything a worker needs to serve traffic, authorised by the
 // shared worker secret. The schema is documented in docs/api.md ("Worker config").
+#include <charconv>
+#include <optional>
 #include <unordered_map>
 
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "control/api/config_changes.hpp"
 #include "control/api/context.hpp"
 
 namespace ag::control {
@@ -25,67 +28,121 @@ bool worker_authorised(const AppState& app, const http::Request& req) {
   return ok;
 }
 
-http::Response config(AppState& app, const http::Request& req) {
-  if (!worker_authorised(app, req)) throw ApiError(401, "Invalid worker secret");
+constexpr std::int64_t kMaxDeltaChanges = 10000;
+
+http::Response full_document(AppState& app, const http::Request& req) {
   json projects = json::array();
   std::int64_t version = 0;
   std::int64_t now = now_ms();
+  const std::string if_none_match(req.header("if-none-match"));
+  bool unchanged = false;
   // One read transaction so the version matches the rows.
   app.db->transaction([&](store::Connection& c) {
     version = c.exec("SELECT version FROM config_state WHERE id = 1", {}).rows.at(0).integer(0);
-    auto etag = "\"" + std::to_string(version) + "\"";
-    if (req.header("if-none-match") == etag) return;
-    auto pr = c.exec(
-        "SELECT id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes "
-        "FROM projects ORDER BY seq",
-        {});
-    auto kr = c.exec(
-        "SELECT project_id, id, public_id, key_hash, expires_at, rate_limit_rpm, rate_limit_burst FROM api_keys "
-        "WHERE revoked_at IS NULL "
-        "AND (expires_at IS NULL OR expires_at > $1) ORDER BY seq",
-        {now});
+    if (if_none_match == "\"" + std::to_string(version) + "\"") {
+      unchanged = true;
+      return;
+    }
+    auto pr = c.exec(std::string("SELECT ") + kWorkerProjectColumns + " FROM projects ORDER BY seq", {});
+    auto kr = c.exec(std::string("SELECT project_id, ") + kWorkerKeyColumns +
+                         " FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) ORDER BY seq",
+                     {now});
     std::unordered_map<std::string, std::size_t> index;
     for (const auto& row : pr.rows) {
       index[row.text(0)] = projects.size();
-      projects.push_back({{"id", row.text(0)},
-                          {"name", row.text(1)},
-                          {"upstream_url", row.text(2)},
-                          {"upstream_base_url", row.text(2)},
-                          {"domains", json::array()},
-                          {"api_keys", json::array()},
-                          {"keys", json::array()},
-                          {"rate_limit", {{"requests_per_minute", row.integer(3)}, {"burst", row.integer(4)}}},
-                          {"key_policy", row.text(5)},
-                          {"max_body_bytes", row.integer(6)}});
+      json p = worker_project_json(row);
+      p["api_keys"] = json::array();
+      p["keys"] = json::array();
+      projects.push_back(std::move(p));
     }
     for (const auto& row : kr.rows) {
       auto it = index.find(row.text(0));
       if (it == index.end()) continue;
+      store::Row key_row({row.opt_text(1), row.opt_text(2), row.opt_text(3), row.opt_text(4), row.opt_text(5), row.opt_text(6)});
       auto& p = projects[it->second];
       p["api_keys"].push_back(row.text(3));
-      json key = {{"id", row.text(1)},
-                  {"public_id", row.text(2)},
-                  {"hash", row.text(3)},
-                  {"expires_at", iso_or_null(row.opt_integer(4))}};
-      if (!row.is_null(5) && !row.is_null(6))
-        key["rate_limit"] = {{"requests_per_minute", row.integer(5)}, {"burst", row.integer(6)}};
-      p["keys"].push_back(std::move(key));
+      p["keys"].push_back(worker_key_json(key_row));
     }
   });
   auto etag = "\"" + std::to_string(version) + "\"";
-  if (req.header("if-none-match") == etag) {
+  if (unchanged) {
     http::Response r;
     r.status = 304;
     r.set_header("ETag", etag);
     return r;
   }
   auto r = json_response(200, {{"schema", 1},
+                               {"full", true},
                                {"version", version},
                                {"generated_at", iso_time(now)},
                                {"projects", std::move(projects)}});
   r.set_header("ETag", etag);
   r.set_header("Cache-Control", "no-store");
   return r;
+}
+
+// The changes after `since`, or nullopt when only a full document can bring the worker up to
+// date (log compacted, too many changes, or `since` ahead of the database).
+std::optional<http::Response> delta_document(AppState& app, std::int64_t since, bool* empty) {
+  std::optional<http::Response> out;
+  app.db->transaction([&](store::Connection& c) {
+    std::int64_t version = c.exec("SELECT version FROM config_state WHERE id = 1", {}).rows.at(0).integer(0);
+    if (since > version) return;
+    std::string body;
+    if (since < version) {
+      auto stats = c.exec("SELECT MIN(version), COUNT(*) FROM config_changes WHERE version > $1", {since});
+      auto min_after = stats.rows.at(0).opt_integer(0);
+      std::int64_t count = stats.rows.at(0).integer(1);
+      if (!min_after || *min_after != since + 1 || count > kMaxDeltaChanges) {
+        // The log does not start right after `since`: changes are missing (compacted or older
+        // than the log). Only versions that produced no change records could explain a gap, and
+        // every version bump writes at least one, so a gap always means "send everything".
+        return;
+      }
+      auto rows = c.exec("SELECT payload FROM config_changes WHERE version > $1 ORDER BY seq", {since});
+      for (const auto& row : rows.rows) {
+        if (!body.empty()) body += ',';
+        body += row.text(0);
+      }
+    }
+    *empty = body.empty();
+    std::string doc = "{\"schema\":1,\"full\":false,\"since\":" + std::to_string(since) +
+                      ",\"version\":" + std::to_string(version) + ",\"generated_at\":\"" + iso_time(now_ms()) +
+                      "\",\"changes\":[" + body + "]}";
+    http::Response r;
+    r.body = std::move(doc);
+    r.set_header("Content-Type", "application/json");
+    r.set_header("Cache-Control", "no-store");
+    out = std::move(r);
+  });
+  return out;
+}
+
+http::Response config(AppState& app, const http::Request& req) {
+  if (!worker_authorised(app, req)) throw ApiError(401, "Invalid worker secret");
+  std::string since_s, wait_s;
+  if (!http::query_param(req.query, "since", since_s)) return full_document(app, req);
+  std::int64_t since = 0, wait = 0;
+  auto parse = [](const std::string& s, std::int64_t& v) {
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    return ec == std::errc{} && p == s.data() + s.size() && !s.empty();
+  };
+  if (!parse(since_s, since) || since < 0) throw validation_error("since", "must be an integer >= 0");
+  if (http::query_param(req.query, "wait", wait_s) && (!parse(wait_s, wait) || wait < 0 || wait > 60))
+    throw validation_error("wait", "must be an integer between 0 and 60 (seconds)");
+  bool empty = false;
+  auto delta = delta_document(app, since, &empty);
+  if (!delta) return full_document(app, http::Request{});
+  if (!empty || wait == 0) return std::move(*delta);
+  // Nothing new: hold the request until a change commits or the wait ends (long poll).
+  http::Response held;
+  held.defer_for = std::chrono::seconds(wait);
+  held.deferred = [&app, since] {
+    bool e = false;
+    auto d = delta_document(app, since, &e);
+    return d ? std::move(*d) : full_document(app, http::Request{});
+  };
+  return held;
 }
 
 }  // namespace

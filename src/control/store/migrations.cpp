@@ -166,6 +166,27 @@ INSERT INTO config_state (id, version) VALUES (1, 0);
     {2, "per-key rate limit override",
      "ALTER TABLE api_keys ADD COLUMN rate_limit_rpm BIGINT; ALTER TABLE api_keys ADD COLUMN rate_limit_burst BIGINT;",
      "ALTER TABLE api_keys ADD COLUMN rate_limit_rpm BIGINT; ALTER TABLE api_keys ADD COLUMN rate_limit_burst BIGINT;"},
+    {3, "config change log",
+     R"SQL(
+CREATE TABLE config_changes (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  version BIGINT NOT NULL,
+  op TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX config_changes_version ON config_changes(version);
+)SQL",
+     R"SQL(
+CREATE TABLE config_changes (
+  seq BIGSERIAL PRIMARY KEY,
+  version BIGINT NOT NULL,
+  op TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX config_changes_version ON config_changes(version);
+)SQL"},
 };
 
 constexpr const char* kCreateTable =
