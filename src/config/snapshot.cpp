@@ -18,6 +18,16 @@ std::mutex g_slots_mutex;
 std::unordered_map<std::string, std::uint32_t> g_slots;
 std::vector<std::string> g_slot_names{""};
 
+std::string to_hex_digest(const KeyDigest& d) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(64, '0');
+  for (std::size_t i = 0; i < 32; ++i) {
+    out[2 * i] = kHex[d[i] >> 4];
+    out[2 * i + 1] = kHex[d[i] & 0xf];
+  }
+  return out;
+}
+
 bool hex_digest(std::string_view hex, KeyDigest& out) {
   if (hex.size() != 64) return false;
   auto val = [](char c) -> int {
@@ -142,6 +152,74 @@ bool get_policy(simdjson::dom::element obj, const std::string& where, RatePolicy
   return true;
 }
 
+// A project object without its keys.
+bool parse_project(simdjson::dom::object po, const std::string& where, Project& proj, Parser& p) {
+  std::string_view sv;
+  if (po["id"].get_string().get(sv) || sv.empty()) return p.fail(where + ".id", "must be a non-empty string");
+  proj.id = std::string(sv);
+  if (!po["name"].get_string().get(sv)) proj.name = std::string(sv);
+  std::string_view url;
+  if (po["upstream_base_url"].get_string().get(url) && po["upstream_url"].get_string().get(url))
+    return p.fail(where + ".upstream_base_url", "must be a string");
+  if (auto e = parse_upstream(url, proj.upstream); !e.empty()) return p.fail(where + ".upstream_base_url", e);
+  simdjson::dom::element rl;
+  if (!po["rate_limit"].get(rl) && !get_policy(rl, where + ".rate_limit", proj.rate, p)) return false;
+  std::int64_t mb = 0;
+  if (!po["max_body_bytes"].get_int64().get(mb)) {
+    if (mb < 0) return p.fail(where + ".max_body_bytes", "must be >= 0");
+    proj.max_body_bytes = mb;
+  }
+  proj.metrics_slot = metrics_slot_for(proj.id);
+  return true;
+}
+
+bool parse_key(simdjson::dom::object ko, const std::string& where, std::uint32_t slot, KeyDigest& d, KeyEntry& k,
+               Parser& p) {
+  std::string_view sv;
+  if (ko["hash"].get_string().get(sv) || !hex_digest(sv, d))
+    return p.fail(where + ".hash", "must be 64 hex characters (SHA-256)");
+  k.project_slot = slot;
+  if (!ko["id"].get_string().get(sv)) k.id = std::string(sv);
+  if (!ko["public_id"].get_string().get(sv)) k.public_id = std::string(sv);
+  simdjson::dom::element ex;
+  if (!ko["expires_at"].get(ex) && !ex.is_null()) {
+    std::string_view es;
+    if (ex.get_string().get(es) || (k.expires_at_ms = parse_rfc3339(es)) < 0)
+      return p.fail(where + ".expires_at", "must be an RFC 3339 UTC time or null");
+  }
+  simdjson::dom::element krl;
+  if (!ko["rate_limit"].get(krl) && !krl.is_null()) {
+    if (!get_policy(krl, where + ".rate_limit", k.rate_override, p)) return false;
+    k.has_rate_override = true;
+  }
+  return true;
+}
+
+// Resolves upstream hosts, reusing what `previous` already resolved for the same host:port.
+void resolve_all(std::vector<Project*>& projects, const Snapshot* previous) {
+  std::unordered_map<std::string, std::vector<Endpoint>> resolved;
+  if (previous)
+    for (const auto& pp : previous->projects)
+      if (pp && pp->upstream.supported && !pp->upstream.endpoints.empty())
+        resolved.emplace(pp->upstream.pool_key, pp->upstream.endpoints);
+  for (Project* proj : projects) {
+    auto& u = proj->upstream;
+    if (!u.supported) continue;
+    auto it = resolved.find(u.pool_key);
+    if (it == resolved.end()) {
+      resolve(u);
+      resolved.emplace(u.pool_key, u.endpoints);
+    } else {
+      u.endpoints = it->second;
+    }
+  }
+}
+
+std::shared_ptr<const KeyShard> empty_shard() {
+  static const auto kEmpty = std::make_shared<const KeyShard>();
+  return kEmpty;
+}
+
 }  // namespace
 
 std::uint32_t metrics_slot_for(std::string_view project_id) {
@@ -187,6 +265,9 @@ BuildResult build_snapshot(std::string_view json_text) {
     out.error = "projects: must be an array";
     return out;
   }
+  std::vector<std::unique_ptr<KeyShard>> shards(kKeyShards);
+  for (auto& sh : shards) sh = std::make_unique<KeyShard>();
+  std::vector<std::shared_ptr<Project>> built;
   std::size_t pi = 0;
   for (simdjson::dom::element pe : projects) {
     std::string where = "projects[" + std::to_string(pi++) + "]";
@@ -195,39 +276,12 @@ BuildResult build_snapshot(std::string_view json_text) {
       p.fail(where, "must be an object");
       break;
     }
-    auto proj = std::make_unique<Project>();
-    std::string_view sv;
-    if (po["id"].get_string().get(sv) || sv.empty()) {
-      p.fail(where + ".id", "must be a non-empty string");
-      break;
-    }
-    proj->id = std::string(sv);
-    if (!po["name"].get_string().get(sv)) proj->name = std::string(sv);
-    std::string_view url;
-    if (po["upstream_base_url"].get_string().get(url) && po["upstream_url"].get_string().get(url)) {
-      p.fail(where + ".upstream_base_url", "must be a string");
-      break;
-    }
-    if (auto e = parse_upstream(url, proj->upstream); !e.empty()) {
-      p.fail(where + ".upstream_base_url", e);
-      break;
-    }
-    simdjson::dom::element rl;
-    if (!po["rate_limit"].get(rl) && !get_policy(rl, where + ".rate_limit", proj->rate, p)) break;
-    std::int64_t mb = 0;
-    if (!po["max_body_bytes"].get_int64().get(mb)) {
-      if (mb < 0) {
-        p.fail(where + ".max_body_bytes", "must be >= 0");
-        break;
-      }
-      proj->max_body_bytes = mb;
-    }
-    proj->metrics_slot = metrics_slot_for(proj->id);
-    const Project* praw = proj.get();
-
+    auto proj = std::make_shared<Project>();
+    if (!parse_project(po, where, *proj, p)) break;
+    const std::uint32_t slot = proj->metrics_slot;
+    bool ok = true;
     // Keys: the detailed `keys` array when present, else the seed's plain `api_keys` hashes.
     simdjson::dom::array keys;
-    bool ok = true;
     if (!po["keys"].get_array().get(keys)) {
       std::size_t ki = 0;
       for (simdjson::dom::element ke : keys) {
@@ -238,32 +292,9 @@ BuildResult build_snapshot(std::string_view json_text) {
           break;
         }
         KeyDigest d;
-        if (ko["hash"].get_string().get(sv) || !hex_digest(sv, d)) {
-          ok = p.fail(kw + ".hash", "must be 64 hex characters (SHA-256)");
-          break;
-        }
         KeyEntry k;
-        k.project = praw;
-        k.rate = praw->rate;
-        if (!ko["id"].get_string().get(sv)) k.id = std::string(sv);
-        if (!ko["public_id"].get_string().get(sv)) k.public_id = std::string(sv);
-        simdjson::dom::element ex;
-        if (!ko["expires_at"].get(ex) && !ex.is_null()) {
-          std::string_view es;
-          if (ex.get_string().get(es) || (k.expires_at_ms = parse_rfc3339(es)) < 0) {
-            ok = p.fail(kw + ".expires_at", "must be an RFC 3339 UTC time or null");
-            break;
-          }
-        }
-        simdjson::dom::element krl;
-        if (!ko["rate_limit"].get(krl) && !krl.is_null()) {
-          if (!get_policy(krl, kw + ".rate_limit", k.rate, p)) {
-            ok = false;
-            break;
-          }
-          k.has_rate_override = true;
-        }
-        snap->keys.insert_or_assign(d, std::move(k));
+        if (!(ok = parse_key(ko, kw, slot, d, k, p))) break;
+        shards[Snapshot::shard_of(d)]->keys.insert_or_assign(d, std::move(k));
       }
     } else {
       simdjson::dom::array hashes;
@@ -272,6 +303,7 @@ BuildResult build_snapshot(std::string_view json_text) {
         break;
       }
       std::size_t ki = 0;
+      std::string_view sv;
       for (simdjson::dom::element he : hashes) {
         KeyDigest d;
         if (he.get_string().get(sv) || !hex_digest(sv, d)) {
@@ -279,34 +311,191 @@ BuildResult build_snapshot(std::string_view json_text) {
           break;
         }
         KeyEntry k;
-        k.project = praw;
-        k.rate = praw->rate;
-        k.id = "";
-        snap->keys.insert_or_assign(d, std::move(k));
+        k.project_slot = slot;
+        shards[Snapshot::shard_of(d)]->keys.insert_or_assign(d, std::move(k));
         ++ki;
       }
     }
     if (!ok) break;
-    snap->projects.push_back(std::move(proj));
+    built.push_back(std::move(proj));
   }
   if (!p.error.empty()) {
     out.error = p.error;
     return out;
   }
-  // DNS last, once the document is known to be valid.
-  std::unordered_map<std::string, std::vector<Endpoint>> resolved;
-  for (auto& proj : snap->projects) {
-    auto& u = proj->upstream;
-    if (!u.supported) continue;
-    auto it = resolved.find(u.pool_key);
-    if (it == resolved.end()) {
-      resolve(u);
-      resolved.emplace(u.pool_key, u.endpoints);
-    } else {
-      u.endpoints = it->second;
-    }
+  std::vector<Project*> raw;
+  for (auto& b : built) raw.push_back(b.get());
+  resolve_all(raw, nullptr);  // DNS last, once the document is known to be valid
+  for (auto& b : built) {
+    if (snap->projects.size() <= b->metrics_slot) snap->projects.resize(b->metrics_slot + 1);
+    snap->projects[b->metrics_slot] = std::move(b);
+    ++snap->project_count;
+  }
+  for (std::size_t i = 0; i < kKeyShards; ++i) {
+    snap->key_count += shards[i]->keys.size();
+    snap->shards[i] = shards[i]->keys.empty() ? empty_shard() : std::shared_ptr<const KeyShard>(std::move(shards[i]));
   }
   out.snapshot = std::move(snap);
+  return out;
+}
+
+BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string_view json_text) {
+  BuildResult out;
+  Parser p;
+  simdjson::dom::parser parser;
+  simdjson::padded_string padded(json_text);
+  simdjson::dom::element doc;
+  if (auto err = parser.parse(padded).get(doc); err) {
+    out.error = std::string("invalid JSON: ") + simdjson::error_message(err);
+    return out;
+  }
+  simdjson::dom::object root;
+  std::int64_t since = -1, version = -1;
+  simdjson::dom::array changes;
+  if (doc.get_object().get(root) || root["since"].get_int64().get(since) || root["version"].get_int64().get(version) ||
+      root["changes"].get_array().get(changes)) {
+    out.error = "delta must have since, version and changes";
+    return out;
+  }
+  if (since != base->version) {
+    out.error = "version gap: delta since " + std::to_string(since) + ", have " + std::to_string(base->version);
+    return out;
+  }
+  if (version < since) {
+    out.error = "delta version goes backwards";
+    return out;
+  }
+  auto snap = std::make_shared<Snapshot>(*base);  // copies pointers only
+  snap->version = version;
+  snap->loaded_at_ms = now_ms();
+  // Copy-on-write: each touched shard is copied once per delta.
+  std::array<std::shared_ptr<KeyShard>, kKeyShards> owned{};
+  auto shard_for = [&](const KeyDigest& d) -> KeyShard& {
+    auto i = Snapshot::shard_of(d);
+    if (!owned[i]) {
+      owned[i] = std::make_shared<KeyShard>(*snap->shards[i]);
+      snap->shards[i] = owned[i];
+    }
+    return *owned[i];
+  };
+  std::vector<std::shared_ptr<Project>> new_projects;
+  std::size_t ci = 0;
+  for (simdjson::dom::element ce : changes) {
+    std::string where = "changes[" + std::to_string(ci++) + "]";
+    simdjson::dom::object co;
+    std::string_view op, sv;
+    if (ce.get_object().get(co) || co["op"].get_string().get(op)) {
+      p.fail(where, "must be an object with op");
+      break;
+    }
+    if (op == "project.upsert") {
+      simdjson::dom::object po;
+      if (co["project"].get_object().get(po)) {
+        p.fail(where + ".project", "must be an object");
+        break;
+      }
+      auto proj = std::make_shared<Project>();
+      if (!parse_project(po, where + ".project", *proj, p)) break;
+      new_projects.push_back(proj);
+      if (snap->projects.size() <= proj->metrics_slot) snap->projects.resize(proj->metrics_slot + 1);
+      if (!snap->projects[proj->metrics_slot]) ++snap->project_count;
+      snap->projects[proj->metrics_slot] = proj;
+    } else if (op == "project.delete") {
+      if (co["project_id"].get_string().get(sv)) {
+        p.fail(where + ".project_id", "must be a string");
+        break;
+      }
+      auto slot = metrics_slot_for(sv);
+      if (slot < snap->projects.size() && snap->projects[slot]) {
+        snap->projects[slot].reset();
+        --snap->project_count;
+      }
+    } else if (op == "key.upsert") {
+      simdjson::dom::object ko;
+      if (co["project_id"].get_string().get(sv) || co["key"].get_object().get(ko)) {
+        p.fail(where, "key.upsert needs project_id and key");
+        break;
+      }
+      KeyDigest d;
+      KeyEntry k;
+      if (!parse_key(ko, where + ".key", metrics_slot_for(sv), d, k, p)) break;
+      auto& shard = shard_for(d);
+      if (shard.keys.insert_or_assign(d, std::move(k)).second) ++snap->key_count;
+    } else if (op == "key.delete") {
+      KeyDigest d;
+      if (co["hash"].get_string().get(sv) || !hex_digest(sv, d)) {
+        p.fail(where + ".hash", "must be 64 hex characters (SHA-256)");
+        break;
+      }
+      auto& shard = shard_for(d);
+      if (shard.keys.erase(d) > 0) --snap->key_count;
+    } else {
+      // Unknown operations are ignored so that older workers survive newer control planes.
+    }
+  }
+  if (!p.error.empty()) {
+    out.error = p.error;
+    return out;
+  }
+  std::vector<Project*> raw;
+  for (auto& np : new_projects) raw.push_back(np.get());
+  resolve_all(raw, base.get());
+  out.snapshot = std::move(snap);
+  return out;
+}
+
+std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
+  // Keys grouped by project slot.
+  std::vector<std::vector<std::pair<const KeyDigest*, const KeyEntry*>>> by_slot(s.projects.size());
+  for (const auto& shard : s.shards)
+    for (const auto& [d, k] : shard->keys)
+      if (k.project_slot < by_slot.size()) by_slot[k.project_slot].emplace_back(&d, &k);
+  std::string out;
+  out.reserve(256 + s.key_count * 200);
+  auto str = [&](std::string_view v) {
+    out += '"';
+    for (char c : v) {
+      if (c == '"' || c == '\\') out += '\\';
+      if (static_cast<unsigned char>(c) >= 0x20) out += c;
+    }
+    out += '"';
+  };
+  out += "{\"schema\":1,\"full\":true,\"version\":" + std::to_string(s.version) +
+         ",\"saved_at_ms\":" + std::to_string(saved_at_ms) + ",\"projects\":[";
+  bool first_p = true;
+  for (std::size_t slot = 0; slot < s.projects.size(); ++slot) {
+    const auto& proj = s.projects[slot];
+    if (!proj) continue;
+    if (!first_p) out += ',';
+    first_p = false;
+    out += "{\"id\":";
+    str(proj->id);
+    out += ",\"name\":";
+    str(proj->name);
+    out += ",\"upstream_base_url\":";
+    str(proj->upstream.url);
+    out += ",\"rate_limit\":{\"requests_per_minute\":" + std::to_string(proj->rate.requests_per_minute) +
+           ",\"burst\":" + std::to_string(proj->rate.burst) + "},\"max_body_bytes\":" +
+           std::to_string(proj->max_body_bytes) + ",\"keys\":[";
+    bool first_k = true;
+    for (const auto& [d, k] : by_slot[slot]) {
+      if (!first_k) out += ',';
+      first_k = false;
+      out += "{\"id\":";
+      str(k->id);
+      out += ",\"public_id\":";
+      str(k->public_id);
+      out += ",\"hash\":\"" + to_hex_digest(*d) + "\",\"expires_at\":";
+      if (k->expires_at_ms) str(format_rfc3339(k->expires_at_ms));
+      else out += "null";
+      if (k->has_rate_override)
+        out += ",\"rate_limit\":{\"requests_per_minute\":" + std::to_string(k->rate_override.requests_per_minute) +
+               ",\"burst\":" + std::to_string(k->rate_override.burst) + "}";
+      out += '}';
+    }
+    out += "]}";
+  }
+  out += "]}\n";
   return out;
 }
 

@@ -56,24 +56,43 @@ struct Project {
 };
 
 struct KeyEntry {
-  const Project* project = nullptr;
+  std::uint32_t project_slot = 0;  // index into Snapshot::projects (the project's metrics slot)
   std::string id;
   std::string public_id;
   std::int64_t expires_at_ms = 0;  // 0 = no expiry
   bool has_rate_override = false;
-  RatePolicy rate;                 // effective policy (project's unless overridden)
+  RatePolicy rate_override;        // used instead of the project's policy when set
+};
+
+// The key index is split into shards by key hash so that a delta copies only the shards it
+// touches; untouched shards are shared between consecutive snapshots.
+inline constexpr std::size_t kKeyShards = 1024;
+struct KeyShard {
+  std::unordered_map<KeyDigest, KeyEntry, KeyDigestHash> keys;
 };
 
 struct Snapshot {
   std::int64_t version = 0;
   std::int64_t loaded_at_ms = 0;
-  std::vector<std::unique_ptr<Project>> projects;
-  std::unordered_map<KeyDigest, KeyEntry, KeyDigestHash> keys;
+  // Indexed by project metrics slot; null where no project (deleted or never seen).
+  std::vector<std::shared_ptr<const Project>> projects;
+  std::array<std::shared_ptr<const KeyShard>, kKeyShards> shards;
+  std::size_t key_count = 0;
+  std::size_t project_count = 0;
 
-  const KeyEntry* find_key(const KeyDigest& d) const {
-    auto it = keys.find(d);
-    return it == keys.end() ? nullptr : &it->second;
+  static std::size_t shard_of(const KeyDigest& d) {
+    // Bytes 8-9: independent of the bytes the in-shard hash map uses (0-7).
+    return (static_cast<std::size_t>(d[8]) | static_cast<std::size_t>(d[9]) << 8) & (kKeyShards - 1);
   }
+  const KeyEntry* find_key(const KeyDigest& d) const {
+    const auto& m = shards[shard_of(d)]->keys;
+    auto it = m.find(d);
+    return it == m.end() ? nullptr : &it->second;
+  }
+  const Project* project(std::uint32_t slot) const {
+    return slot < projects.size() ? projects[slot].get() : nullptr;
+  }
+  RatePolicy rate_for(const KeyEntry& k, const Project& p) const { return k.has_rate_override ? k.rate_override : p.rate; }
 };
 
 // Assigns stable metrics slots to project ids (slot 0 = no project). Thread-safe.
@@ -86,8 +105,15 @@ struct BuildResult {
   std::string error;                         // names the field, e.g. "projects[3].keys[0].hash: ..."
 };
 
-// Parses and validates a worker-config document and resolves upstream hosts (blocking DNS:
+// Parses and validates a full worker-config document and resolves upstream hosts (blocking DNS:
 // call it off the request path).
 BuildResult build_snapshot(std::string_view json_text);
+
+// Applies a delta document (docs/config-stream.md) to `base`, sharing every shard and project it
+// does not touch. Fails (leaving `base` as it is) on a version gap or an invalid change.
+BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string_view json_text);
+
+// The snapshot as a full worker-config document (what the worker saves to disk).
+std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms);
 
 }  // namespace ag::config

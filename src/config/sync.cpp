@@ -3,6 +3,11 @@
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -22,6 +27,7 @@ class PollingSource : public ConfigSource {
     thread_ = std::thread([this] { loop(); });
   }
   void stop() override {
+    if (!thread_.joinable()) return;
     {
       std::lock_guard lock(m_);
       stopping_ = true;
@@ -41,7 +47,7 @@ class PollingSource : public ConfigSource {
       return false;
     }
     spdlog::info("config version {} loaded from {}: {} projects, {} keys", r.snapshot->version, origin,
-                 r.snapshot->projects.size(), r.snapshot->keys.size());
+                 r.snapshot->project_count, r.snapshot->key_count);
     publish_(std::move(r.snapshot));
     return true;
   }
@@ -65,49 +71,117 @@ class PollingSource : public ConfigSource {
 
 class ControlPlaneSource final : public PollingSource {
  public:
-  ControlPlaneSource(ControlPlaneSourceOptions o, PublishFn p) : PollingSource(std::move(p)), opts_(std::move(o)) {
+  ControlPlaneSource(ControlPlaneSourceOptions o, PublishFn p, SavedSnapshot initial)
+      : PollingSource(p), opts_(std::move(o)), publish_(std::move(p)) {
     while (!opts_.base_url.empty() && opts_.base_url.back() == '/') opts_.base_url.pop_back();
+    current_ = std::move(initial.snapshot);
+    confirmed_at_ms_ = initial.confirmed_at_ms;
+    if (current_) saved_version_ = current_->version;
   }
   ~ControlPlaneSource() override { stop(); }
+  void stop() override {
+    cancel_.cancel();
+    PollingSource::stop();
+  }
 
  protected:
   std::chrono::milliseconds poll_once() override {
     std::vector<http::Header> headers{{"x-worker-secret", opts_.secret}, {"accept", "application/json"}};
-    if (!etag_.empty()) headers.push_back({"if-none-match", etag_});
-    auto r = http::fetch("GET", opts_.base_url + "/internal/worker/config", headers, "", opts_.timeout);
-    if (r.ok && r.status == 304) return success();
-    if (r.ok && r.status == 200) {
-      if (apply(r.body, "control plane")) {
-        etag_ = r.header("etag");
-        return success();
-      }
+    std::string url = opts_.base_url + "/internal/worker/config";
+    auto timeout = opts_.timeout;
+    if (current_ && !force_full_) {
+      url += "?since=" + std::to_string(current_->version) + "&wait=" + std::to_string(opts_.long_poll.count());
+      timeout += opts_.long_poll;
+    }
+    auto r = http::fetch("GET", url, headers, "", timeout, 1024ULL * 1024 * 1024, &cancel_);
+    if (cancel_.cancelled()) return std::chrono::milliseconds(0);
+    if (!r.ok) return failure(r.error);
+    if (r.status != 200)
+      return failure("HTTP " + std::to_string(r.status) + (r.status == 401 ? " (check CONTROL_WORKER_SHARED_SECRET)" : ""));
+    bool full = r.body.find("\"full\":true") != std::string::npos || !current_ || force_full_;
+    BuildResult built = full ? build_snapshot(r.body) : apply_delta(current_, r.body);
+    if (!built.snapshot) {
+      stats.errors.fetch_add(1);
+      spdlog::error("config {} from the control plane rejected, keeping version {}: {}", full ? "document" : "delta",
+                    current_ ? current_->version : -1, built.error);
+      // Start over from a full document on the next request.
+      force_full_ = true;
       return failure("rejected document");
     }
-    if (r.ok) return failure("HTTP " + std::to_string(r.status) + (r.status == 401 ? " (check CONTROL_WORKER_SHARED_SECRET)" : ""));
-    return failure(r.error);
+    force_full_ = false;
+    bool changed = !current_ || built.snapshot->version != current_->version || full;
+    if (changed) {
+      if (!current_ || full)
+        spdlog::info("config version {} loaded from the control plane ({}): {} projects, {} keys", built.snapshot->version,
+                     full ? "full" : "delta", built.snapshot->project_count, built.snapshot->key_count);
+      current_ = built.snapshot;
+      publish_(current_);
+    }
+    return success();
   }
 
  private:
   std::chrono::milliseconds success() {
-    stats.last_ok_ms.store(now_ms());
+    std::int64_t now = now_ms();
+    stats.last_ok_ms.store(now);
+    confirmed_at_ms_ = now;
+    withdrawn_ = false;
     if (failures_ > 0) spdlog::info("control plane reachable again");
     failures_ = 0;
-    return opts_.poll_interval;
+    maybe_save(now);
+    return std::chrono::milliseconds(0);  // long poll: ask again at once
   }
+
   std::chrono::milliseconds failure(const std::string& why) {
     stats.errors.fetch_add(1);
     ++failures_;
-    // Exponential backoff from 250 ms up to max_backoff; the previous snapshot stays in force.
+    // Fail closed when the config in force has not been confirmed for longer than max_age.
+    if (current_ && !withdrawn_ && now_ms() - confirmed_at_ms_ > opts_.max_age.count()) {
+      spdlog::error("config version {} is older than WORKER_SNAPSHOT_MAX_AGE_SEC and the control plane is unreachable: "
+                    "refusing traffic until it answers",
+                    current_->version);
+      publish_(nullptr);
+      withdrawn_ = true;
+      current_.reset();
+    }
+    // Exponential backoff from 250 ms up to max_backoff; the snapshot in force stays.
     auto backoff = std::chrono::milliseconds(250) * (1LL << std::min(failures_ - 1, 8));
     if (backoff > opts_.max_backoff) backoff = opts_.max_backoff;
     if (failures_ == 1 || failures_ % 10 == 0)
-      spdlog::warn("config fetch from {} failed ({}), attempt {}; retrying in {} ms", opts_.base_url, why,
-                   failures_, backoff.count());
+      spdlog::warn("config fetch from {} failed ({}), attempt {}; retrying in {} ms", opts_.base_url, why, failures_,
+                   backoff.count());
     return backoff;
   }
+
+  void maybe_save(std::int64_t now) {
+    if (opts_.snapshot_path.empty() || !current_) return;
+    if (now - last_save_ms_ < opts_.save_interval.count()) return;
+    last_save_ms_ = now;
+    bool ok = true;
+    if (saved_version_ != current_->version) {
+      ok = save_file_atomically(opts_.snapshot_path, serialize_snapshot(*current_, now));
+      if (ok) saved_version_ = current_->version;
+    }
+    // The small side file records that the control plane still vouches for this version.
+    if (ok)
+      ok = save_file_atomically(opts_.snapshot_path + ".meta", "{\"version\":" + std::to_string(current_->version) +
+                                                                    ",\"confirmed_at_ms\":" + std::to_string(now) + "}\n");
+    if (!ok) {
+      stats.errors.fetch_add(1);
+      spdlog::error("cannot save the config snapshot to {}; the previous file is kept", opts_.snapshot_path);
+    }
+  }
+
   ControlPlaneSourceOptions opts_;
-  std::string etag_;
+  PublishFn publish_;
+  http::FetchCancel cancel_;
+  std::shared_ptr<const Snapshot> current_;
+  bool force_full_ = false;
+  bool withdrawn_ = false;
   int failures_ = 0;
+  std::int64_t confirmed_at_ms_ = 0;
+  std::int64_t last_save_ms_ = 0;
+  std::int64_t saved_version_ = -1;
 };
 
 class FileSource final : public PollingSource {
@@ -150,8 +224,67 @@ class FileSource final : public PollingSource {
 
 }  // namespace
 
-std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOptions opts, PublishFn publish) {
-  return std::make_unique<ControlPlaneSource>(std::move(opts), std::move(publish));
+std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOptions opts, PublishFn publish,
+                                                        SavedSnapshot initial) {
+  return std::make_unique<ControlPlaneSource>(std::move(opts), std::move(publish), std::move(initial));
+}
+
+bool save_file_atomically(const std::string& path, const std::string& content) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  std::size_t off = 0;
+  bool ok = true;
+  while (off < content.size()) {
+    ssize_t n = ::write(fd, content.data() + off, content.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      ok = false;
+      break;
+    }
+    off += static_cast<std::size_t>(n);
+  }
+  ok = ok && ::fsync(fd) == 0;
+  ok = (::close(fd) == 0) && ok;
+  if (ok) ok = ::rename(tmp.c_str(), path.c_str()) == 0;
+  if (!ok) ::unlink(tmp.c_str());
+  return ok;
+}
+
+SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::milliseconds max_age) {
+  SavedSnapshot out;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return out;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string text = ss.str();
+  auto built = build_snapshot(text);
+  if (!built.snapshot) {
+    out.problem = "saved snapshot " + path + " is unreadable (" + built.error + ")";
+    return out;
+  }
+  auto number_after = [](const std::string& t, const std::string& key) -> std::int64_t {
+    auto pos = t.find("\"" + key + "\":");
+    if (pos == std::string::npos) return -1;
+    return std::strtoll(t.c_str() + pos + key.size() + 3, nullptr, 10);
+  };
+  std::int64_t confirmed = number_after(text, "saved_at_ms");
+  std::ifstream meta_in(path + ".meta");
+  if (meta_in) {
+    std::stringstream ms;
+    ms << meta_in.rdbuf();
+    std::string meta = ms.str();
+    if (number_after(meta, "version") == built.snapshot->version)
+      confirmed = std::max(confirmed, number_after(meta, "confirmed_at_ms"));
+  }
+  if (confirmed <= 0 || now_ms() - confirmed > max_age.count()) {
+    out.problem = "saved snapshot " + path + " (version " + std::to_string(built.snapshot->version) +
+                  ") is older than WORKER_SNAPSHOT_MAX_AGE_SEC";
+    return out;
+  }
+  out.snapshot = std::move(built.snapshot);
+  out.confirmed_at_ms = confirmed;
+  return out;
 }
 
 std::unique_ptr<ConfigSource> make_file_source(std::string path, std::chrono::milliseconds poll, PublishFn publish) {

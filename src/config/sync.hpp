@@ -35,12 +35,30 @@ class ConfigSource {
 struct ControlPlaneSourceOptions {
   std::string base_url;  // http://host:port
   std::string secret;
-  std::chrono::milliseconds poll_interval{2000};
+  std::chrono::seconds long_poll{25};  // how long the control plane may hold a request
   std::chrono::milliseconds timeout{10000};
   std::chrono::milliseconds max_backoff{30000};
+  // Last good config on disk (docs/config-stream.md); empty = not saved.
+  std::string snapshot_path;
+  std::chrono::milliseconds save_interval{5000};
+  std::chrono::milliseconds max_age{24LL * 3600 * 1000};
 };
 
-std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOptions opts, PublishFn publish);
+// A snapshot saved by an earlier run, if present, valid and younger than `max_age`.
+struct SavedSnapshot {
+  std::shared_ptr<const Snapshot> snapshot;
+  std::int64_t confirmed_at_ms = 0;  // when the control plane last vouched for it
+  std::string problem;               // why none was loaded (empty when the file does not exist)
+};
+SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::milliseconds max_age);
+// Atomically replaces `path` (temporary file, fsync, rename). False (and the old file kept) on
+// any failure, e.g. a full disk.
+bool save_file_atomically(const std::string& path, const std::string& content);
+
+// `publish(nullptr)` withdraws the config (fail closed) when it has become too old.
+// `initial`: a saved snapshot already published; the source continues from its version.
+std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOptions opts, PublishFn publish,
+                                                        SavedSnapshot initial = {});
 std::unique_ptr<ConfigSource> make_file_source(std::string path, std::chrono::milliseconds poll, PublishFn publish);
 
 }  // namespace ag::config

@@ -321,7 +321,7 @@ void Connection::add_rate_headers(const Context& ctx, std::string& out) const {
   if (!ctx.limit_checked || !ctx.key) return;
   const auto& d = ctx.limit;
   out += "RateLimit-Limit: ";
-  append_num(out, static_cast<std::uint64_t>(ctx.key->rate.burst + 1));
+  append_num(out, static_cast<std::uint64_t>(ctx.policy.burst + 1));
   out += "\r\nRateLimit-Remaining: ";
   append_num(out, static_cast<std::uint64_t>(std::max<std::int64_t>(d.remaining, 0)));
   out += "\r\nRateLimit-Reset: ";
@@ -410,7 +410,7 @@ Task<bool> Connection::handle(ReqParser& parser) {
                   now_ms(), reply);
   }
   if (ok) {
-    ratelimit::Policy policy{ctx.key->rate.requests_per_minute, ctx.key->rate.burst};
+    const ratelimit::Policy& policy = ctx.policy;
     // The key's limiter slot is named by the first 8 bytes of its SHA-256 (computed by identify).
     if (rt_.redis) ctx.limit = co_await rt_.redis->check(ctx.key_tag, policy);
     else ctx.limit = rt_.limiter.check(ctx.key_tag, policy, ctx.start_ns);

@@ -146,12 +146,15 @@ bool identify(Context& ctx, std::string_view api_key, bool key_present, std::int
   }
   auto digest = crypto::sha256(api_key);
   const config::KeyEntry* k = ctx.snapshot->find_key(digest);
-  if (!k || (k->expires_at_ms != 0 && k->expires_at_ms <= now_ms)) {
+  const config::Project* project = k ? ctx.snapshot->project(k->project_slot) : nullptr;
+  if (!k || !project || (k->expires_at_ms != 0 && k->expires_at_ms <= now_ms)) {
     reply = {401, Reason::kKeyInvalid, "Invalid API key"};
     return false;
   }
   ctx.key = k;
-  ctx.project = k->project;
+  ctx.project = project;
+  auto rate = ctx.snapshot->rate_for(*k, *project);
+  ctx.policy = ratelimit::Policy{rate.requests_per_minute, rate.burst};
   ctx.key_tag = config::KeyDigestHash{}(digest);
   return true;
 }

@@ -45,6 +45,7 @@ struct Context {
   std::shared_ptr<const config::Snapshot> snapshot;  // pinned for the whole request
   const config::Project* project = nullptr;
   const config::KeyEntry* key = nullptr;
+  ratelimit::Policy policy;   // the key's own limit, or its project's
   std::uint64_t key_tag = 0;  // first 8 bytes of the key's SHA-256: names its rate-limit state
   std::string request_id;
   std::string client_ip;

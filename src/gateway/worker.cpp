@@ -152,7 +152,11 @@ WorkerOptions load_worker_options() {
   o.config_file = env::get_or("WORKER_CONFIG_FILE", "");
   o.control_url = env::get_or("CONTROL_API_BASE_URL", "");
   o.control_secret = env::get_or("CONTROL_WORKER_SHARED_SECRET", env::get_or("WORKER_SECRET_KEY", ""));
-  o.poll_ms = env_int("WORKER_CONFIG_POLL_SEC", 2, 1, 3600) * 1000;
+  o.poll_ms = env_int("WORKER_CONFIG_POLL_SEC", 1, 1, 3600) * 1000;
+  o.snapshot_path = env::get_or("WORKER_SNAPSHOT_PATH", "worker-snapshot.json");
+  if (o.snapshot_path == "off") o.snapshot_path.clear();
+  o.snapshot_interval_ms = env_int("WORKER_SNAPSHOT_INTERVAL_SEC", 5, 1, 86400) * 1000;
+  o.snapshot_max_age_ms = env_int("WORKER_SNAPSHOT_MAX_AGE_SEC", 86400, 1, 365LL * 86400) * 1000;
   return o;
 }
 
@@ -321,8 +325,22 @@ void Worker::start() {
     config::ControlPlaneSourceOptions co;
     co.base_url = im.opts.control_url;
     co.secret = im.opts.control_secret;
-    co.poll_interval = std::chrono::milliseconds(im.opts.poll_ms);
-    im.source = config::make_control_plane_source(co, publish);
+    co.long_poll = std::chrono::seconds(im.opts.long_poll_sec);
+    co.snapshot_path = im.opts.snapshot_path;
+    co.save_interval = std::chrono::milliseconds(im.opts.snapshot_interval_ms);
+    co.max_age = std::chrono::milliseconds(im.opts.snapshot_max_age_ms);
+    config::SavedSnapshot saved;
+    if (!co.snapshot_path.empty()) {
+      saved = config::load_saved_snapshot(co.snapshot_path, co.max_age);
+      if (saved.snapshot) {
+        spdlog::info("serving saved config version {} from {} ({} projects, {} keys) until the control plane answers",
+                     saved.snapshot->version, co.snapshot_path, saved.snapshot->project_count, saved.snapshot->key_count);
+        publish(saved.snapshot);
+      } else if (!saved.problem.empty()) {
+        spdlog::warn("{}; waiting for the control plane", saved.problem);
+      }
+    }
+    im.source = config::make_control_plane_source(co, publish, std::move(saved));
   } else {
     spdlog::warn("no config source: set CONTROL_API_BASE_URL or --config; every request gets 503 until then");
   }
@@ -337,10 +355,19 @@ std::uint16_t Worker::admin_port() const { return impl_->admin ? impl_->admin->b
 
 void Worker::publish(std::shared_ptr<const config::Snapshot> snapshot) {
   auto& im = *impl_;
+  if (!snapshot) {  // withdrawn: fail closed
+    im.ready.store(false);
+    im.registry->config_version.store(-1);
+    for (auto& t : im.threads) {
+      ThreadRuntime* rt = t.get();
+      asio::post(rt->ioc, [rt] { rt->snapshot.reset(); });
+    }
+    return;
+  }
   im.registry->config_version.store(snapshot->version);
   im.registry->config_loaded_at_ms.store(now_ms());
-  im.registry->config_keys.store(static_cast<std::int64_t>(snapshot->keys.size()));
-  im.registry->config_projects.store(static_cast<std::int64_t>(snapshot->projects.size()));
+  im.registry->config_keys.store(static_cast<std::int64_t>(snapshot->key_count));
+  im.registry->config_projects.store(static_cast<std::int64_t>(snapshot->project_count));
   for (auto& t : im.threads) {
     ThreadRuntime* rt = t.get();
     asio::post(rt->ioc, [rt, snapshot] { rt->snapshot = snapshot; });

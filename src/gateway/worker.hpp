@@ -32,7 +32,11 @@ struct WorkerOptions {
   std::string config_file;
   std::string control_url;
   std::string control_secret;
-  std::int64_t poll_ms = 2'000;
+  std::int64_t poll_ms = 2'000;       // file mode: how often the file is checked
+  std::int64_t long_poll_sec = 25;     // control plane: how long a request may be held
+  std::string snapshot_path = "worker-snapshot.json";  // "" or "off": not saved
+  std::int64_t snapshot_interval_ms = 5'000;
+  std::int64_t snapshot_max_age_ms = 86'400'000;
 };
 
 // Reads WORKER_* / CONTROL_* / REDIS_URL from the environment; throws std::runtime_error naming

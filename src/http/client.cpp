@@ -22,8 +22,20 @@ std::string ClientResult::header(std::string_view lower_name) const {
   return {};
 }
 
+void FetchCancel::cancel() {
+  std::lock_guard lock(m_);
+  cancelled_ = true;
+  if (ioc_) static_cast<asio::io_context*>(ioc_)->stop();
+}
+
+bool FetchCancel::cancelled() const {
+  std::lock_guard lock(m_);
+  return cancelled_;
+}
+
 ClientResult fetch(const std::string& method, const std::string& url, const std::vector<Header>& headers,
-                   const std::string& body, std::chrono::milliseconds timeout, std::size_t max_body) {
+                   const std::string& body, std::chrono::milliseconds timeout, std::size_t max_body,
+                   FetchCancel* cancel) {
   ClientResult out;
   if (url.rfind("http://", 0) != 0) {
     out.error = "only http:// URLs are supported";
@@ -86,7 +98,20 @@ ClientResult fetch(const std::string& method, const std::string& url, const std:
       });
     });
   });
+  if (cancel) {
+    std::lock_guard lock(cancel->m_);
+    if (cancel->cancelled_) {
+      out.error = "cancelled";
+      return out;
+    }
+    cancel->ioc_ = &ioc;
+  }
   ioc.run();
+  if (cancel) {
+    std::lock_guard lock(cancel->m_);
+    cancel->ioc_ = nullptr;
+    if (cancel->cancelled_ && !out.ok) out.error = "cancelled";
+  }
   return out;
 }
 

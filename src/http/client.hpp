@@ -2,6 +2,7 @@
 // A small blocking HTTP/1.1 client for background work (config sync, health checks): one
 // request per call on a private event loop, with an overall deadline. Not for the request path.
 #include <chrono>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -18,9 +19,23 @@ struct ClientResult {
   std::string header(std::string_view lower_name) const;
 };
 
+// Lets another thread abort a fetch in progress (shutdown during a long poll).
+class FetchCancel {
+ public:
+  void cancel();
+  bool cancelled() const;
+
+ private:
+  friend ClientResult fetch(const std::string&, const std::string&, const std::vector<Header>&, const std::string&,
+                            std::chrono::milliseconds, std::size_t, FetchCancel*);
+  mutable std::mutex m_;
+  void* ioc_ = nullptr;  // the running fetch's io_context
+  bool cancelled_ = false;
+};
+
 // `url`: http://host[:port]/path?query. `max_body`: larger responses fail.
 ClientResult fetch(const std::string& method, const std::string& url, const std::vector<Header>& headers,
                    const std::string& body, std::chrono::milliseconds timeout,
-                   std::size_t max_body = 512 * 1024 * 1024);
+                   std::size_t max_body = 512 * 1024 * 1024, FetchCancel* cancel = nullptr);
 
 }  // namespace ag::http

@@ -29,6 +29,12 @@ TEST(Pipeline, EndpointNormalisation) {
   EXPECT_EQ(normalise_endpoint("/blob/deadbeefdeadbeef00"), "/blob/:id");
   EXPECT_EQ(normalise_endpoint("/v1/users"), "/v1/users");
   EXPECT_EQ(normalise_endpoint(""), "/");
+  // The fast path (no copy) is taken only when normalising would change nothing.
+  for (std::string_view p : {"/", "/v1/users", "/a/b/c", "/users/123/orders", "/o/3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+                             "/blob/deadbeefdeadbeef00", "/x/abcdefabcdefabcdefab", ""})
+    if (!needs_normalising(p)) EXPECT_EQ(normalise_endpoint(p), p) << p;
+  EXPECT_TRUE(needs_normalising("/users/123"));
+  EXPECT_FALSE(needs_normalising("/v1/users"));
 }
 
 TEST(Pipeline, RequestIdValidation) {
@@ -93,8 +99,10 @@ TEST(Snapshot, RejectsBadDocumentsWithTheField) {
   EXPECT_EQ(e.error.rfind("projects[0].api_keys[0]", 0), 0u) << e.error;
   auto ok = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_url":"http://127.0.0.1:1","api_keys":[]}]})");
   ASSERT_TRUE(ok.snapshot) << ok.error;
-  EXPECT_EQ(ok.snapshot->projects.at(0)->upstream.port, 1);
-  EXPECT_FALSE(ok.snapshot->projects.at(0)->upstream.endpoints.empty());
+  const auto* proj = ok.snapshot->project(config::metrics_slot_for("p"));
+  ASSERT_NE(proj, nullptr);
+  EXPECT_EQ(proj->upstream.port, 1);
+  EXPECT_FALSE(proj->upstream.endpoints.empty());
 }
 
 }  // namespace

@@ -1,0 +1,105 @@
+// Snapshots and deltas: structural sharing, version checks, and the saved-file round trip.
+#include "config/snapshot.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "common/crypto.hpp"
+#include "common/time.hpp"
+#include "config/sync.hpp"
+
+namespace ag::config {
+namespace {
+
+std::string key_hash(int i) { return crypto::sha256_hex("key-" + std::to_string(i)); }
+
+KeyDigest digest(int i) { return crypto::sha256("key-" + std::to_string(i)); }
+
+std::string full_doc(int keys) {
+  std::string d = R"({"version":10,"projects":[{"id":"snap-p1","upstream_base_url":"http://127.0.0.1:9/a","keys":[)";
+  for (int i = 0; i < keys; ++i) {
+    if (i) d += ',';
+    d += R"({"id":"k)" + std::to_string(i) + R"(","hash":")" + key_hash(i) + R"(","expires_at":null})";
+  }
+  return d + "]}]}";
+}
+
+TEST(Delta, TouchesOnlyTheShardsItChanges) {
+  auto base = build_snapshot(full_doc(5000));
+  ASSERT_TRUE(base.snapshot) << base.error;
+  EXPECT_EQ(base.snapshot->key_count, 5000u);
+  std::string delta = R"({"since":10,"version":11,"changes":[
+      {"version":11,"op":"key.delete","project_id":"snap-p1","key_id":"k7","hash":")" + key_hash(7) + R"("},
+      {"version":11,"op":"key.upsert","project_id":"snap-p1","key":{"id":"new","hash":")" + key_hash(99999) +
+                      R"(","expires_at":null,"rate_limit":{"requests_per_minute":5,"burst":1}}}]})";
+  auto next = apply_delta(base.snapshot, delta);
+  ASSERT_TRUE(next.snapshot) << next.error;
+  const auto& a = *base.snapshot;
+  const auto& b = *next.snapshot;
+  EXPECT_EQ(b.version, 11);
+  EXPECT_EQ(b.key_count, 5000u);
+  EXPECT_EQ(b.find_key(digest(7)), nullptr);
+  EXPECT_NE(a.find_key(digest(7)), nullptr);  // the old snapshot is untouched
+  const KeyEntry* added = b.find_key(digest(99999));
+  ASSERT_NE(added, nullptr);
+  EXPECT_TRUE(added->has_rate_override);
+  EXPECT_EQ(b.rate_for(*added, *b.project(added->project_slot)).requests_per_minute, 5);
+  std::size_t shared = 0;
+  for (std::size_t i = 0; i < kKeyShards; ++i) shared += a.shards[i] == b.shards[i];
+  std::size_t touched = Snapshot::shard_of(digest(7)) == Snapshot::shard_of(digest(99999)) ? 1 : 2;
+  EXPECT_EQ(shared, kKeyShards - touched);
+  EXPECT_EQ(a.projects, b.projects);  // projects shared too
+}
+
+TEST(Delta, ProjectChangesAndDeletes) {
+  auto base = build_snapshot(full_doc(3));
+  ASSERT_TRUE(base.snapshot);
+  auto slot = metrics_slot_for("snap-p1");
+  auto up = apply_delta(base.snapshot, R"({"since":10,"version":12,"changes":[{"version":12,"op":"project.upsert",
+      "project":{"id":"snap-p1","upstream_base_url":"http://127.0.0.1:9/b","rate_limit":{"requests_per_minute":7,"burst":0}}}]})");
+  ASSERT_TRUE(up.snapshot) << up.error;
+  EXPECT_EQ(up.snapshot->project(slot)->upstream.base_path, "/b");
+  // The keys keep working and pick up the project's new policy.
+  const KeyEntry* k = up.snapshot->find_key(digest(1));
+  ASSERT_NE(k, nullptr);
+  EXPECT_EQ(up.snapshot->rate_for(*k, *up.snapshot->project(slot)).requests_per_minute, 7);
+  auto del = apply_delta(up.snapshot, R"({"since":12,"version":13,"changes":[{"version":13,"op":"project.delete","project_id":"snap-p1"}]})");
+  ASSERT_TRUE(del.snapshot) << del.error;
+  EXPECT_EQ(del.snapshot->project(slot), nullptr);
+  EXPECT_EQ(del.snapshot->project_count, 0u);
+}
+
+TEST(Delta, RejectsGapsAndGarbageWithoutTouchingTheBase) {
+  auto base = build_snapshot(full_doc(3));
+  ASSERT_TRUE(base.snapshot);
+  EXPECT_NE(apply_delta(base.snapshot, R"({"since":9,"version":11,"changes":[]})").error.find("version gap"), std::string::npos);
+  EXPECT_FALSE(apply_delta(base.snapshot, R"({"since":10,"version":11,"changes":[{"op":"key.delete","hash":"zz"}]})").snapshot);
+  EXPECT_FALSE(apply_delta(base.snapshot, "{\"since\":10,").snapshot);
+  EXPECT_FALSE(apply_delta(base.snapshot, R"({"since":10,"version":9,"changes":[]})").snapshot);
+  EXPECT_NE(base.snapshot->find_key(digest(1)), nullptr);
+  EXPECT_EQ(base.snapshot->version, 10);
+}
+
+TEST(SavedSnapshot, RoundTripsThroughTheFileAndRespectsMaxAge) {
+  crypto::init();
+  auto base = build_snapshot(full_doc(50));
+  ASSERT_TRUE(base.snapshot);
+  std::string path = ::testing::TempDir() + "/ag_snapshot_test.json";
+  ASSERT_TRUE(save_file_atomically(path, serialize_snapshot(*base.snapshot, now_ms())));
+  auto loaded = load_saved_snapshot(path, std::chrono::hours(1));
+  ASSERT_TRUE(loaded.snapshot) << loaded.problem;
+  EXPECT_EQ(loaded.snapshot->version, 10);
+  EXPECT_EQ(loaded.snapshot->key_count, 50u);
+  EXPECT_NE(loaded.snapshot->find_key(digest(49)), nullptr);
+  ASSERT_TRUE(save_file_atomically(path, serialize_snapshot(*base.snapshot, now_ms() - 7200 * 1000)));
+  auto stale = load_saved_snapshot(path, std::chrono::hours(1));
+  EXPECT_FALSE(stale.snapshot);
+  EXPECT_NE(stale.problem.find("older"), std::string::npos);
+  ASSERT_TRUE(save_file_atomically(path, "garbage"));
+  EXPECT_FALSE(load_saved_snapshot(path, std::chrono::hours(1)).snapshot);
+  EXPECT_FALSE(save_file_atomically("/nonexistent-dir/x.json", "data"));
+}
+
+}  // namespace
+}  // namespace ag::config
