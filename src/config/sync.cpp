@@ -92,13 +92,17 @@ class ControlPlaneSource final : public PollingSource {
     if (current_ && !force_full_) {
       url += "?since=" + std::to_string(current_->version) + "&wait=" + std::to_string(opts_.long_poll.count());
       timeout += opts_.long_poll;
+    } else {
+      url += "?full=1";
     }
+    if (opts_.identity) url += "&applied=" + std::to_string(current_ ? current_->version : 0) + opts_.identity();
     auto r = http::fetch("GET", url, headers, "", timeout, 1024ULL * 1024 * 1024, &cancel_);
     if (cancel_.cancelled()) return std::chrono::milliseconds(0);
     if (!r.ok) return failure(r.error);
     if (r.status != 200)
       return failure("HTTP " + std::to_string(r.status) + (r.status == 401 ? " (check CONTROL_WORKER_SHARED_SECRET)" : ""));
     bool full = r.body.find("\"full\":true") != std::string::npos || !current_ || force_full_;
+    auto apply_start = std::chrono::steady_clock::now();
     BuildResult built = full ? build_snapshot(r.body) : apply_delta(current_, r.body);
     if (!built.snapshot) {
       stats.errors.fetch_add(1);
@@ -111,6 +115,8 @@ class ControlPlaneSource final : public PollingSource {
     force_full_ = false;
     bool changed = !current_ || built.snapshot->version != current_->version || full;
     if (changed) {
+      stats.last_apply_us.store(static_cast<std::int64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - apply_start).count()));
       if (!current_ || full)
         spdlog::info("config version {} loaded from the control plane ({}): {} projects, {} keys", built.snapshot->version,
                      full ? "full" : "delta", built.snapshot->project_count, built.snapshot->key_count);

@@ -20,6 +20,7 @@ namespace ag::config {
 struct SyncStats {
   std::atomic<std::int64_t> last_ok_ms{0};  // last successful contact (200 or 304)
   std::atomic<std::uint64_t> errors{0};
+  std::atomic<std::int64_t> last_apply_us{-1};  // time to build the last published snapshot
 };
 
 using PublishFn = std::function<void(std::shared_ptr<const Snapshot>)>;
@@ -42,6 +43,8 @@ struct ControlPlaneSourceOptions {
   std::string snapshot_path;
   std::chrono::milliseconds save_interval{5000};
   std::chrono::milliseconds max_age{24LL * 3600 * 1000};
+  // Extra query parameters identifying the worker (its heartbeat): "&worker_id=...&address=...".
+  std::function<std::string()> identity;
 };
 
 // A snapshot saved by an earlier run, if present, valid and younger than `max_age`.

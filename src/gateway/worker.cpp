@@ -8,6 +8,8 @@
 #include <spdlog/spdlog.h>
 
 #include <charconv>
+#include <unistd.h>
+
 #include <csignal>
 #include <thread>
 
@@ -253,7 +255,10 @@ struct Worker::Impl {
   http::Response admin_handle(http::Request& req) {
     http::Response r;
     if (req.path == "/metrics") {
-      if (source) registry->config_errors.store(source->stats.errors.load());
+      if (source) {
+        registry->config_errors.store(source->stats.errors.load());
+        registry->config_apply_us.store(source->stats.last_apply_us.load());
+      }
       r.body = registry->render(config::metrics_slot_names());
       r.set_header("Content-Type", "text/plain; version=0.0.4");
       return r;
@@ -340,6 +345,19 @@ void Worker::start() {
         spdlog::warn("{}; waiting for the control plane", saved.problem);
       }
     }
+    // Heartbeat: who we are, where we listen, how long we have run, what we have served.
+    std::string worker_id = env::get_or("WORKER_ID", "");
+    if (worker_id.empty()) {
+      char host[256] = {};
+      ::gethostname(host, sizeof host - 1);
+      worker_id = std::string(host) + "-" + std::to_string(::getpid()) + "-" + crypto::random_base62(4);
+    }
+    auto started = now_ms();
+    std::string address = im.opts.listen_host + ":" + std::to_string(im.port);
+    co.identity = [this, worker_id, address, started] {
+      return "&worker_id=" + worker_id + "&address=" + address + "&uptime=" +
+             std::to_string((now_ms() - started) / 1000) + "&requests=" + std::to_string(impl_->registry->total_requests());
+    };
     im.source = config::make_control_plane_source(co, publish, std::move(saved));
   } else {
     spdlog::warn("no config source: set CONTROL_API_BASE_URL or --config; every request gets 503 until then");

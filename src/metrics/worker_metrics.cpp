@@ -65,6 +65,18 @@ Registry::Registry(std::size_t shards) {
   for (std::size_t i = 0; i < shards; ++i) shards_.push_back(std::make_unique<Shard>());
 }
 
+std::uint64_t Registry::total_requests() const {
+  std::uint64_t total = 0;
+  for (const auto& s : shards_) {
+    std::uint64_t n = 0;  // every finished request is observed once in the latency histogram
+    std::vector<std::uint64_t> b(kLatencyBucketsMs.size() + 1, 0);
+    double sum = 0;
+    s->latency.add_to(b, sum, n);
+    total += n;
+  }
+  return total;
+}
+
 std::string Registry::render(const std::vector<std::string>& slot_names) const {
   std::string out;
   out.reserve(4096);
@@ -116,6 +128,8 @@ std::string Registry::render(const std::vector<std::string>& slot_names) const {
   append(out, "# TYPE ag_config_age_seconds gauge\nag_config_age_seconds %.3f\n",
          loaded > 0 ? static_cast<double>(now_ms() - loaded) / 1000.0 : -1.0);
   append(out, "# TYPE ag_config_errors_total counter\nag_config_errors_total %llu\n", static_cast<unsigned long long>(config_errors.load()));
+  append(out, "# TYPE ag_config_apply_seconds gauge\nag_config_apply_seconds %.6f\n",
+         config_apply_us.load() >= 0 ? static_cast<double>(config_apply_us.load()) / 1e6 : -1.0);
   append(out, "ag_config_keys %lld\nag_config_projects %lld\n", static_cast<long long>(config_keys.load()),
          static_cast<long long>(config_projects.load()));
   return out;

@@ -75,6 +75,9 @@ class Registry {
   std::atomic<std::uint64_t> config_errors{0};
   std::atomic<std::int64_t> config_keys{0};
   std::atomic<std::int64_t> config_projects{0};
+  std::atomic<std::int64_t> config_apply_us{-1};
+
+  std::uint64_t total_requests() const;
 
   // Prometheus text exposition format 0.0.4.
   std::string render(const std::vector<std::string>& slot_names) const;

@@ -118,8 +118,33 @@ std::optional<http::Response> delta_document(AppState& app, std::int64_t since, 
   return out;
 }
 
+// A worker identifies itself on every config request (worker_id, address, applied, uptime,
+// requests): that is its heartbeat. Bad values are ignored rather than failing the config fetch.
+void record_heartbeat(AppState& app, const http::Request& req) {
+  std::string id, address, applied, uptime, requests;
+  if (!http::query_param(req.query, "worker_id", id) || id.empty() || id.size() > 128) return;
+  http::query_param(req.query, "address", address);
+  http::query_param(req.query, "applied", applied);
+  http::query_param(req.query, "uptime", uptime);
+  http::query_param(req.query, "requests", requests);
+  auto num = [](const std::string& s) -> std::int64_t {
+    std::int64_t v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    return ec == std::errc{} && p == s.data() + s.size() && v >= 0 ? v : 0;
+  };
+  std::int64_t now = now_ms();
+  app.db->with_connection([&](store::Connection& c) {
+    c.exec("INSERT INTO gateways (id, address, version_applied, uptime_sec, requests, first_seen, last_seen) "
+           "VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (id) DO UPDATE SET address = excluded.address, "
+           "version_applied = excluded.version_applied, uptime_sec = excluded.uptime_sec, "
+           "requests = excluded.requests, last_seen = excluded.last_seen",
+           {id, address.substr(0, 256), num(applied), num(uptime), num(requests), now});
+  });
+}
+
 http::Response config(AppState& app, const http::Request& req) {
   if (!worker_authorised(app, req)) throw ApiError(401, "Invalid worker secret");
+  record_heartbeat(app, req);
   std::string since_s, wait_s;
   if (!http::query_param(req.query, "since", since_s)) return full_document(app, req);
   std::int64_t since = 0, wait = 0;
@@ -145,9 +170,67 @@ http::Response config(AppState& app, const http::Request& req) {
   return held;
 }
 
+constexpr std::int64_t kLiveWindowMs = 90'000;  // a worker polls at least every ~25 s
+
+http::Response gateways(AppState& app, const http::Request& req) {
+  require_user(app, req);
+  json list = json::array();
+  std::int64_t version = 0, now = now_ms();
+  app.db->with_connection([&](store::Connection& c) {
+    version = c.exec("SELECT version FROM config_state WHERE id = 1", {}).rows.at(0).integer(0);
+    auto r = c.exec("SELECT id, address, version_applied, uptime_sec, requests, first_seen, last_seen FROM gateways "
+                    "WHERE last_seen > $1 ORDER BY id",
+                    {now - 24LL * 3600 * 1000});
+    for (const auto& row : r.rows) {
+      bool live = now - row.integer(6) <= kLiveWindowMs;
+      list.push_back({{"id", row.text(0)},
+                      {"address", row.opt_text(1) ? json(*row.opt_text(1)) : json(nullptr)},
+                      {"version_applied", row.integer(2)},
+                      {"lag", version - row.integer(2)},
+                      {"uptime_sec", row.integer(3)},
+                      {"requests", row.integer(4)},
+                      {"first_seen", iso_time(row.integer(5))},
+                      {"last_seen", iso_time(row.integer(6))},
+                      {"live", live}});
+    }
+  });
+  return json_response(200, {{"config_version", version}, {"gateways", list}});
+}
+
+// Has every live worker applied `version` (default: the current one)?
+http::Response propagation(AppState& app, const http::Request& req) {
+  require_user(app, req);
+  std::int64_t version = -1, current = 0, now = now_ms();
+  std::string v;
+  if (http::query_param(req.query, "version", v)) {
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), version);
+    if (ec != std::errc{} || p != v.data() + v.size() || version < 0)
+      throw validation_error("version", "must be an integer >= 0");
+  }
+  json pending = json::array();
+  std::int64_t live = 0;
+  app.db->with_connection([&](store::Connection& c) {
+    current = c.exec("SELECT version FROM config_state WHERE id = 1", {}).rows.at(0).integer(0);
+    if (version < 0) version = current;
+    auto r = c.exec("SELECT id, version_applied FROM gateways WHERE last_seen > $1 ORDER BY id", {now - kLiveWindowMs});
+    for (const auto& row : r.rows) {
+      ++live;
+      if (row.integer(1) < version) pending.push_back({{"id", row.text(0)}, {"version_applied", row.integer(1)}});
+    }
+  });
+  return json_response(200, {{"version", version},
+                              {"config_version", current},
+                              {"live_gateways", live},
+                              {"applied", live - static_cast<std::int64_t>(pending.size())},
+                              {"pending", pending},
+                              {"complete", pending.empty()}});
+}
+
 }  // namespace
 
 void register_worker_config_routes(http::Router& r, AppState& app) {
+  r.add("GET", "/gateways", [&app](const http::Request& q, const http::PathParams&) { return gateways(app, q); });
+  r.add("GET", "/gateways/propagation", [&app](const http::Request& q, const http::PathParams&) { return propagation(app, q); });
   r.add("GET", "/internal/worker/config", [&app](const http::Request& q, const http::PathParams&) { return config(app, q); });
 }
 

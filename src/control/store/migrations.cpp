@@ -187,6 +187,29 @@ CREATE TABLE config_changes (
 );
 CREATE INDEX config_changes_version ON config_changes(version);
 )SQL"},
+    {4, "gateways (worker heartbeats)",
+     R"SQL(
+CREATE TABLE gateways (
+  id TEXT PRIMARY KEY,
+  address TEXT,
+  version_applied BIGINT NOT NULL,
+  uptime_sec BIGINT NOT NULL,
+  requests BIGINT NOT NULL,
+  first_seen BIGINT NOT NULL,
+  last_seen BIGINT NOT NULL
+);
+)SQL",
+     R"SQL(
+CREATE TABLE gateways (
+  id TEXT PRIMARY KEY,
+  address TEXT,
+  version_applied BIGINT NOT NULL,
+  uptime_sec BIGINT NOT NULL,
+  requests BIGINT NOT NULL,
+  first_seen BIGINT NOT NULL,
+  last_seen BIGINT NOT NULL
+);
+)SQL"},
 };
 
 constexpr const char* kCreateTable =
