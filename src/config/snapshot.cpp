@@ -179,8 +179,8 @@ bool parse_key(simdjson::dom::object ko, const std::string& where, std::uint32_t
   if (ko["hash"].get_string().get(sv) || !hex_digest(sv, d))
     return p.fail(where + ".hash", "must be 64 hex characters (SHA-256)");
   k.project_slot = slot;
-  if (!ko["id"].get_string().get(sv)) k.id = std::string(sv);
-  if (!ko["public_id"].get_string().get(sv)) k.public_id = std::string(sv);
+  if (!ko["id"].get_string().get(sv)) k.id.assign(sv);
+  if (!ko["public_id"].get_string().get(sv)) k.public_id.assign(sv);
   simdjson::dom::element ex;
   if (!ko["expires_at"].get(ex) && !ex.is_null()) {
     std::string_view es;
@@ -265,8 +265,17 @@ BuildResult build_snapshot(std::string_view json_text) {
     out.error = "projects: must be an array";
     return out;
   }
+  // Size the shards up front (one pass over the array lengths) so inserts never rehash.
+  std::size_t total_keys = 0;
+  for (simdjson::dom::element pe : projects) {
+    simdjson::dom::array a;
+    if (!pe["keys"].get_array().get(a) || !pe["api_keys"].get_array().get(a)) total_keys += a.size();
+  }
   std::vector<std::unique_ptr<KeyShard>> shards(kKeyShards);
-  for (auto& sh : shards) sh = std::make_unique<KeyShard>();
+  for (auto& sh : shards) {
+    sh = std::make_unique<KeyShard>();
+    sh->keys.reserve(total_keys / kKeyShards + total_keys / kKeyShards / 4 + 1);
+  }
   std::vector<std::shared_ptr<Project>> built;
   std::size_t pi = 0;
   for (simdjson::dom::element pe : projects) {
@@ -437,9 +446,16 @@ BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string
     out.error = p.error;
     return out;
   }
-  std::vector<Project*> raw;
-  for (auto& np : new_projects) raw.push_back(np.get());
-  resolve_all(raw, base.get());
+  // Resolve only what the delta brought, reusing the base's endpoints for an unchanged upstream.
+  std::vector<Project*> unresolved;
+  for (auto& np : new_projects) {
+    const Project* old = base->project(np->metrics_slot);
+    if (old && old->upstream.pool_key == np->upstream.pool_key && !old->upstream.endpoints.empty())
+      np->upstream.endpoints = old->upstream.endpoints;
+    else if (np->upstream.supported)
+      unresolved.push_back(np.get());
+  }
+  if (!unresolved.empty()) resolve_all(unresolved, nullptr);
   out.snapshot = std::move(snap);
   return out;
 }
@@ -482,9 +498,9 @@ std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
       if (!first_k) out += ',';
       first_k = false;
       out += "{\"id\":";
-      str(k->id);
+      str(k->id.view());
       out += ",\"public_id\":";
-      str(k->public_id);
+      str(k->public_id.view());
       out += ",\"hash\":\"" + to_hex_digest(*d) + "\",\"expires_at\":";
       if (k->expires_at_ms) str(format_rfc3339(k->expires_at_ms));
       else out += "null";

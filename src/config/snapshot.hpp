@@ -2,6 +2,7 @@
 // The worker's configuration: an immutable snapshot built from a worker-config document
 // (docs/api.md "Worker config") off the request path, then shared read-only by every thread.
 // Nothing here is ever mutated after build(); a change produces a new snapshot.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -55,10 +56,26 @@ struct Project {
   std::uint32_t metrics_slot = 0;  // stable index for per-project counters
 };
 
+// A short identifier stored inline: a million keys with heap-allocated ids cost a million
+// allocations to build and ~50 MB more to hold.
+class ShortId {
+ public:
+  void assign(std::string_view v) {
+    len_ = static_cast<std::uint8_t>(std::min(v.size(), sizeof data_));
+    std::memcpy(data_, v.data(), len_);
+  }
+  std::string_view view() const { return {data_, len_}; }
+  bool empty() const { return len_ == 0; }
+
+ private:
+  char data_[40];
+  std::uint8_t len_ = 0;
+};
+
 struct KeyEntry {
   std::uint32_t project_slot = 0;  // index into Snapshot::projects (the project's metrics slot)
-  std::string id;
-  std::string public_id;
+  ShortId id;
+  ShortId public_id;
   std::int64_t expires_at_ms = 0;  // 0 = no expiry
   bool has_rate_override = false;
   RatePolicy rate_override;        // used instead of the project's policy when set

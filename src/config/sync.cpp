@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -17,6 +18,17 @@
 namespace ag::config {
 
 namespace {
+
+// Whether a worker-config response is a full document: its top-level "full" is true (a delta has
+// "full": false). Looks at the field itself, whatever the whitespace around it.
+bool json_says_full(std::string_view body) {
+  auto pos = body.find("\"full\"");
+  if (pos == std::string_view::npos) return false;
+  pos += 6;
+  while (pos < body.size() && (body[pos] == ' ' || body[pos] == '\t' || body[pos] == '\n' || body[pos] == '\r' || body[pos] == ':'))
+    ++pos;
+  return body.substr(pos, 4) == "true";
+}
 
 // Shared thread + interruptible sleep for both sources.
 class PollingSource : public ConfigSource {
@@ -90,8 +102,15 @@ class ControlPlaneSource final : public PollingSource {
     std::string url = opts_.base_url + "/internal/worker/config";
     auto timeout = opts_.timeout;
     if (current_ && !force_full_) {
-      url += "?since=" + std::to_string(current_->version) + "&wait=" + std::to_string(opts_.long_poll.count());
-      timeout += opts_.long_poll;
+      // A save deferred by the save interval shortens the wait so the loop is back in time for it.
+      auto wait = opts_.long_poll;
+      if (save_pending_) {
+        auto due = std::chrono::milliseconds(last_save_ms_ + opts_.save_interval.count() - now_ms());
+        wait = std::clamp(std::chrono::duration_cast<std::chrono::seconds>(due) + std::chrono::seconds(1),
+                          std::chrono::seconds(1), opts_.long_poll);
+      }
+      url += "?since=" + std::to_string(current_->version) + "&wait=" + std::to_string(wait.count());
+      timeout += wait;
     } else {
       url += "?full=1";
     }
@@ -101,7 +120,7 @@ class ControlPlaneSource final : public PollingSource {
     if (!r.ok) return failure(r.error);
     if (r.status != 200)
       return failure("HTTP " + std::to_string(r.status) + (r.status == 401 ? " (check CONTROL_WORKER_SHARED_SECRET)" : ""));
-    bool full = r.body.find("\"full\":true") != std::string::npos || !current_ || force_full_;
+    bool full = json_says_full(r.body) || !current_ || force_full_;
     auto apply_start = std::chrono::steady_clock::now();
     BuildResult built = full ? build_snapshot(r.body) : apply_delta(current_, r.body);
     if (!built.snapshot) {
@@ -161,7 +180,11 @@ class ControlPlaneSource final : public PollingSource {
 
   void maybe_save(std::int64_t now) {
     if (opts_.snapshot_path.empty() || !current_) return;
-    if (now - last_save_ms_ < opts_.save_interval.count()) return;
+    if (now - last_save_ms_ < opts_.save_interval.count()) {
+      save_pending_ = saved_version_ != current_->version;
+      return;
+    }
+    save_pending_ = false;
     last_save_ms_ = now;
     bool ok = true;
     if (saved_version_ != current_->version) {
@@ -188,6 +211,7 @@ class ControlPlaneSource final : public PollingSource {
   std::int64_t confirmed_at_ms_ = 0;
   std::int64_t last_save_ms_ = 0;
   std::int64_t saved_version_ = -1;
+  bool save_pending_ = false;
 };
 
 class FileSource final : public PollingSource {

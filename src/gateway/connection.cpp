@@ -506,7 +506,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   up_head_ += "\r\n";
   if (!ctx.key->id.empty()) {
     up_head_ += "X-Gateway-Key-Id: ";
-    up_head_ += ctx.key->id;
+    up_head_ += ctx.key->id.view();
     up_head_ += "\r\n";
   }
   if (upgrade) up_head_ += "Connection: Upgrade\r\nUpgrade: websocket\r\n";

@@ -266,7 +266,7 @@ void append_log_line(std::string& out, const Context& ctx, const LogFields& f, s
   if (ctx.project) append_json_string(out, ctx.project->id);
   else out += "null";
   out += ",\"key_id\":";
-  if (ctx.key && !ctx.key->id.empty()) append_json_string(out, ctx.key->id);
+  if (ctx.key && !ctx.key->id.empty()) append_json_string(out, ctx.key->id.view());
   else out += "null";
   out += ",\"method\":";
   append_json_string(out, f.method);

@@ -30,13 +30,32 @@ bool worker_authorised(const AppState& app, const http::Request& req) {
 
 constexpr std::int64_t kMaxDeltaChanges = 10000;
 
+void append_escaped(std::string& out, std::string_view v) {
+  out += '"';
+  for (unsigned char c : v) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\u00";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += '"';
+}
+
+// The full document, written straight into one string: with a million keys, building a JSON
+// tree first cost several seconds and gigabytes; this is one pass over the rows.
 http::Response full_document(AppState& app, const http::Request& req) {
-  json projects = json::array();
+  std::string body;
   std::int64_t version = 0;
   std::int64_t now = now_ms();
   const std::string if_none_match(req.header("if-none-match"));
   bool unchanged = false;
-  // One read transaction so the version matches the rows.
   app.db->transaction([&](store::Connection& c) {
     version = c.exec("SELECT version FROM config_state WHERE id = 1", {}).rows.at(0).integer(0);
     if (if_none_match == "\"" + std::to_string(version) + "\"") {
@@ -45,37 +64,67 @@ http::Response full_document(AppState& app, const http::Request& req) {
     }
     auto pr = c.exec(std::string("SELECT ") + kWorkerProjectColumns + " FROM projects ORDER BY seq", {});
     auto kr = c.exec(std::string("SELECT project_id, ") + kWorkerKeyColumns +
-                         " FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) ORDER BY seq",
+                         " FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) "
+                         "ORDER BY project_id, seq",
                      {now});
-    std::unordered_map<std::string, std::size_t> index;
-    for (const auto& row : pr.rows) {
-      index[row.text(0)] = projects.size();
-      json p = worker_project_json(row);
-      p["api_keys"] = json::array();
-      p["keys"] = json::array();
-      projects.push_back(std::move(p));
+    // Keys grouped by project: indices into kr.rows.
+    std::unordered_map<std::string_view, std::pair<std::size_t, std::size_t>> ranges;
+    for (std::size_t i = 0; i < kr.rows.size();) {
+      std::size_t j = i;
+      const std::string& pid = kr.rows[i].text(0);
+      while (j < kr.rows.size() && kr.rows[j].text(0) == pid) ++j;
+      ranges[pid] = {i, j};
+      i = j;
     }
-    for (const auto& row : kr.rows) {
-      auto it = index.find(row.text(0));
-      if (it == index.end()) continue;
-      store::Row key_row({row.opt_text(1), row.opt_text(2), row.opt_text(3), row.opt_text(4), row.opt_text(5), row.opt_text(6)});
-      auto& p = projects[it->second];
-      p["api_keys"].push_back(row.text(3));
-      p["keys"].push_back(worker_key_json(key_row));
+    body.reserve(256 + pr.rows.size() * 300 + kr.rows.size() * 300);
+    body += "{\"schema\":1,\"full\":true,\"version\":" + std::to_string(version) + ",\"generated_at\":\"" +
+            iso_time(now) + "\",\"projects\":[";
+    bool first_project = true;
+    for (const auto& p : pr.rows) {
+      if (!first_project) body += ',';
+      first_project = false;
+      body += "{\"id\":";
+      append_escaped(body, p.text(0));
+      body += ",\"name\":";
+      append_escaped(body, p.text(1));
+      body += ",\"upstream_url\":";
+      append_escaped(body, p.text(2));
+      body += ",\"upstream_base_url\":";
+      append_escaped(body, p.text(2));
+      body += ",\"domains\":[],\"rate_limit\":{\"requests_per_minute\":" + p.text(3) + ",\"burst\":" + p.text(4) +
+              "},\"key_policy\":";
+      append_escaped(body, p.text(5));
+      body += ",\"max_body_bytes\":" + p.text(6);
+      std::string hashes = ",\"api_keys\":[", keys = ",\"keys\":[";
+      if (auto it = ranges.find(p.text(0)); it != ranges.end()) {
+        for (std::size_t i = it->second.first; i < it->second.second; ++i) {
+          const auto& k = kr.rows[i];  // project_id, id, public_id, key_hash, expires_at, rpm, burst
+          if (i != it->second.first) {
+            hashes += ',';
+            keys += ',';
+          }
+          hashes += '"' + k.text(3) + '"';
+          keys += "{\"id\":\"" + k.text(1) + "\",\"public_id\":\"" + k.text(2) + "\",\"hash\":\"" + k.text(3) +
+                  "\",\"expires_at\":";
+          keys += k.is_null(4) ? std::string("null") : "\"" + iso_time(k.integer(4)) + "\"";
+          if (!k.is_null(5) && !k.is_null(6))
+            keys += ",\"rate_limit\":{\"requests_per_minute\":" + k.text(5) + ",\"burst\":" + k.text(6) + "}";
+          keys += '}';
+        }
+      }
+      body += hashes + "]" + keys + "]}";
     }
+    body += "]}";
   });
   auto etag = "\"" + std::to_string(version) + "\"";
+  http::Response r;
   if (unchanged) {
-    http::Response r;
     r.status = 304;
     r.set_header("ETag", etag);
     return r;
   }
-  auto r = json_response(200, {{"schema", 1},
-                               {"full", true},
-                               {"version", version},
-                               {"generated_at", iso_time(now)},
-                               {"projects", std::move(projects)}});
+  r.body = std::move(body);
+  r.set_header("Content-Type", "application/json");
   r.set_header("ETag", etag);
   r.set_header("Cache-Control", "no-store");
   return r;

@@ -59,7 +59,7 @@ TEST(Pipeline, IdentifyChecksFormatHashAndExpiry) {
   LocalReply r;
   EXPECT_TRUE(identify(ctx, good.key, true, 1'700'000'000'000, r));
   EXPECT_EQ(ctx.project->id, "p1");
-  EXPECT_EQ(ctx.key->id, "k1");
+  EXPECT_EQ(ctx.key->id.view(), "k1");
   EXPECT_NE(ctx.key_tag, 0u);
   Context c2;
   c2.snapshot = built.snapshot;
