@@ -7,6 +7,7 @@
 #include <charconv>
 #include <ctime>
 #include <mutex>
+#include <thread>
 
 #include "common/time.hpp"
 
@@ -283,6 +284,14 @@ BuildResult build_snapshot(std::string_view json_text) {
     sh->keys.reserve(total_keys / kKeyShards + total_keys / kKeyShards / 4 + 1);
   }
   std::vector<std::shared_ptr<Project>> built;
+  // Pass 1: projects, and where each one's keys are.
+  struct ProjectKeys {
+    simdjson::dom::array keys;
+    bool detailed;  // `keys` objects, or the seed's plain `api_keys` hashes
+    std::uint32_t slot;
+    std::string where;
+  };
+  std::vector<ProjectKeys> work;
   std::size_t pi = 0;
   for (simdjson::dom::element pe : projects) {
     std::string where = "projects[" + std::to_string(pi++) + "]";
@@ -293,46 +302,63 @@ BuildResult build_snapshot(std::string_view json_text) {
     }
     auto proj = std::make_shared<Project>();
     if (!parse_project(po, where, *proj, p)) break;
-    const std::uint32_t slot = proj->metrics_slot;
-    bool ok = true;
-    // Keys: the detailed `keys` array when present, else the seed's plain `api_keys` hashes.
     simdjson::dom::array keys;
     if (!po["keys"].get_array().get(keys)) {
-      std::size_t ki = 0;
-      for (simdjson::dom::element ke : keys) {
-        std::string kw = where + ".keys[" + std::to_string(ki++) + "]";
-        simdjson::dom::object ko;
-        if (ke.get_object().get(ko)) {
-          ok = p.fail(kw, "must be an object");
-          break;
-        }
-        KeyDigest d;
-        KeyEntry k;
-        if (!(ok = parse_key(ko, kw, slot, d, k, p))) break;
-        shards[Snapshot::shard_of(d)]->keys.try_emplace(d, std::move(k));
-      }
+      work.push_back({keys, true, proj->metrics_slot, where + ".keys"});
+    } else if (!po["api_keys"].get_array().get(keys)) {
+      work.push_back({keys, false, proj->metrics_slot, where + ".api_keys"});
     } else {
-      simdjson::dom::array hashes;
-      if (po["api_keys"].get_array().get(hashes)) {
-        p.fail(where + ".api_keys", "must be an array");
-        break;
-      }
+      p.fail(where + ".api_keys", "must be an array");
+      break;
+    }
+    built.push_back(std::move(proj));
+  }
+  // Pass 2: keys. With many keys, two threads fill disjoint halves of the shards (each reads every
+  // key's hash but decodes and inserts only its own): the build of a million keys is mostly
+  // hash-map inserts and page faults, which split cleanly.
+  auto fill = [&](std::size_t lo, std::size_t hi, Parser& tp) {
+    for (const auto& w : work) {
       std::size_t ki = 0;
-      std::string_view sv;
-      for (simdjson::dom::element he : hashes) {
-        KeyDigest d;
-        if (he.get_string().get(sv) || !hex_digest(sv, d)) {
-          ok = p.fail(where + ".api_keys[" + std::to_string(ki) + "]", "must be 64 hex characters (SHA-256)");
-          break;
+      for (simdjson::dom::element ke : w.keys) {
+        const std::size_t idx = ki++;
+        auto where = [&] { return w.where + "[" + std::to_string(idx) + "]"; };
+        std::string_view hash;
+        simdjson::dom::object ko;
+        if (w.detailed) {
+          if (ke.get_object().get(ko)) return (void)tp.fail(where(), "must be an object");
+          if (ko["hash"].get_string().get(hash)) return (void)tp.fail(where() + ".hash", "must be 64 hex characters (SHA-256)");
+        } else if (ke.get_string().get(hash)) {
+          return (void)tp.fail(where(), "must be 64 hex characters (SHA-256)");
         }
+        if (hash.size() != 64) return (void)tp.fail(where(), "hash must be 64 hex characters (SHA-256)");
+        int b8h = kHexValue[static_cast<unsigned char>(hash[16])], b8l = kHexValue[static_cast<unsigned char>(hash[17])];
+        int b9h = kHexValue[static_cast<unsigned char>(hash[18])], b9l = kHexValue[static_cast<unsigned char>(hash[19])];
+        if ((b8h | b8l | b9h | b9l) < 0) return (void)tp.fail(where(), "hash must be 64 hex characters (SHA-256)");
+        std::size_t shard = (static_cast<std::size_t>(b8h << 4 | b8l) | static_cast<std::size_t>(b9h << 4 | b9l) << 8) &
+                            (kKeyShards - 1);
+        if (shard < lo || shard >= hi) continue;
+        KeyDigest d;
         KeyEntry k;
-        k.project_slot = slot;
-        shards[Snapshot::shard_of(d)]->keys.insert_or_assign(d, std::move(k));
-        ++ki;
+        k.project_slot = w.slot;
+        if (w.detailed) {
+          if (!parse_key(ko, where(), w.slot, d, k, tp)) return;
+        } else if (!hex_digest(hash, d)) {
+          return (void)tp.fail(where(), "must be 64 hex characters (SHA-256)");
+        }
+        shards[shard]->keys.try_emplace(d, std::move(k));
       }
     }
-    if (!ok) break;
-    built.push_back(std::move(proj));
+  };
+  if (p.error.empty()) {
+    if (total_keys >= 50000) {
+      Parser second;
+      std::thread helper([&] { fill(kKeyShards / 2, kKeyShards, second); });
+      fill(0, kKeyShards / 2, p);
+      helper.join();
+      if (p.error.empty()) p.error = second.error;
+    } else {
+      fill(0, kKeyShards, p);
+    }
   }
   if (!p.error.empty()) {
     out.error = p.error;

@@ -68,7 +68,7 @@ http::Response ControlApp::handle(http::Request& req) {
   http::Response res;
   std::string path = req.path;
   if (path == "/api/v1" || path.rfind("/api/v1/", 0) == 0) path = path.substr(7);
-  if (path.empty()) path = "/";
+  if (path.empty()) path.push_back('/');
   auto origin = req.header("origin");
   bool cors = false;
   if (!origin.empty())

@@ -52,6 +52,23 @@ TEST(Delta, TouchesOnlyTheShardsItChanges) {
   EXPECT_EQ(a.projects, b.projects);  // projects shared too
 }
 
+TEST(Snapshot, LargeDocumentsBuildInParallelWithTheSameResult) {
+  // 60,000 keys takes the two-thread path; every key must land in its shard exactly once.
+  auto big = build_snapshot(full_doc(60000));
+  ASSERT_TRUE(big.snapshot) << big.error;
+  EXPECT_EQ(big.snapshot->key_count, 60000u);
+  for (int i = 0; i < 60000; i += 997) {
+    const KeyEntry* k = big.snapshot->find_key(digest(i));
+    ASSERT_NE(k, nullptr) << i;
+    EXPECT_EQ(k->id.view(), "k" + std::to_string(i));
+  }
+  std::string bad = full_doc(60000);
+  bad.replace(bad.rfind(key_hash(59999)), 64, std::string(64, 'z'));
+  auto rejected = build_snapshot(bad);
+  EXPECT_FALSE(rejected.snapshot);
+  EXPECT_NE(rejected.error.find("projects[0].keys[59999]"), std::string::npos) << rejected.error;
+}
+
 TEST(Delta, ProjectChangesAndDeletes) {
   auto base = build_snapshot(full_doc(3));
   ASSERT_TRUE(base.snapshot);

@@ -32,7 +32,9 @@ TEST(Pipeline, EndpointNormalisation) {
   // The fast path (no copy) is taken only when normalising would change nothing.
   for (std::string_view p : {"/", "/v1/users", "/a/b/c", "/users/123/orders", "/o/3f2504e0-4f89-11d3-9a0c-0305e82c3301",
                              "/blob/deadbeefdeadbeef00", "/x/abcdefabcdefabcdefab", ""})
-    if (!needs_normalising(p)) EXPECT_EQ(normalise_endpoint(p), p) << p;
+    if (!needs_normalising(p)) {
+      EXPECT_EQ(normalise_endpoint(p), p) << p;
+    }
   EXPECT_TRUE(needs_normalising("/users/123"));
   EXPECT_FALSE(needs_normalising("/v1/users"));
 }
