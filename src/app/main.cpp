@@ -174,6 +174,8 @@ int main(int argc, char** argv) {
       auto o = ag::gateway::load_worker_options();
       apply_worker_flags(o, wlisten, admin_listen, 0, "");
       o.config_file.clear();
+      // Keep everything `up` writes in ./data unless told otherwise.
+      if (!ag::env::get("WORKER_SNAPSHOT_PATH")) o.snapshot_path = "data/worker-snapshot.json";
       return run_up(settings_with_overrides(listen, threads), std::move(o), demo);
     }
     if (*migrate) {
