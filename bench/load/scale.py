@@ -110,8 +110,11 @@ def main():
         if time.monotonic() - t0 > 120:
             raise SystemExit("worker did not load the config")
         time.sleep(0.05)
-    print("worker: first snapshot after %.2f s (fetch + build), build %.3f s, RSS %.0f MB" % (
+    print("worker: first snapshot after %.2f s, build %.3f s, RSS %.0f MB" % (
         time.monotonic() - t0, metric(worker, "ag_config_apply_seconds"), rss_mb(worker.proc.pid)))
+    for line in worker.stderr.splitlines():
+        if "loaded from the control plane" in line:
+            print("worker log: " + line.split(" info ", 1)[-1])
     key = probe["api_key"]
     if worker.request("GET", "/", key=key).status != 200:
         raise SystemExit("probe key refused")

@@ -281,7 +281,7 @@ BuildResult build_snapshot(std::string_view json_text) {
   std::vector<std::unique_ptr<KeyShard>> shards(kKeyShards);
   for (auto& sh : shards) {
     sh = std::make_unique<KeyShard>();
-    sh->keys.reserve(total_keys / kKeyShards + total_keys / kKeyShards / 4 + 1);
+    sh->keys.reserve(total_keys / kKeyShards + total_keys / kKeyShards / 10 + 8);  // +10 %: > 3 sd of a shard's share
   }
   std::vector<std::shared_ptr<Project>> built;
   // Pass 1: projects, and where each one's keys are.
@@ -461,7 +461,7 @@ BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string
       KeyEntry k;
       if (!parse_key(ko, where + ".key", metrics_slot_for(sv), d, k, p)) break;
       auto& shard = shard_for(d);
-      if (shard.keys.insert_or_assign(d, std::move(k)).second) ++snap->key_count;
+      if (shard.keys.insert_or_assign(d, std::move(k))) ++snap->key_count;
     } else if (op == "key.delete") {
       KeyDigest d;
       if (co["hash"].get_string().get(sv) || !hex_digest(sv, d)) {
@@ -496,8 +496,9 @@ std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
   // Keys grouped by project slot.
   std::vector<std::vector<std::pair<const KeyDigest*, const KeyEntry*>>> by_slot(s.projects.size());
   for (const auto& shard : s.shards)
-    for (const auto& [d, k] : shard->keys)
+    shard->keys.for_each([&](const KeyDigest& d, const KeyEntry& k) {
       if (k.project_slot < by_slot.size()) by_slot[k.project_slot].emplace_back(&d, &k);
+    });
   std::string out;
   out.reserve(256 + s.key_count * 200);
   auto str = [&](std::string_view v) {

@@ -115,7 +115,9 @@ class ControlPlaneSource final : public PollingSource {
       url += "?full=1";
     }
     if (opts_.identity) url += "&applied=" + std::to_string(current_ ? current_->version : 0) + opts_.identity();
+    auto fetch_start = std::chrono::steady_clock::now();
     auto r = http::fetch("GET", url, headers, "", timeout, 1024ULL * 1024 * 1024, &cancel_);
+    auto fetch_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - fetch_start).count();
     if (cancel_.cancelled()) return std::chrono::milliseconds(0);
     if (!r.ok) return failure(r.error);
     if (r.status != 200)
@@ -137,8 +139,10 @@ class ControlPlaneSource final : public PollingSource {
       stats.last_apply_us.store(static_cast<std::int64_t>(
           std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - apply_start).count()));
       if (!current_ || full)
-        spdlog::info("config version {} loaded from the control plane ({}): {} projects, {} keys", built.snapshot->version,
-                     full ? "full" : "delta", built.snapshot->project_count, built.snapshot->key_count);
+        spdlog::info("config version {} loaded from the control plane ({}, {:.1f} MB fetched in {} ms, built in {} ms): "
+                     "{} projects, {} keys",
+                     built.snapshot->version, full ? "full" : "delta", static_cast<double>(r.body.size()) / 1e6, fetch_ms,
+                     stats.last_apply_us.load() / 1000, built.snapshot->project_count, built.snapshot->key_count);
       current_ = built.snapshot;
       publish_(current_);
     }

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
 
 #include "common/crypto.hpp"
@@ -116,6 +117,67 @@ TEST(SavedSnapshot, RoundTripsThroughTheFileAndRespectsMaxAge) {
   ASSERT_TRUE(save_file_atomically(path, "garbage"));
   EXPECT_FALSE(load_saved_snapshot(path, std::chrono::hours(1)).snapshot);
   EXPECT_FALSE(save_file_atomically("/nonexistent-dir/x.json", "data"));
+}
+
+}  // namespace
+}  // namespace ag::config
+
+namespace ag::config {
+namespace {
+
+// The key table against a reference map, through inserts, replacements and deletions that
+// exercise wrap-around and backward-shift deletion in a small table.
+TEST(KeyTable, BehavesLikeAMap) {
+  KeyTable t;
+  std::map<std::string, std::uint32_t> ref;
+  std::uint64_t x = 88172645463325252ULL;
+  auto rnd = [&] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  auto digest_of = [](int i) { return crypto::sha256("t" + std::to_string(i)); };
+  for (int step = 0; step < 20000; ++step) {
+    int i = static_cast<int>(rnd() % 300);
+    auto d = digest_of(i);
+    std::string key(reinterpret_cast<const char*>(d.data()), d.size());
+    switch (rnd() % 3) {
+      case 0: {
+        KeyEntry e;
+        e.project_slot = static_cast<std::uint32_t>(step);
+        bool inserted = t.insert_or_assign(d, std::move(e));
+        EXPECT_EQ(inserted, ref.count(key) == 0);
+        ref[key] = static_cast<std::uint32_t>(step);
+        break;
+      }
+      case 1: {
+        KeyEntry e;
+        e.project_slot = static_cast<std::uint32_t>(step);
+        bool inserted = t.try_emplace(d, std::move(e));
+        EXPECT_EQ(inserted, ref.count(key) == 0);
+        if (inserted) ref[key] = static_cast<std::uint32_t>(step);
+        break;
+      }
+      default:
+        EXPECT_EQ(t.erase(d), ref.erase(key));
+    }
+    ASSERT_EQ(t.size(), ref.size());
+  }
+  for (int i = 0; i < 300; ++i) {
+    auto d = digest_of(i);
+    std::string key(reinterpret_cast<const char*>(d.data()), d.size());
+    const KeyEntry* e = t.find(d);
+    if (ref.count(key)) {
+      ASSERT_NE(e, nullptr) << i;
+      EXPECT_EQ(e->project_slot, ref[key]);
+    } else {
+      EXPECT_EQ(e, nullptr) << i;
+    }
+  }
+  std::size_t seen = 0;
+  t.for_each([&](const KeyDigest&, const KeyEntry&) { ++seen; });
+  EXPECT_EQ(seen, ref.size());
 }
 
 }  // namespace
