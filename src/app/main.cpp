@@ -126,7 +126,7 @@ void apply_worker_flags(ag::gateway::WorkerOptions& o, const std::string& listen
 int main(int argc, char** argv) {
   CLI::App app{"Antigravity: a self-hosted API gateway (control plane + worker).\n"
                "Settings come from the environment and a .env file in the working directory;\n"
-               "see docs/configuration.md.",
+               "see docs/configuration.md (control plane), docs/worker.md and docs/config-stream.md (worker).",
                "antigravity"};
   app.require_subcommand(1);
   std::string log_level = "info";
