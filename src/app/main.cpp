@@ -12,6 +12,7 @@
 
 #include "common/crypto.hpp"
 #include "common/env.hpp"
+#include "common/signals.hpp"
 #include "control/app.hpp"
 #include "control/settings.hpp"
 #include "control/store/database.hpp"
@@ -76,11 +77,7 @@ std::unique_ptr<ag::http::Server> start_demo_upstream(const std::string& listen,
 }
 
 int run_up(ag::control::Settings settings, ag::gateway::WorkerOptions wopts, const std::string& demo) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  ag::block_termination_signals();
   std::thread demo_thread;
   std::unique_ptr<ag::http::Server> demo_server;
   if (!demo.empty() && demo != "off") demo_server = start_demo_upstream(demo, demo_thread);
@@ -95,21 +92,19 @@ int run_up(ag::control::Settings settings, ag::gateway::WorkerOptions wopts, con
   worker.start();
   spdlog::info("antigravity is up: API http://127.0.0.1:{}  gateway http://127.0.0.1:{}  docs http://127.0.0.1:{}/docs",
                control.port(), worker.port(), control.port());
-  std::thread watcher([&] {
-    int sig = 0;
-    sigwait(&set, &sig);
-    spdlog::info("signal {} received: shutting down", sig);
-    worker.shutdown();
-  });
-  worker.wait();
+  {
+    ag::SignalWatcher watcher([&](int sig) {
+      spdlog::info("signal {} received: shutting down", sig);
+      worker.shutdown();
+    });
+    worker.wait();
+  }
   control.stop();
   control.wait();
   if (demo_server) {
     demo_server->stop();
     demo_thread.join();
   }
-  pthread_kill(watcher.native_handle(), SIGTERM);
-  watcher.join();
   return 0;
 }
 

@@ -11,6 +11,8 @@
 #include <thread>
 
 #include "common/crypto.hpp"
+#include "common/request_id.hpp"
+#include "common/signals.hpp"
 #include "control/api/context.hpp"
 #include "control/store/migrations.hpp"
 #include "http/server.hpp"
@@ -18,15 +20,6 @@
 namespace ag::control {
 
 namespace {
-
-bool valid_request_id(std::string_view id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id)
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-          c == '_' || c == '-'))
-      return false;
-  return true;
-}
 
 void set_request_id(http::Request& req) {
   std::string id(req.header("x-request-id"));
@@ -237,22 +230,16 @@ void ControlServer::wait() {
 
 int run_control_server(Settings settings) {
   // Signals are taken by a watcher thread; block them before any other thread starts.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  block_termination_signals();
   ControlServer server(std::move(settings));
   server.start();
-  std::thread watcher([&] {
-    int sig = 0;
-    sigwait(&set, &sig);
-    spdlog::info("signal {} received, shutting down", sig);
-    server.stop();
-  });
-  server.wait();
-  pthread_kill(watcher.native_handle(), SIGTERM);
-  watcher.join();
+  {
+    SignalWatcher watcher([&](int sig) {
+      spdlog::info("signal {} received, shutting down", sig);
+      server.stop();
+    });
+    server.wait();
+  }
   spdlog::info("control plane stopped");
   return 0;
 }

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "common/crypto.hpp"
+#include "common/request_id.hpp"
 #include "common/time.hpp"
 #include "control/service/api_key.hpp"
 
@@ -37,14 +38,7 @@ std::int64_t steady_ns() {
       .count();
 }
 
-bool valid_request_id(std::string_view id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id)
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-          c == '_' || c == '-'))
-      return false;
-  return true;
-}
+bool valid_request_id(std::string_view id) { return ag::valid_request_id(id); }
 
 namespace {
 bool parse_ip(std::string_view s, unsigned char out[16]) {

@@ -15,6 +15,7 @@
 
 #include "common/crypto.hpp"
 #include "common/env.hpp"
+#include "common/signals.hpp"
 #include "common/time.hpp"
 #include "config/sync.hpp"
 #include "control/settings.hpp"
@@ -426,22 +427,16 @@ void Worker::wait() {
 }
 
 int run_worker(WorkerOptions options) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  block_termination_signals();
   Worker w(std::move(options));
   w.start();
-  std::thread watcher([&] {
-    int sig = 0;
-    sigwait(&set, &sig);
-    spdlog::info("signal {} received: draining", sig);
-    w.shutdown();
-  });
-  w.wait();
-  pthread_kill(watcher.native_handle(), SIGTERM);
-  watcher.join();
+  {
+    SignalWatcher watcher([&](int sig) {
+      spdlog::info("signal {} received: draining", sig);
+      w.shutdown();
+    });
+    w.wait();
+  }
   spdlog::info("worker stopped");
   return 0;
 }
