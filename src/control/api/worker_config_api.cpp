@@ -62,27 +62,20 @@ http::Response full_document(AppState& app, const http::Request& req) {
       unchanged = true;
       return;
     }
-    auto pr = c.exec(std::string("SELECT ") + kWorkerProjectColumns + " FROM projects ORDER BY seq", {});
-    auto kr = c.exec(std::string("SELECT project_id, ") + kWorkerKeyColumns +
-                         " FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) "
-                         "ORDER BY project_id, seq",
-                     {now});
-    // Keys grouped by project: indices into kr.rows.
-    std::unordered_map<std::string_view, std::pair<std::size_t, std::size_t>> ranges;
-    for (std::size_t i = 0; i < kr.rows.size();) {
-      std::size_t j = i;
-      const std::string& pid = kr.rows[i].text(0);
-      while (j < kr.rows.size() && kr.rows[j].text(0) == pid) ++j;
-      ranges[pid] = {i, j};
-      i = j;
-    }
-    body.reserve(256 + pr.rows.size() * 300 + kr.rows.size() * 300);
+    // Projects and keys both in project-id order, so the keys can be streamed (a million rows
+    // are never held at once) and merged into their projects in one pass.
+    // Byte order on both engines (PostgreSQL's default collation may not be), so the merge below
+    // and std::string comparisons agree.
+    const char* by_id = app.db->engine() == store::Engine::kPostgres ? " COLLATE \"C\"" : "";
+    auto pr = c.exec(std::string("SELECT ") + kWorkerProjectColumns + " FROM projects ORDER BY id" + by_id, {});
+    body.reserve(256 + pr.rows.size() * 300);
     body += "{\"schema\":1,\"full\":true,\"version\":" + std::to_string(version) + ",\"generated_at\":\"" +
             iso_time(now) + "\",\"projects\":[";
-    bool first_project = true;
-    for (const auto& p : pr.rows) {
-      if (!first_project) body += ',';
-      first_project = false;
+    std::size_t next_project = 0;
+    std::string hashes, keys;  // the open project's two key arrays
+    bool keys_open = false;
+    auto open_project = [&](const store::Row& p) {
+      if (next_project > 0) body += ',';
       body += "{\"id\":";
       append_escaped(body, p.text(0));
       body += ",\"name\":";
@@ -95,24 +88,48 @@ http::Response full_document(AppState& app, const http::Request& req) {
               "},\"key_policy\":";
       append_escaped(body, p.text(5));
       body += ",\"max_body_bytes\":" + p.text(6);
-      std::string hashes = ",\"api_keys\":[", keys = ",\"keys\":[";
-      if (auto it = ranges.find(p.text(0)); it != ranges.end()) {
-        for (std::size_t i = it->second.first; i < it->second.second; ++i) {
-          const auto& k = kr.rows[i];  // project_id, id, public_id, key_hash, expires_at, rpm, burst
-          if (i != it->second.first) {
-            hashes += ',';
-            keys += ',';
-          }
-          hashes += '"' + k.text(3) + '"';
-          keys += "{\"id\":\"" + k.text(1) + "\",\"public_id\":\"" + k.text(2) + "\",\"hash\":\"" + k.text(3) +
-                  "\",\"expires_at\":";
-          keys += k.is_null(4) ? std::string("null") : "\"" + iso_time(k.integer(4)) + "\"";
-          if (!k.is_null(5) && !k.is_null(6))
-            keys += ",\"rate_limit\":{\"requests_per_minute\":" + k.text(5) + ",\"burst\":" + k.text(6) + "}";
-          keys += '}';
-        }
-      }
-      body += hashes + "]" + keys + "]}";
+      hashes.clear();
+      keys.clear();
+      keys_open = true;
+    };
+    auto close_project = [&] {
+      if (!keys_open) return;
+      body += ",\"api_keys\":[" + hashes + "],\"keys\":[" + keys + "]}";
+      keys_open = false;
+      ++next_project;
+    };
+    c.exec_each(std::string("SELECT project_id, ") + kWorkerKeyColumns +
+                    " FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) "
+                    "ORDER BY project_id" + std::string(by_id) + ", seq",
+                {now}, [&](const store::Row& k) {  // project_id, id, public_id, key_hash, expires_at, rpm, burst
+                  const std::string& pid = k.text(0);
+                  // Close projects before this key's; open its own (projects without keys get empty arrays).
+                  while (keys_open || next_project < pr.rows.size()) {
+                    if (keys_open && pr.rows[next_project].text(0) == pid) break;
+                    if (keys_open) {
+                      close_project();
+                      continue;
+                    }
+                    if (pr.rows[next_project].text(0) > pid) return;  // key of a project being deleted
+                    open_project(pr.rows[next_project]);
+                  }
+                  if (!keys_open) return;
+                  if (!hashes.empty()) {
+                    hashes += ',';
+                    keys += ',';
+                  }
+                  hashes += '"' + k.text(3) + '"';
+                  keys += "{\"id\":\"" + k.text(1) + "\",\"public_id\":\"" + k.text(2) + "\",\"hash\":\"" + k.text(3) +
+                          "\",\"expires_at\":";
+                  keys += k.is_null(4) ? std::string("null") : "\"" + iso_time(k.integer(4)) + "\"";
+                  if (!k.is_null(5) && !k.is_null(6))
+                    keys += ",\"rate_limit\":{\"requests_per_minute\":" + k.text(5) + ",\"burst\":" + k.text(6) + "}";
+                  keys += '}';
+                });
+    close_project();
+    while (next_project < pr.rows.size()) {
+      open_project(pr.rows[next_project]);
+      close_project();
     }
     body += "]}";
   });

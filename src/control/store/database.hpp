@@ -25,7 +25,15 @@ Value opt(const std::optional<std::int64_t>& v);
 
 class Row {
  public:
+  Row() = default;
   explicit Row(std::vector<std::optional<std::string>> cols) : cols_(std::move(cols)) {}
+  // For engines filling one reused row (Connection::exec_each): keeps string capacity.
+  void resize(std::size_t n) { cols_.resize(n); }
+  void set(std::size_t i, const char* p, std::size_t n) {
+    if (!cols_[i]) cols_[i].emplace();
+    cols_[i]->assign(p, n);
+  }
+  void set_null(std::size_t i) { cols_[i].reset(); }
   bool is_null(std::size_t i) const { return !cols_.at(i).has_value(); }
   const std::string& text(std::size_t i) const;
   std::int64_t integer(std::size_t i) const;
@@ -60,6 +68,9 @@ class Connection {
  public:
   virtual ~Connection() = default;
   virtual Result exec(std::string_view sql, const Params& params) = 0;
+  // Like exec, but hands each row to `fn` as it is read (one Row reused for all rows): for
+  // results too large to hold as a vector of rows.
+  virtual void exec_each(std::string_view sql, const Params& params, const std::function<void(const Row&)>& fn) = 0;
   // Runs constant DDL (migrations); several statements allowed; no parameters.
   virtual void exec_script(std::string_view sql) = 0;
   virtual void begin() = 0;

@@ -30,7 +30,51 @@ class PgConnection final : public Connection {
     connect();
   }
 
+  void exec_each(std::string_view sql, const Params& params, const std::function<void(const Row&)>& fn) override {
+    PGresult* r = run(sql, params);
+    Row row;
+    int nrows = PQntuples(r), ncols = PQnfields(r);
+    row.resize(static_cast<std::size_t>(ncols));
+    try {
+      for (int i = 0; i < nrows; ++i) {
+        for (int c = 0; c < ncols; ++c) {
+          if (PQgetisnull(r, i, c)) row.set_null(static_cast<std::size_t>(c));
+          else row.set(static_cast<std::size_t>(c), PQgetvalue(r, i, c), static_cast<std::size_t>(PQgetlength(r, i, c)));
+        }
+        fn(row);
+      }
+    } catch (...) {
+      PQclear(r);
+      throw;
+    }
+    PQclear(r);
+  }
+
   Result exec(std::string_view sql, const Params& params) override {
+    PGresult* r = run(sql, params);
+    Result result;
+    int nrows = PQntuples(r), ncols = PQnfields(r);
+    result.rows.reserve(nrows);
+    for (int row = 0; row < nrows; ++row) {
+      std::vector<std::optional<std::string>> cols;
+      cols.reserve(ncols);
+      for (int c = 0; c < ncols; ++c) {
+        if (PQgetisnull(r, row, c)) {
+          cols.emplace_back(std::nullopt);
+        } else {
+          cols.emplace_back(std::string(PQgetvalue(r, row, c), PQgetlength(r, row, c)));
+        }
+      }
+      result.rows.emplace_back(std::move(cols));
+    }
+    const char* affected = PQcmdTuples(r);
+    if (affected && *affected) result.affected = std::stoll(affected);
+    PQclear(r);
+    return result;
+  }
+
+  // Runs a prepared statement (prepared once per connection); the caller owns the result.
+  PGresult* run(std::string_view sql, const Params& params) {
     std::string key(sql);
     auto it = statements_.find(key);
     if (it == statements_.end()) {
@@ -53,25 +97,7 @@ class PgConnection final : public Connection {
     PGresult* r = PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(values.size()),
                                  values.data(), nullptr, nullptr, 0);
     check(r, "query");
-    Result result;
-    int nrows = PQntuples(r), ncols = PQnfields(r);
-    result.rows.reserve(nrows);
-    for (int row = 0; row < nrows; ++row) {
-      std::vector<std::optional<std::string>> cols;
-      cols.reserve(ncols);
-      for (int c = 0; c < ncols; ++c) {
-        if (PQgetisnull(r, row, c)) {
-          cols.emplace_back(std::nullopt);
-        } else {
-          cols.emplace_back(std::string(PQgetvalue(r, row, c), PQgetlength(r, row, c)));
-        }
-      }
-      result.rows.emplace_back(std::move(cols));
-    }
-    const char* affected = PQcmdTuples(r);
-    if (affected && *affected) result.affected = std::stoll(affected);
-    PQclear(r);
-    return result;
+    return r;
   }
 
   void exec_script(std::string_view sql) override {

@@ -36,26 +36,36 @@ class SqliteConnection final : public Connection {
     sqlite3_close(db_);
   }
 
-  Result exec(std::string_view sql, const Params& params) override {
-    sqlite3_stmt* stmt = prepare(sql);
-    sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      std::string name = "$" + std::to_string(i + 1);
-      int idx = sqlite3_bind_parameter_index(stmt, name.c_str());
-      if (idx == 0) continue;  // parameter not used by this statement
-      const Value& v = params[i];
-      int rc = SQLITE_OK;
-      if (std::holds_alternative<std::nullptr_t>(v)) {
-        rc = sqlite3_bind_null(stmt, idx);
-      } else if (auto* n = std::get_if<std::int64_t>(&v)) {
-        rc = sqlite3_bind_int64(stmt, idx, *n);
+  void exec_each(std::string_view sql, const Params& params, const std::function<void(const Row&)>& fn) override {
+    sqlite3_stmt* stmt = bind(sql, params);
+    Row row;
+    for (;;) {
+      int rc = sqlite3_step(stmt);
+      if (rc == SQLITE_ROW) {
+        int n = sqlite3_column_count(stmt);
+        row.resize(static_cast<std::size_t>(n));
+        for (int c = 0; c < n; ++c) {
+          if (sqlite3_column_type(stmt, c) == SQLITE_NULL) {
+            row.set_null(static_cast<std::size_t>(c));
+          } else {
+            auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt, c));
+            row.set(static_cast<std::size_t>(c), p, static_cast<std::size_t>(sqlite3_column_bytes(stmt, c)));
+          }
+        }
+        fn(row);
+      } else if (rc == SQLITE_DONE) {
+        break;
       } else {
-        const auto& s = std::get<std::string>(v);
-        rc = sqlite3_bind_text(stmt, idx, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+        std::string msg = sqlite3_errmsg(db_);
+        sqlite3_reset(stmt);
+        throw DatabaseError("SQLite: " + msg);
       }
-      if (rc != SQLITE_OK) fail("bind");
     }
+    sqlite3_reset(stmt);
+  }
+
+  Result exec(std::string_view sql, const Params& params) override {
+    sqlite3_stmt* stmt = bind(sql, params);
     Result result;
     for (;;) {
       int rc = sqlite3_step(stmt);
@@ -86,6 +96,30 @@ class SqliteConnection final : public Connection {
     result.affected = sqlite3_changes(db_);
     sqlite3_reset(stmt);
     return result;
+  }
+
+  // Prepares (cached) and binds $1..$n by name.
+  sqlite3_stmt* bind(std::string_view sql, const Params& params) {
+    sqlite3_stmt* stmt = prepare(sql);
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      std::string name = "$" + std::to_string(i + 1);
+      int idx = sqlite3_bind_parameter_index(stmt, name.c_str());
+      if (idx == 0) continue;  // parameter not used by this statement
+      const Value& v = params[i];
+      int rc = SQLITE_OK;
+      if (std::holds_alternative<std::nullptr_t>(v)) {
+        rc = sqlite3_bind_null(stmt, idx);
+      } else if (auto* n = std::get_if<std::int64_t>(&v)) {
+        rc = sqlite3_bind_int64(stmt, idx, *n);
+      } else {
+        const auto& s = std::get<std::string>(v);
+        rc = sqlite3_bind_text(stmt, idx, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+      }
+      if (rc != SQLITE_OK) fail("bind");
+    }
+    return stmt;
   }
 
   void exec_script(std::string_view sql) override {
