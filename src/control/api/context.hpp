@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -28,6 +29,17 @@ struct AppState {
   jwt::Algorithm jwt_alg;
   // Wakes this process's long polls after a worker-visible change commits (set by the server).
   std::function<void()> on_config_change;
+  // The last full worker-config document generated, by version and variant (documents for a
+  // million keys take seconds to generate; every worker that reconnects at that version reuses it).
+  struct FullDocumentCache {
+    std::mutex mutex;
+    std::int64_t version = -1;
+    bool compact = false;
+    // The document leaves out keys past their expiry, so it is only good until the first
+    // listed key expires, even without a new version.
+    std::int64_t valid_until_ms = 0;
+    std::shared_ptr<const std::string> body;
+  } full_document_cache;
 };
 
 class ApiError : public std::runtime_error {

@@ -1,6 +1,7 @@
 // GET /internal/worker/config: everything a worker needs to serve traffic, authorised by the
 // shared worker secret. The schema is documented in docs/api.md ("Worker config").
 #include <charconv>
+#include <limits>
 #include <optional>
 #include <unordered_map>
 
@@ -50,17 +51,29 @@ void append_escaped(std::string& out, std::string_view v) {
 
 // The full document, written straight into one string: with a million keys, building a JSON
 // tree first cost several seconds and gigabytes; this is one pass over the rows.
-http::Response full_document(AppState& app, const http::Request& req) {
+// `compact`: for Antigravity workers (they identify themselves with worker_id), which read
+// `keys` only, the seed's duplicate `api_keys` list is left out (a quarter of the document).
+http::Response full_document(AppState& app, const http::Request& req, bool compact) {
   std::string body;
+  std::shared_ptr<const std::string> cached;
   std::int64_t version = 0;
+  std::int64_t valid_until = 0;
   std::int64_t now = now_ms();
   const std::string if_none_match(req.header("if-none-match"));
   bool unchanged = false;
+  auto& cache = app.full_document_cache;
   app.db->transaction([&](store::Connection& c) {
     version = c.exec("SELECT version FROM config_state WHERE id = 1", {}).rows.at(0).integer(0);
     if (if_none_match == "\"" + std::to_string(version) + "\"") {
       unchanged = true;
       return;
+    }
+    {
+      std::lock_guard lock(cache.mutex);
+      if (cache.body && cache.version == version && cache.compact == compact && now < cache.valid_until_ms) {
+        cached = cache.body;
+        return;
+      }
     }
     // Projects and keys both in project-id order, so the keys can be streamed (a million rows
     // are never held at once) and merged into their projects in one pass.
@@ -73,6 +86,7 @@ http::Response full_document(AppState& app, const http::Request& req) {
             iso_time(now) + "\",\"projects\":[";
     std::size_t next_project = 0;
     std::string hashes, keys;  // the open project's two key arrays
+    valid_until = std::numeric_limits<std::int64_t>::max();
     bool keys_open = false;
     auto open_project = [&](const store::Row& p) {
       if (next_project > 0) body += ',';
@@ -94,7 +108,8 @@ http::Response full_document(AppState& app, const http::Request& req) {
     };
     auto close_project = [&] {
       if (!keys_open) return;
-      body += ",\"api_keys\":[" + hashes + "],\"keys\":[" + keys + "]}";
+      if (!compact) body += ",\"api_keys\":[" + hashes + "]";
+      body += ",\"keys\":[" + keys + "]}";
       keys_open = false;
       ++next_project;
     };
@@ -122,6 +137,7 @@ http::Response full_document(AppState& app, const http::Request& req) {
                   keys += "{\"id\":\"" + k.text(1) + "\",\"public_id\":\"" + k.text(2) + "\",\"hash\":\"" + k.text(3) +
                           "\",\"expires_at\":";
                   keys += k.is_null(4) ? std::string("null") : "\"" + iso_time(k.integer(4)) + "\"";
+                  if (!k.is_null(4)) valid_until = std::min(valid_until, k.integer(4));
                   if (!k.is_null(5) && !k.is_null(6))
                     keys += ",\"rate_limit\":{\"requests_per_minute\":" + k.text(5) + ",\"burst\":" + k.text(6) + "}";
                   keys += '}';
@@ -140,7 +156,21 @@ http::Response full_document(AppState& app, const http::Request& req) {
     r.set_header("ETag", etag);
     return r;
   }
-  r.body = std::move(body);
+  if (cached) {
+    r.body = *cached;
+  } else {
+    auto shared = std::make_shared<const std::string>(std::move(body));
+    {
+      std::lock_guard lock(cache.mutex);
+      if (version >= cache.version) {
+        cache.version = version;
+        cache.compact = compact;
+        cache.valid_until_ms = valid_until;
+        cache.body = shared;
+      }
+    }
+    r.body = *shared;
+  }
   r.set_header("Content-Type", "application/json");
   r.set_header("ETag", etag);
   r.set_header("Cache-Control", "no-store");
@@ -212,7 +242,9 @@ http::Response config(AppState& app, const http::Request& req) {
   if (!worker_authorised(app, req)) throw ApiError(401, "Invalid worker secret");
   record_heartbeat(app, req);
   std::string since_s, wait_s;
-  if (!http::query_param(req.query, "since", since_s)) return full_document(app, req);
+  std::string worker_id;
+  const bool compact = http::query_param(req.query, "worker_id", worker_id) && !worker_id.empty();
+  if (!http::query_param(req.query, "since", since_s)) return full_document(app, req, compact);
   std::int64_t since = 0, wait = 0;
   auto parse = [](const std::string& s, std::int64_t& v) {
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
@@ -223,15 +255,15 @@ http::Response config(AppState& app, const http::Request& req) {
     throw validation_error("wait", "must be an integer between 0 and 60 (seconds)");
   bool empty = false;
   auto delta = delta_document(app, since, &empty);
-  if (!delta) return full_document(app, http::Request{});
+  if (!delta) return full_document(app, http::Request{}, compact);
   if (!empty || wait == 0) return std::move(*delta);
   // Nothing new: hold the request until a change commits or the wait ends (long poll).
   http::Response held;
   held.defer_for = std::chrono::seconds(wait);
-  held.deferred = [&app, since] {
+  held.deferred = [&app, since, compact] {
     bool e = false;
     auto d = delta_document(app, since, &e);
-    return d ? std::move(*d) : full_document(app, http::Request{});
+    return d ? std::move(*d) : full_document(app, http::Request{}, compact);
   };
   return held;
 }
