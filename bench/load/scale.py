@@ -115,6 +115,21 @@ def main():
     for line in worker.stderr.splitlines():
         if "loaded from the control plane" in line:
             print("worker log: " + line.split(" info ", 1)[-1])
+    # A second worker at the same version: the control plane serves the document it generated
+    # for the first one (transfer + build only).
+    t1 = time.monotonic()
+    second = wh.start_worker(control_url=control.base_url, secret=control.worker_secret, threads=2,
+                             env_extra={"WORKER_ACCESS_LOG": "off", "WORKER_SNAPSHOT_PATH": "off"})
+    while metric(second, "ag_config_keys") != args.keys:
+        if time.monotonic() - t1 > 120:
+            raise SystemExit("second worker did not load the config")
+        time.sleep(0.02)
+    print("second worker: first snapshot after %.2f s, build %.3f s" % (
+        time.monotonic() - t1, metric(second, "ag_config_apply_seconds")))
+    for line in second.stderr.splitlines():
+        if "loaded from the control plane" in line:
+            print("second worker log: " + line.split(" info ", 1)[-1])
+    second.stop()
     key = probe["api_key"]
     if worker.request("GET", "/", key=key).status != 200:
         raise SystemExit("probe key refused")
