@@ -836,6 +836,34 @@ class SnapshotTest(StreamWorkerTestCase):
         later = h.create_key(ctl, user.token, other["id"])
         self.assertKeyStatus(w, later["api_key"], 200, 1.0, "key created after catching up")
 
+    def test_far_behind_after_compaction_resyncs_with_a_full_document(self):
+        """The changes after the worker's version are gone from the log (compacted): the control
+        plane answers with the full document and the worker takes it."""
+        ctl, user, project, valid, revoked = self.setup_control()
+        if not ctl.db_path:
+            self.skipTest("compaction is simulated on the SQLite file")
+        path = self.snapshot_path()
+        old_version = self.save_snapshot(ctl, valid, revoked, path)
+        added = h.create_key(ctl, user.token, project["id"])
+        self.revoke(ctl, user.token, project, valid)
+        version = current_version(ctl)
+        # What compaction does to a log: the oldest changes are deleted.
+        import sqlite3
+        con = sqlite3.connect(ctl.db_path, timeout=10)
+        con.execute("DELETE FROM config_changes WHERE version <= ?", (old_version + 1,))
+        con.commit()
+        con.close()
+        resp = ctl.request("GET", "/internal/worker/config?since=%d" % old_version,
+                           headers={"x-worker-secret": ctl.worker_secret})
+        self.assertEqual(resp.status, 200, repr(resp))
+        self.assertIs(resp.json()["full"], True, "a compacted log must answer with the full document")
+        w = self.start_worker(ctl.base_url, ctl.worker_secret, path)
+        self.assertReady(w, version)
+        self.assertProxied(w, added["api_key"])
+        self.assertEqual(key_status(w, valid["api_key"]), 401, "key revoked while the worker was down")
+        self.assertTrue(any("(full," in line for line in w.stderr.splitlines()),
+                        "the worker should have loaded a full document:\n" + w.stderr)
+
     def test_snapshot_ahead_of_a_restored_database(self):
         """The saved version is ahead of the control plane's (a restored database): the worker
         takes the full document it gets and drops what the snapshot had."""
