@@ -31,8 +31,14 @@ mkdir -p "$WORK/pg"
 if ((EUID == 0)); then chown postgres "$WORK/pg"; fi
 as_pg "$PGBIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 >"$WORK/initdb.log" 2>&1 ||
   { cat "$WORK/initdb.log"; exit 1; }
-as_pg "$PGBIN/postgres" -D "$WORK/pg/data" -k "$WORK/pg" -h 127.0.0.1 -p "$PGPORT" \
-  -c fsync=off -c synchronous_commit=off -c full_page_writes=off >"$WORK/pg.log" 2>&1 &
+# Started directly (not through the as_pg function, which would put a subshell between us and
+# the server), so the PID we stop at the end is the server's own (or runuser's, which forwards).
+PGARGS=(-D "$WORK/pg/data" -k "$WORK/pg" -h 127.0.0.1 -p "$PGPORT" -c fsync=off -c synchronous_commit=off -c full_page_writes=off)
+if ((EUID == 0)); then
+  runuser -u postgres -- "$PGBIN/postgres" "${PGARGS[@]}" >"$WORK/pg.log" 2>&1 &
+else
+  "$PGBIN/postgres" "${PGARGS[@]}" >"$WORK/pg.log" 2>&1 &
+fi
 PIDS+=($!)
 for _ in $(seq 1 100); do
   psql -h 127.0.0.1 -p "$PGPORT" -U postgres -c 'select 1' >/dev/null 2>&1 && break
