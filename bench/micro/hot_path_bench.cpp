@@ -1,0 +1,103 @@
+// Google Benchmark for the worker's per-request functions (run: build/bench/micro/ag_micro_bench).
+#include <benchmark/benchmark.h>
+
+#include <string>
+
+#include "common/crypto.hpp"
+#include "config/snapshot.hpp"
+#include "control/service/api_key.hpp"
+#include "gateway/pipeline.hpp"
+#include "ratelimit/local_store.hpp"
+
+namespace {
+
+using namespace ag;
+
+struct Fixture {
+  Fixture() {
+    crypto::init();
+    std::string doc = R"({"version":1,"projects":[{"id":"bench","upstream_base_url":"http://127.0.0.1:9","keys":[)";
+    for (int i = 0; i < 10000; ++i) {
+      auto g = control::generate_api_key();
+      if (i == 5000) key = g.key;
+      if (i) doc += ',';
+      doc += R"({"id":"k)" + std::to_string(i) + R"(","hash":")" + g.hash_hex + R"(","expires_at":null})";
+    }
+    doc += "]}]}";
+    snapshot = config::build_snapshot(doc).snapshot;
+  }
+  std::string key;
+  std::shared_ptr<const config::Snapshot> snapshot;
+};
+
+Fixture& fixture() {
+  static Fixture f;
+  return f;
+}
+
+// Checksum check + SHA-256 + lookup of a valid key among 10,000.
+void BM_IdentifyValidKey(benchmark::State& state) {
+  auto& f = fixture();
+  for (auto _ : state) {
+    gateway::Context ctx;
+    ctx.snapshot = f.snapshot;
+    gateway::LocalReply reply;
+    benchmark::DoNotOptimize(gateway::identify(ctx, f.key, true, 0, reply));
+  }
+}
+BENCHMARK(BM_IdentifyValidKey);
+
+// A made-up key is refused by its checksum alone.
+void BM_IdentifyMalformedKey(benchmark::State& state) {
+  auto& f = fixture();
+  std::string bad = f.key;
+  bad[20] = bad[20] == 'a' ? 'b' : 'a';
+  for (auto _ : state) {
+    gateway::Context ctx;
+    ctx.snapshot = f.snapshot;
+    gateway::LocalReply reply;
+    benchmark::DoNotOptimize(gateway::identify(ctx, bad, true, 0, reply));
+  }
+}
+BENCHMARK(BM_IdentifyMalformedKey);
+
+void BM_Sha256ApiKey(benchmark::State& state) {
+  auto& f = fixture();
+  for (auto _ : state) benchmark::DoNotOptimize(crypto::sha256(f.key));
+}
+BENCHMARK(BM_Sha256ApiKey);
+
+void BM_GcraLocal(benchmark::State& state) {
+  ratelimit::LocalStore store;
+  ratelimit::Policy policy{100000000, 100000000};
+  std::int64_t now = 1'000'000'000;
+  for (auto _ : state) benchmark::DoNotOptimize(store.check(12345, policy, now += 1000));
+}
+BENCHMARK(BM_GcraLocal);
+
+void BM_AccessLogLine(benchmark::State& state) {
+  gateway::Context ctx;
+  ctx.request_id = "AbCdEfGh-1x2";
+  ctx.client_ip = "127.0.0.1";
+  ctx.status = 200;
+  ctx.upstream_ns = 150000;
+  std::string out;
+  for (auto _ : state) {
+    out.clear();
+    gateway::append_log_line(out, ctx, gateway::LogFields{"GET", "/v1/users/12345/orders", "wrk/4.2"}, 420000);
+    benchmark::DoNotOptimize(out.data());
+  }
+}
+BENCHMARK(BM_AccessLogLine);
+
+// A one-key delta against a snapshot of 10,000 keys (copies one shard).
+void BM_ApplyOneKeyDelta(benchmark::State& state) {
+  auto& f = fixture();
+  auto g = control::generate_api_key();
+  std::string delta = R"({"since":1,"version":2,"changes":[{"version":2,"op":"key.upsert","project_id":"bench","key":{"id":"new","hash":")" +
+                      g.hash_hex + R"(","expires_at":null}}]})";
+  for (auto _ : state) benchmark::DoNotOptimize(config::apply_delta(f.snapshot, delta).snapshot);
+}
+BENCHMARK(BM_ApplyOneKeyDelta);
+
+}  // namespace
