@@ -222,6 +222,16 @@ void resolve_all(std::vector<Project*>& projects, const Snapshot* previous) {
   }
 }
 
+// Parses `json_text` into `doc` (which lives as long as `parser`); false with `error` set.
+bool parse_json(simdjson::dom::parser& parser, std::string_view json_text, simdjson::dom::element& doc,
+                std::string& error) {
+  if (auto err = parser.parse(json_text.data(), json_text.size(), true).get(doc); err) {
+    error = std::string("invalid JSON: ") + simdjson::error_message(err);
+    return false;
+  }
+  return true;
+}
+
 std::shared_ptr<const KeyShard> empty_shard() {
   static const auto kEmpty = std::make_shared<const KeyShard>();
   return kEmpty;
@@ -248,12 +258,8 @@ BuildResult build_snapshot(std::string_view json_text) {
   BuildResult out;
   Parser p;
   simdjson::dom::parser parser;
-  simdjson::padded_string padded(json_text);
   simdjson::dom::element doc;
-  if (auto err = parser.parse(padded).get(doc); err) {
-    out.error = std::string("invalid JSON: ") + simdjson::error_message(err);
-    return out;
-  }
+  if (!parse_json(parser, json_text, doc, out.error)) return out;
   auto snap = std::make_shared<Snapshot>();
   snap->loaded_at_ms = now_ms();
   simdjson::dom::object root;
@@ -384,12 +390,8 @@ BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string
   BuildResult out;
   Parser p;
   simdjson::dom::parser parser;
-  simdjson::padded_string padded(json_text);
   simdjson::dom::element doc;
-  if (auto err = parser.parse(padded).get(doc); err) {
-    out.error = std::string("invalid JSON: ") + simdjson::error_message(err);
-    return out;
-  }
+  if (!parse_json(parser, json_text, doc, out.error)) return out;
   simdjson::dom::object root;
   std::int64_t since = -1, version = -1;
   simdjson::dom::array changes;

@@ -15,6 +15,19 @@ struct Migration {
 
 // Timestamps are integer milliseconds since the epoch in both engines; booleans are not needed
 // (a NULL `revoked_at` means "not revoked"). `seq` columns give a stable "newest first" order.
+// The same DDL on both engines.
+constexpr const char* kGatewaysTable = R"SQL(
+CREATE TABLE gateways (
+  id TEXT PRIMARY KEY,
+  address TEXT,
+  version_applied BIGINT NOT NULL,
+  uptime_sec BIGINT NOT NULL,
+  requests BIGINT NOT NULL,
+  first_seen BIGINT NOT NULL,
+  last_seen BIGINT NOT NULL
+);
+)SQL";
+
 const Migration kMigrations[] = {
     {1, "initial schema",
      R"SQL(
@@ -187,29 +200,7 @@ CREATE TABLE config_changes (
 );
 CREATE INDEX config_changes_version ON config_changes(version);
 )SQL"},
-    {4, "gateways (worker heartbeats)",
-     R"SQL(
-CREATE TABLE gateways (
-  id TEXT PRIMARY KEY,
-  address TEXT,
-  version_applied BIGINT NOT NULL,
-  uptime_sec BIGINT NOT NULL,
-  requests BIGINT NOT NULL,
-  first_seen BIGINT NOT NULL,
-  last_seen BIGINT NOT NULL
-);
-)SQL",
-     R"SQL(
-CREATE TABLE gateways (
-  id TEXT PRIMARY KEY,
-  address TEXT,
-  version_applied BIGINT NOT NULL,
-  uptime_sec BIGINT NOT NULL,
-  requests BIGINT NOT NULL,
-  first_seen BIGINT NOT NULL,
-  last_seen BIGINT NOT NULL
-);
-)SQL"},
+    {4, "gateways (worker heartbeats)", kGatewaysTable, kGatewaysTable},
 };
 
 constexpr const char* kCreateTable =
