@@ -545,7 +545,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
     error_code ec;
     bool pooled = false;
     upstream_.reset();
-    if (!upgrade) upstream_ = rt_.take_pooled(up.pool_key);
+    if (!upgrade) upstream_ = rt_.take_pooled(up.pool_key, has_body);
     if (upstream_) {
       pooled = true;
       rt_.metrics.add(metrics::Counter::kUpstreamPoolReuse);

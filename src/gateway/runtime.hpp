@@ -59,8 +59,6 @@ struct UpstreamConn {
   Socket socket;
   std::int64_t idle_since_ns = 0;
   std::string pool_key;
-  bool in_pool = false;
-  std::uint64_t pool_epoch = 0;
 };
 
 struct ThreadRuntime {
@@ -96,7 +94,8 @@ struct ThreadRuntime {
 
   // Keep-alive pools, by upstream "host:port". Most recently used at the back.
   std::unordered_map<std::string, std::vector<std::unique_ptr<UpstreamConn>>> pools;
-  std::unique_ptr<UpstreamConn> take_pooled(const std::string& key);
+  // `verify`: check the connection is still open first (for requests that cannot be retried).
+  std::unique_ptr<UpstreamConn> take_pooled(const std::string& key, bool verify);
   void give_back(std::unique_ptr<UpstreamConn> c);
   void sweep(std::int64_t now_ns);
 
