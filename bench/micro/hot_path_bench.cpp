@@ -1,9 +1,11 @@
 // Google Benchmark for the worker's per-request functions (run: build/bench/micro/ag_micro_bench).
 #include <benchmark/benchmark.h>
 
+#include <ctime>
 #include <string>
 
 #include "common/crypto.hpp"
+#include "common/service_token.hpp"
 #include "config/snapshot.hpp"
 #include "control/service/api_key.hpp"
 #include "gateway/pipeline.hpp"
@@ -99,5 +101,65 @@ void BM_ApplyOneKeyDelta(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(config::apply_delta(f.snapshot, delta).snapshot);
 }
 BENCHMARK(BM_ApplyOneKeyDelta);
+
+// Service tokens as the worker sees them: {"jti":uuid,"project","service","iat","exp"}.
+struct TokenFixture {
+  TokenFixture() {
+    crypto::init();
+    now = static_cast<std::int64_t>(std::time(nullptr));
+    hs = jwt::ServiceKey::hmac(crypto::random_bytes(32));
+    es = jwt::ServiceKey::from_pem("es-bench", jwt::KeyAlg::kES256,
+                                   jwt::generate_key_pair(jwt::KeyAlg::kES256).private_pem);
+    ed = jwt::ServiceKey::from_pem("ed-bench", jwt::KeyAlg::kEdDSA,
+                                   jwt::generate_key_pair(jwt::KeyAlg::kEdDSA).private_pem);
+    keys.hmac = hs;
+    keys.keys = {jwt::ServiceKey::from_pem("es-bench", jwt::KeyAlg::kES256, es->public_pem()),
+                 jwt::ServiceKey::from_pem("ed-bench", jwt::KeyAlg::kEdDSA, ed->public_pem())};
+    payload = R"({"jti":")" + crypto::uuid_v4() + R"(","project":"captionacc","service":"prefect","iat":)" +
+              std::to_string(now) + R"(,"exp":)" + std::to_string(now + 90 * 86400) + "}";
+    hs_token = jwt::sign_service_token(*hs, payload);
+    es_token = jwt::sign_service_token(*es, payload);
+    ed_token = jwt::sign_service_token(*ed, payload);
+    options.now_s = now;
+  }
+  std::int64_t now = 0;
+  std::shared_ptr<const jwt::ServiceKey> hs, es, ed;
+  jwt::KeySet keys;
+  jwt::ClaimsOptions options;
+  std::string payload, hs_token, es_token, ed_token;
+};
+
+TokenFixture& token_fixture() {
+  static TokenFixture f;
+  return f;
+}
+
+void verify_token_loop(benchmark::State& state, const std::string& token) {
+  auto& f = token_fixture();
+  jwt::ServiceClaims claims;
+  for (auto _ : state) {
+    auto e = jwt::verify_service_token(f.keys, token, f.options, claims);
+    if (e != jwt::TokenError::kNone) {
+      state.SkipWithError("token refused");
+      break;
+    }
+    benchmark::DoNotOptimize(claims.jti.data());
+  }
+}
+
+void BM_VerifyHS256(benchmark::State& state) { verify_token_loop(state, token_fixture().hs_token); }
+BENCHMARK(BM_VerifyHS256);
+
+void BM_VerifyES256(benchmark::State& state) { verify_token_loop(state, token_fixture().es_token); }
+BENCHMARK(BM_VerifyES256);
+
+void BM_VerifyEdDSA(benchmark::State& state) { verify_token_loop(state, token_fixture().ed_token); }
+BENCHMARK(BM_VerifyEdDSA);
+
+void BM_SignES256(benchmark::State& state) {
+  auto& f = token_fixture();
+  for (auto _ : state) benchmark::DoNotOptimize(jwt::sign_service_token(*f.es, f.payload));
+}
+BENCHMARK(BM_SignES256);
 
 }  // namespace

@@ -3,6 +3,7 @@
 //   antigravity worker    the data plane (gateway)
 //   antigravity up        control plane + worker + a demo upstream, on embedded defaults
 //   antigravity migrate   apply database migrations and exit
+//   antigravity token     service tokens and signing keys
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "app/token_cli.hpp"
 #include "common/crypto.hpp"
 #include "common/env.hpp"
 #include "common/signals.hpp"
@@ -88,6 +90,10 @@ int run_up(ag::control::Settings settings, ag::gateway::WorkerOptions wopts, con
     wopts.control_url = "http://" + control.settings().listen_host + ":" + std::to_string(control.port());
   wopts.control_secret = control.settings().worker_secrets.at(0);
   wopts.poll_ms = 1000;
+  // HS256 service tokens: the worker verifies with the control plane's secret.
+  if (wopts.jwt_secret.empty()) wopts.jwt_secret = control.settings().gateway_jwt_secret;
+  if (wopts.jwt_audience.empty()) wopts.jwt_audience = control.settings().gateway_jwt_audience;
+  if (wopts.jwt_issuer.empty()) wopts.jwt_issuer = control.settings().gateway_jwt_issuer;
   ag::gateway::Worker worker(std::move(wopts));
   worker.start();
   spdlog::info("antigravity is up: API http://127.0.0.1:{}  gateway http://127.0.0.1:{}  docs http://127.0.0.1:{}/docs",
@@ -109,11 +115,12 @@ int run_up(ag::control::Settings settings, ag::gateway::WorkerOptions wopts, con
 }
 
 void apply_worker_flags(ag::gateway::WorkerOptions& o, const std::string& listen, const std::string& admin,
-                        int threads, const std::string& config) {
+                        int threads, const std::string& config, const std::string& config_dir = "") {
   if (!listen.empty()) ag::control::parse_listen(listen, "--listen", o.listen_host, o.listen_port);
   if (!admin.empty()) ag::control::parse_listen(admin, "--admin-listen", o.admin_host, o.admin_port);
   if (threads > 0) o.threads = threads;
   if (!config.empty()) o.config_file = config;
+  if (!config_dir.empty()) o.config_dir = config_dir;
 }
 
 }  // namespace
@@ -134,13 +141,15 @@ int main(int argc, char** argv) {
   control->add_option("--listen", listen, "HOST:PORT to listen on (env CONTROL_LISTEN, default 127.0.0.1:8000)");
   control->add_option("--threads", threads, "HTTP threads (env CONTROL_THREADS, default 4)")->check(CLI::Range(1, 256));
 
-  std::string wlisten, admin_listen, config_file;
+  std::string wlisten, admin_listen, config_file, config_dir;
   int wthreads = 0;
   auto* worker = app.add_subcommand("worker", "Run the worker (data plane). Config from CONTROL_API_BASE_URL or --config.");
   worker->add_option("--listen", wlisten, "HOST:PORT for traffic (env WORKER_LISTEN, default 0.0.0.0:8080)");
   worker->add_option("--admin-listen", admin_listen, "HOST:PORT for /metrics, /ping, /ready (env WORKER_ADMIN_LISTEN, default 127.0.0.1:9901)");
   worker->add_option("--threads", wthreads, "event-loop threads (env WORKER_THREADS, default: cores)")->check(CLI::Range(1, 256));
   worker->add_option("--config", config_file, "load config from this JSON file instead of the control plane (env WORKER_CONFIG_FILE)");
+  worker->add_option("--config-dir", config_dir,
+                     "load config from the *.yml/*.yaml files in this directory, reloaded on change (env WORKER_CONFIG_DIR)");
 
   std::string demo = "127.0.0.1:9000";
   auto* up = app.add_subcommand("up", "Run control plane + worker (+ a demo upstream) on embedded defaults (SQLite file, local limits).");
@@ -153,6 +162,8 @@ int main(int argc, char** argv) {
   auto* migrate = app.add_subcommand("migrate", "Apply database migrations (DATABASE_URL / DATABASE_PATH) and exit.");
   migrate->add_flag("--status", status_only, "print the schema version without changing anything");
 
+  auto* token_cmds = ag::cli::add_token_commands(app);
+
   CLI11_PARSE(app, argc, argv);
   setup_logging(log_level);
 
@@ -162,17 +173,19 @@ int main(int argc, char** argv) {
     if (*control) return ag::control::run_control_server(settings_with_overrides(listen, threads));
     if (*worker) {
       auto o = ag::gateway::load_worker_options();
-      apply_worker_flags(o, wlisten, admin_listen, wthreads, config_file);
+      apply_worker_flags(o, wlisten, admin_listen, wthreads, config_file, config_dir);
       return ag::gateway::run_worker(std::move(o));
     }
     if (*up) {
       auto o = ag::gateway::load_worker_options();
       apply_worker_flags(o, wlisten, admin_listen, 0, "");
       o.config_file.clear();
+      o.config_dir.clear();
       // Keep everything `up` writes in ./data unless told otherwise.
       if (!ag::env::get("WORKER_SNAPSHOT_PATH")) o.snapshot_path = "data/worker-snapshot.json";
       return run_up(settings_with_overrides(listen, threads), std::move(o), demo);
     }
+    if (ag::cli::token_command_selected(token_cmds)) return ag::cli::run_token_command(token_cmds);
     if (*migrate) {
       auto s = ag::control::load_settings();
       auto db = ag::store::open_database(s.database_url, 1);

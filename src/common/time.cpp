@@ -19,4 +19,25 @@ std::string format_rfc3339(std::int64_t epoch_ms) {
   return buf;
 }
 
+std::int64_t parse_rfc3339(std::string_view s) {
+  std::tm tm{};
+  std::string str(s);
+  const char* end = strptime(str.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+  if (!end) return -1;
+  std::string_view rest(end);
+  std::int64_t ms = 0;
+  if (!rest.empty() && rest.front() == '.') {
+    rest.remove_prefix(1);
+    int digits = 0;
+    while (!rest.empty() && rest.front() >= '0' && rest.front() <= '9') {
+      if (digits < 3) ms = ms * 10 + (rest.front() - '0');
+      ++digits;
+      rest.remove_prefix(1);
+    }
+    for (; digits < 3; ++digits) ms *= 10;
+  }
+  if (rest != "Z" && rest != "+00:00") return -1;
+  return static_cast<std::int64_t>(timegm(&tm)) * 1000 + ms;
+}
+
 }  // namespace ag

@@ -51,28 +51,6 @@ bool hex_digest(std::string_view hex, KeyDigest& out) {
   return bad >= 0;
 }
 
-// "2026-11-22T18:34:27Z" -> epoch ms; -1 when malformed.
-std::int64_t parse_rfc3339(std::string_view s) {
-  std::tm tm{};
-  std::string str(s);
-  const char* end = strptime(str.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
-  if (!end) return -1;
-  std::string_view rest(end);
-  std::int64_t ms = 0;
-  if (!rest.empty() && rest.front() == '.') {
-    rest.remove_prefix(1);
-    int digits = 0;
-    while (!rest.empty() && rest.front() >= '0' && rest.front() <= '9') {
-      if (digits < 3) ms = ms * 10 + (rest.front() - '0');
-      ++digits;
-      rest.remove_prefix(1);
-    }
-    for (; digits < 3; ++digits) ms *= 10;
-  }
-  if (rest != "Z" && rest != "+00:00") return -1;
-  return static_cast<std::int64_t>(timegm(&tm)) * 1000 + ms;
-}
-
 std::string parse_upstream(std::string_view url, Upstream& u) {
   u.url = std::string(url);
   std::string_view rest;
@@ -159,16 +137,123 @@ bool get_policy(simdjson::dom::element obj, const std::string& where, RatePolicy
   return true;
 }
 
+bool valid_slug(std::string_view s) {
+  if (s.empty() || s.size() > 63) return false;
+  for (char c : s)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return false;
+  return true;
+}
+
+std::mutex g_targets_mutex;
+std::unordered_map<std::string, std::weak_ptr<TargetState>> g_targets;
+
+// The shared state of a service target: the same object for as long as any snapshot has it.
+std::shared_ptr<TargetState> target_state(const std::string& key) {
+  std::lock_guard lock(g_targets_mutex);
+  auto& slot = g_targets[key];
+  if (auto s = slot.lock()) return s;
+  auto s = std::make_shared<TargetState>();
+  slot = s;
+  if (g_targets.size() > 4096)  // forget targets no snapshot holds any more
+    std::erase_if(g_targets, [](const auto& kv) { return kv.second.expired(); });
+  return s;
+}
+
+bool get_int_in(simdjson::dom::object o, std::string_view field, std::int64_t lo, std::int64_t hi,
+                const std::string& where, std::int64_t& out, Parser& p) {
+  simdjson::dom::element e;
+  if (o[field].get(e) || e.is_null()) return true;  // absent: keep the default
+  std::int64_t v = 0;
+  if (e.get_int64().get(v) || v < lo || v > hi)
+    return p.fail(where + "." + std::string(field), "must be an integer " + std::to_string(lo) + ".." + std::to_string(hi));
+  out = v;
+  return true;
+}
+
+// One service (docs/services-and-tokens.md); the same shape as the control API's service record.
+bool parse_service(simdjson::dom::object so, const std::string& where, const std::string& project_id, Service& svc,
+                   Parser& p) {
+  std::string_view sv;
+  if (so["name"].get_string().get(sv) || !valid_slug(sv)) return p.fail(where + ".name", "must match ^[a-z0-9_-]{1,63}$");
+  svc.name = std::string(sv);
+  simdjson::dom::array targets;
+  if (so["targets"].get_array().get(targets) || targets.size() == 0 || targets.size() > 16)
+    return p.fail(where + ".targets", "must be an array of 1..16 URLs");
+  std::size_t ti = 0;
+  for (simdjson::dom::element te : targets) {
+    std::string tw = where + ".targets[" + std::to_string(ti++) + "]";
+    if (te.get_string().get(sv)) return p.fail(tw, "must be a string");
+    ServiceTarget t;
+    if (auto e = parse_upstream(sv, t.upstream); !e.empty()) return p.fail(tw, e);
+    if (!t.upstream.supported) return p.fail(tw, "must be an http:// URL");
+    t.state = target_state(project_id + "/" + svc.name + "|" + t.upstream.url);
+    svc.targets.push_back(std::move(t));
+  }
+  if (!so["balancer"].get_string().get(sv)) {
+    if (sv == "least_request") svc.least_request = true;
+    else if (sv != "round_robin") return p.fail(where + ".balancer", "must be round_robin or least_request");
+  }
+  simdjson::dom::element hc;
+  if (!so["health_check"].get(hc) && !hc.is_null()) {
+    simdjson::dom::object ho;
+    if (hc.get_object().get(ho)) return p.fail(where + ".health_check", "must be an object or null");
+    if (ho["path"].get_string().get(sv) || sv.empty() || sv.front() != '/')
+      return p.fail(where + ".health_check.path", "must be a path starting with /");
+    svc.health_path = std::string(sv);
+    std::int64_t interval_s = 10;
+    if (!get_int_in(ho, "interval_sec", 1, 3600, where + ".health_check", interval_s, p)) return false;
+    svc.health_interval_ms = interval_s * 1000;
+    if (!get_int_in(ho, "timeout_ms", 100, 60000, where + ".health_check", svc.health_timeout_ms, p)) return false;
+  }
+  simdjson::dom::element ej;
+  if (!so["ejection"].get(ej) && !ej.is_null()) {
+    simdjson::dom::object eo;
+    if (ej.get_object().get(eo)) return p.fail(where + ".ejection", "must be an object");
+    std::int64_t f = svc.eject_failures, cool_s = svc.eject_cooldown_ms / 1000;
+    if (!get_int_in(eo, "failures", 1, 100, where + ".ejection", f, p)) return false;
+    if (!get_int_in(eo, "cooldown_sec", 1, 3600, where + ".ejection", cool_s, p)) return false;
+    svc.eject_failures = static_cast<std::int32_t>(f);
+    svc.eject_cooldown_ms = cool_s * 1000;
+  }
+  svc.spec_json = simdjson::minify(so);
+  return true;
+}
+
 // A project object without its keys.
 bool parse_project(simdjson::dom::object po, const std::string& where, Project& proj, Parser& p) {
   std::string_view sv;
   if (po["id"].get_string().get(sv) || sv.empty()) return p.fail(where + ".id", "must be a non-empty string");
   proj.id = std::string(sv);
   if (!po["name"].get_string().get(sv)) proj.name = std::string(sv);
+  simdjson::dom::element slug;
+  if (!po["slug"].get(slug) && !slug.is_null()) {
+    if (slug.get_string().get(sv) || !valid_slug(sv)) return p.fail(where + ".slug", "must match ^[a-z0-9_-]{1,63}$");
+    proj.slug = std::string(sv);
+  }
+  // The default upstream may be absent for a project reached only through its services.
   std::string_view url;
-  if (po["upstream_base_url"].get_string().get(url) && po["upstream_url"].get_string().get(url))
-    return p.fail(where + ".upstream_base_url", "must be a string");
-  if (auto e = parse_upstream(url, proj.upstream); !e.empty()) return p.fail(where + ".upstream_base_url", e);
+  simdjson::dom::element ue;
+  bool has_url = (!po["upstream_base_url"].get(ue) && !ue.is_null()) || (!po["upstream_url"].get(ue) && !ue.is_null());
+  if (has_url) {
+    if (ue.get_string().get(url)) return p.fail(where + ".upstream_base_url", "must be a string");
+    if (auto e = parse_upstream(url, proj.upstream); !e.empty()) return p.fail(where + ".upstream_base_url", e);
+  }
+  simdjson::dom::element se;
+  if (!po["services"].get(se) && !se.is_null()) {
+    simdjson::dom::array services;
+    if (se.get_array().get(services)) return p.fail(where + ".services", "must be an array");
+    if (proj.slug.empty() && services.size() > 0) return p.fail(where + ".services", "a project with services needs a slug");
+    std::size_t si = 0;
+    for (simdjson::dom::element s1 : services) {
+      std::string sw = where + ".services[" + std::to_string(si++) + "]";
+      simdjson::dom::object so;
+      if (s1.get_object().get(so)) return p.fail(sw, "must be an object");
+      Service svc;
+      if (!parse_service(so, sw, proj.id, svc, p)) return false;
+      if (proj.find_service(svc.name)) return p.fail(sw + ".name", "duplicate service");
+      proj.services.push_back(std::move(svc));
+    }
+  }
   simdjson::dom::element rl;
   if (!po["rate_limit"].get(rl) && !get_policy(rl, where + ".rate_limit", proj.rate, p)) return false;
   std::int64_t mb = 0;
@@ -202,16 +287,22 @@ bool parse_key(simdjson::dom::object ko, const std::string& where, std::uint32_t
   return true;
 }
 
-// Resolves upstream hosts, reusing what `previous` already resolved for the same host:port.
+// Resolves upstream hosts (default upstreams and service targets), reusing what `previous`
+// already resolved for the same host:port.
 void resolve_all(std::vector<Project*>& projects, const Snapshot* previous) {
   std::unordered_map<std::string, std::vector<Endpoint>> resolved;
+  auto remember = [&](const Upstream& u) {
+    if (u.supported && !u.endpoints.empty()) resolved.emplace(u.pool_key, u.endpoints);
+  };
   if (previous)
-    for (const auto& pp : previous->projects)
-      if (pp && pp->upstream.supported && !pp->upstream.endpoints.empty())
-        resolved.emplace(pp->upstream.pool_key, pp->upstream.endpoints);
-  for (Project* proj : projects) {
-    auto& u = proj->upstream;
-    if (!u.supported) continue;
+    for (const auto& pp : previous->projects) {
+      if (!pp) continue;
+      remember(pp->upstream);
+      for (const auto& svc : pp->services)
+        for (const auto& t : svc.targets) remember(t.upstream);
+    }
+  auto one = [&](Upstream& u) {
+    if (!u.supported || !u.endpoints.empty()) return;
     auto it = resolved.find(u.pool_key);
     if (it == resolved.end()) {
       resolve(u);
@@ -219,7 +310,25 @@ void resolve_all(std::vector<Project*>& projects, const Snapshot* previous) {
     } else {
       u.endpoints = it->second;
     }
+  };
+  for (Project* proj : projects) {
+    one(proj->upstream);
+    for (auto& svc : proj->services)
+      for (auto& t : svc.targets) one(t.upstream);
   }
+}
+
+// Public keys and revocations (top level of a full document). Missing lists are empty.
+bool parse_tokens(simdjson::dom::object root, TokenState& ts, Parser& p);
+bool parse_jwt_keys(simdjson::dom::array keys, const std::string& where, TokenState& ts, Parser& p);
+bool parse_revocation(simdjson::dom::object ro, const std::string& where, TokenState& ts, Parser& p);
+
+std::shared_ptr<const std::unordered_map<std::string, std::uint32_t, StringHash, std::equal_to<>>> slug_index(
+    const Snapshot& s) {
+  auto m = std::make_shared<std::unordered_map<std::string, std::uint32_t, StringHash, std::equal_to<>>>();
+  for (const auto& proj : s.projects)
+    if (proj && !proj->slug.empty()) m->emplace(proj->slug, proj->metrics_slot);
+  return m;
 }
 
 // Parses `json_text` into `doc` (which lives as long as `parser`); false with `error` set.
@@ -237,7 +346,71 @@ std::shared_ptr<const KeyShard> empty_shard() {
   return kEmpty;
 }
 
+
+std::shared_ptr<const jwt::ServiceKey> g_hmac_key;
+std::atomic<std::uint64_t> g_keys_generation{0};
+
+bool parse_jwt_keys(simdjson::dom::array keys, const std::string& where, TokenState& ts, Parser& p) {
+  std::size_t i = 0;
+  ts.key_specs.clear();
+  ts.keys.keys.clear();
+  ts.keys_generation = ++g_keys_generation;
+  for (simdjson::dom::element ke : keys) {
+    std::string kw = where + "[" + std::to_string(i++) + "]";
+    simdjson::dom::object ko;
+    std::string_view kid, alg, pem;
+    if (ke.get_object().get(ko) || ko["kid"].get_string().get(kid) || kid.empty())
+      return p.fail(kw + ".kid", "must be a non-empty string");
+    if (ko["alg"].get_string().get(alg)) return p.fail(kw + ".alg", "must be ES256 or EdDSA");
+    auto a = jwt::parse_key_alg(alg);
+    if (!a || *a == jwt::KeyAlg::kHS256) return p.fail(kw + ".alg", "must be ES256 or EdDSA");
+    if (ko["public_key"].get_string().get(pem)) return p.fail(kw + ".public_key", "must be a PEM string");
+    auto key = jwt::ServiceKey::from_pem(std::string(kid), *a, pem);
+    if (!key) return p.fail(kw + ".public_key", "is not a valid " + std::string(alg) + " public key");
+    ts.key_specs.push_back({std::string(kid), std::string(alg), std::string(pem)});
+    ts.keys.keys.push_back(std::move(key));
+  }
+  return true;
+}
+
+bool parse_revocation(simdjson::dom::object ro, const std::string& where, TokenState& ts, Parser& p) {
+  std::string_view jti, exp;
+  if (ro["jti"].get_string().get(jti) || jti.empty()) return p.fail(where + ".jti", "must be a non-empty string");
+  std::int64_t exp_ms = 0;
+  simdjson::dom::element ee;
+  if (!ro["expires_at"].get(ee) && !ee.is_null()) {
+    if (ee.get_string().get(exp) || (exp_ms = parse_rfc3339(exp)) < 0)
+      return p.fail(where + ".expires_at", "must be an RFC 3339 UTC time or null");
+  }
+  ts.revoked[std::string(jti)] = exp_ms;
+  return true;
+}
+
+bool parse_tokens(simdjson::dom::object root, TokenState& ts, Parser& p) {
+  ts.keys.hmac = g_hmac_key;
+  ts.keys_generation = ++g_keys_generation;
+  simdjson::dom::element e;
+  if (!root["jwt_keys"].get(e) && !e.is_null()) {
+    simdjson::dom::array keys;
+    if (e.get_array().get(keys)) return p.fail("jwt_keys", "must be an array");
+    if (!parse_jwt_keys(keys, "jwt_keys", ts, p)) return false;
+  }
+  if (!root["revoked_tokens"].get(e) && !e.is_null()) {
+    simdjson::dom::array revs;
+    if (e.get_array().get(revs)) return p.fail("revoked_tokens", "must be an array");
+    std::size_t i = 0;
+    for (simdjson::dom::element re : revs) {
+      std::string rw = "revoked_tokens[" + std::to_string(i++) + "]";
+      simdjson::dom::object ro;
+      if (re.get_object().get(ro)) return p.fail(rw, "must be an object");
+      if (!parse_revocation(ro, rw, ts, p)) return false;
+    }
+  }
+  return true;
+}
 }  // namespace
+
+void set_hmac_token_key(std::shared_ptr<const jwt::ServiceKey> key) { g_hmac_key = std::move(key); }
 
 std::uint32_t metrics_slot_for(std::string_view project_id) {
   std::lock_guard lock(g_slots_mutex);
@@ -273,6 +446,14 @@ BuildResult build_snapshot(std::string_view json_text) {
     return out;
   }
   snap->version = version;
+  {
+    auto ts = std::make_shared<TokenState>();
+    if (!parse_tokens(root, *ts, p)) {
+      out.error = p.error;
+      return out;
+    }
+    snap->tokens = std::move(ts);
+  }
   simdjson::dom::array projects;
   if (root["projects"].get_array().get(projects)) {
     out.error = "projects: must be an array";
@@ -378,6 +559,15 @@ BuildResult build_snapshot(std::string_view json_text) {
     snap->projects[b->metrics_slot] = std::move(b);
     ++snap->project_count;
   }
+  snap->slugs = slug_index(*snap);
+  if (snap->slugs->size() != snap->project_count) {
+    std::size_t with_slug = 0;
+    for (const auto& pr : snap->projects) with_slug += pr && !pr->slug.empty();
+    if (with_slug != snap->slugs->size()) {
+      out.error = "projects: a slug is used by more than one project";
+      return out;
+    }
+  }
   for (std::size_t i = 0; i < kKeyShards; ++i) {
     snap->key_count += shards[i]->keys.size();
     snap->shards[i] = shards[i]->keys.empty() ? empty_shard() : std::shared_ptr<const KeyShard>(std::move(shards[i]));
@@ -422,6 +612,8 @@ BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string
     return *owned[i];
   };
   std::vector<std::shared_ptr<Project>> new_projects;
+  std::shared_ptr<TokenState> tokens_owned;  // copied on the first token change of this delta
+  bool projects_changed = false;
   std::size_t ci = 0;
   for (simdjson::dom::element ce : changes) {
     std::string where = "changes[" + std::to_string(ci++) + "]";
@@ -443,6 +635,7 @@ BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string
       if (snap->projects.size() <= proj->metrics_slot) snap->projects.resize(proj->metrics_slot + 1);
       if (!snap->projects[proj->metrics_slot]) ++snap->project_count;
       snap->projects[proj->metrics_slot] = proj;
+      projects_changed = true;
     } else if (op == "project.delete") {
       if (co["project_id"].get_string().get(sv)) {
         p.fail(where + ".project_id", "must be a string");
@@ -453,6 +646,7 @@ BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string
         snap->projects[slot].reset();
         --snap->project_count;
       }
+      projects_changed = true;
     } else if (op == "key.upsert") {
       simdjson::dom::object ko;
       if (co["project_id"].get_string().get(sv) || co["key"].get_object().get(ko)) {
@@ -472,6 +666,17 @@ BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string
       }
       auto& shard = shard_for(d);
       if (shard.keys.erase(d) > 0) --snap->key_count;
+    } else if (op == "token.revoke") {
+      if (!tokens_owned) tokens_owned = snap->tokens ? std::make_shared<TokenState>(*snap->tokens) : std::make_shared<TokenState>();
+      if (!parse_revocation(co, where, *tokens_owned, p)) break;
+    } else if (op == "jwt_keys.set") {
+      simdjson::dom::array keys;
+      if (co["keys"].get_array().get(keys)) {
+        p.fail(where + ".keys", "must be an array");
+        break;
+      }
+      if (!tokens_owned) tokens_owned = snap->tokens ? std::make_shared<TokenState>(*snap->tokens) : std::make_shared<TokenState>();
+      if (!parse_jwt_keys(keys, where + ".keys", *tokens_owned, p)) break;
     } else {
       // Unknown operations are ignored so that older workers survive newer control planes.
     }
@@ -480,16 +685,20 @@ BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string
     out.error = p.error;
     return out;
   }
-  // Resolve only what the delta brought, reusing the base's endpoints for an unchanged upstream.
-  std::vector<Project*> unresolved;
-  for (auto& np : new_projects) {
-    const Project* old = base->project(np->metrics_slot);
-    if (old && old->upstream.pool_key == np->upstream.pool_key && !old->upstream.endpoints.empty())
-      np->upstream.endpoints = old->upstream.endpoints;
-    else if (np->upstream.supported)
-      unresolved.push_back(np.get());
+  if (tokens_owned) snap->tokens = std::move(tokens_owned);
+  if (projects_changed) {
+    snap->slugs = slug_index(*snap);
+    std::size_t with_slug = 0;
+    for (const auto& pr : snap->projects) with_slug += pr && !pr->slug.empty();
+    if (with_slug != snap->slugs->size()) {
+      out.error = "a slug is used by more than one project";
+      return out;
+    }
   }
-  if (!unresolved.empty()) resolve_all(unresolved, nullptr);
+  // Resolve only what the delta brought, reusing what the base already resolved.
+  std::vector<Project*> unresolved;
+  for (auto& np : new_projects) unresolved.push_back(np.get());
+  if (!unresolved.empty()) resolve_all(unresolved, base.get());
   out.snapshot = std::move(snap);
   return out;
 }
@@ -511,6 +720,16 @@ std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
     }
     out += '"';
   };
+  // PEM text has newlines: escaped rather than dropped.
+  auto str_escaped = [&](std::string_view v) {
+    out += '"';
+    for (char c : v) {
+      if (c == '"' || c == '\\') out += '\\';
+      if (c == '\n') out += "\\n";
+      else if (static_cast<unsigned char>(c) >= 0x20) out += c;
+    }
+    out += '"';
+  };
   out += "{\"schema\":1,\"full\":true,\"version\":" + std::to_string(s.version) +
          ",\"saved_at_ms\":" + std::to_string(saved_at_ms) + ",\"projects\":[";
   bool first_p = true;
@@ -523,8 +742,22 @@ std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
     str(proj->id);
     out += ",\"name\":";
     str(proj->name);
-    out += ",\"upstream_base_url\":";
-    str(proj->upstream.url);
+    if (!proj->slug.empty()) {
+      out += ",\"slug\":";
+      str(proj->slug);
+    }
+    if (!proj->upstream.url.empty()) {
+      out += ",\"upstream_base_url\":";
+      str(proj->upstream.url);
+    }
+    if (!proj->services.empty()) {
+      out += ",\"services\":[";
+      for (std::size_t i = 0; i < proj->services.size(); ++i) {
+        if (i) out += ',';
+        out += proj->services[i].spec_json;
+      }
+      out += ']';
+    }
     out += ",\"rate_limit\":{\"requests_per_minute\":" + std::to_string(proj->rate.requests_per_minute) +
            ",\"burst\":" + std::to_string(proj->rate.burst) + "},\"max_body_bytes\":" +
            std::to_string(proj->max_body_bytes) + ",\"keys\":[";
@@ -546,7 +779,35 @@ std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
     }
     out += "]}";
   }
-  out += "]}\n";
+  out += ']';
+  if (s.tokens) {
+    out += ",\"jwt_keys\":[";
+    for (std::size_t i = 0; i < s.tokens->key_specs.size(); ++i) {
+      const auto& k = s.tokens->key_specs[i];
+      if (i) out += ',';
+      out += "{\"kid\":";
+      str(k.kid);
+      out += ",\"alg\":";
+      str(k.alg);
+      out += ",\"public_key\":";
+      str_escaped(k.public_pem);
+      out += '}';
+    }
+    out += "],\"revoked_tokens\":[";
+    bool first_r = true;
+    for (const auto& [jti, exp] : s.tokens->revoked) {
+      if (!first_r) out += ',';
+      first_r = false;
+      out += "{\"jti\":";
+      str(jti);
+      out += ",\"expires_at\":";
+      if (exp) str(format_rfc3339(exp));
+      else out += "null";
+      out += '}';
+    }
+    out += ']';
+  }
+  out += "}\n";
   return out;
 }
 

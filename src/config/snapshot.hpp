@@ -4,6 +4,7 @@
 // Nothing here is ever mutated after build(); a change produces a new snapshot.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -11,7 +12,8 @@
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-#include <vector>
+
+#include "common/service_token.hpp"
 
 namespace ag::config {
 
@@ -24,6 +26,12 @@ struct KeyDigestHash {
     std::memcpy(&h, d.data(), sizeof h);
     return h;
   }
+};
+
+// Hashes std::string and std::string_view alike, for lookups by view without a copy.
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
 };
 
 struct RatePolicy {
@@ -48,14 +56,69 @@ struct Upstream {
   std::string pool_key;             // identifies the keep-alive pool ("host:port")
 };
 
+// Health of one target of a service, shared by every snapshot that has the same target (so a
+// reload keeps it) and by the worker's threads; written by the health checker and the proxy.
+struct TargetState {
+  std::atomic<bool> healthy{true};               // the last active check passed (or none yet)
+  std::atomic<std::int32_t> failures{0};         // consecutive failed exchanges
+  std::atomic<std::int64_t> ejected_until_ns{0}; // passive ejection (steady clock)
+  std::atomic<std::int32_t> in_flight{0};        // requests being proxied to it now
+  bool available(std::int64_t now_ns) const {
+    return healthy.load(std::memory_order_relaxed) && ejected_until_ns.load(std::memory_order_relaxed) <= now_ns;
+  }
+};
+
+struct ServiceTarget {
+  Upstream upstream;
+  std::shared_ptr<TargetState> state;
+};
+
+// A named backend of a project, reached at /{slug}/{name}/* (docs/services-and-tokens.md).
+struct Service {
+  std::string name;
+  std::vector<ServiceTarget> targets;
+  bool least_request = false;
+  std::string health_path;            // empty: no active checks
+  std::int64_t health_interval_ms = 10000;
+  std::int64_t health_timeout_ms = 2000;
+  std::int32_t eject_failures = 5;
+  std::int64_t eject_cooldown_ms = 30000;
+  std::string spec_json;  // the service as configured (written back when the snapshot is saved)
+};
+
 struct Project {
   std::string id;
   std::string name;
-  Upstream upstream;
+  std::string slug;           // empty: no service routes
+  Upstream upstream;          // url empty: no default upstream (service routes only)
+  std::vector<Service> services;
   RatePolicy rate;
   std::int64_t max_body_bytes = 10 * 1024 * 1024;
   std::uint32_t metrics_slot = 0;  // stable index for per-project counters
+  const Service* find_service(std::string_view name) const {
+    for (const auto& s : services)
+      if (s.name == name) return &s;
+    return nullptr;
+  }
 };
+
+// Public keys for service tokens, as configured (kept to write the snapshot back).
+struct JwtKeySpec {
+  std::string kid, alg, public_pem;
+};
+
+// Service-token verification state: keys and the revocation list (jti -> expiry, ms).
+struct TokenState {
+  std::vector<JwtKeySpec> key_specs;
+  jwt::KeySet keys;
+  std::uint64_t keys_generation = 0;  // changes whenever `keys` does (verified-token caches key on it)
+  std::unordered_map<std::string, std::int64_t, StringHash, std::equal_to<>> revoked;
+  bool is_revoked(std::string_view jti) const { return !revoked.empty() && revoked.find(jti) != revoked.end(); }
+};
+
+// The HS256 secret the worker verifies with, from its own environment (never in a document).
+// Set once at start-up, before any snapshot is built.
+void set_hmac_token_key(std::shared_ptr<const jwt::ServiceKey> key);
 
 // A short identifier stored inline: a million keys with heap-allocated ids cost a million
 // allocations to build and ~50 MB more to hold.
@@ -196,6 +259,15 @@ struct Snapshot {
   std::array<std::shared_ptr<const KeyShard>, kKeyShards> shards;
   std::size_t key_count = 0;
   std::size_t project_count = 0;
+  // slug -> project slot; rebuilt when projects change.
+  std::shared_ptr<const std::unordered_map<std::string, std::uint32_t, StringHash, std::equal_to<>>> slugs;
+  std::shared_ptr<const TokenState> tokens;  // never null in a built snapshot
+
+  const Project* project_by_slug(std::string_view slug) const {
+    if (!slugs || slugs->empty()) return nullptr;
+    auto it = slugs->find(slug);
+    return it == slugs->end() ? nullptr : project(it->second);
+  }
 
   static std::size_t shard_of(const KeyDigest& d) {
     // Bytes 8-9: independent of the bytes the in-shard hash map uses (0-7).

@@ -63,5 +63,8 @@ bool save_file_atomically(const std::string& path, const std::string& content);
 std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOptions opts, PublishFn publish,
                                                         SavedSnapshot initial = {});
 std::unique_ptr<ConfigSource> make_file_source(std::string path, std::chrono::milliseconds poll, PublishFn publish);
+// A directory of YAML files (docs/services-and-tokens.md "File mode"), checked every `poll`.
+// Throws std::runtime_error when `dir` is not a directory.
+std::unique_ptr<ConfigSource> make_yaml_dir_source(std::string dir, std::chrono::milliseconds poll, PublishFn publish);
 
 }  // namespace ag::config

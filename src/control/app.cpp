@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <csignal>
 #include <thread>
 
@@ -14,6 +16,7 @@
 #include "common/request_id.hpp"
 #include "common/signals.hpp"
 #include "control/api/context.hpp"
+#include "control/api/tokens.hpp"
 #include "control/store/migrations.hpp"
 #include "http/server.hpp"
 
@@ -44,6 +47,8 @@ ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>())
   register_key_routes(router_, *state_);
   register_worker_config_routes(router_, *state_);
   register_meta_routes(router_, *state_);
+  register_service_routes(router_, *state_);
+  register_token_routes(router_, *state_);
 }
 
 ControlApp::~ControlApp() = default;
@@ -70,7 +75,7 @@ http::Response ControlApp::handle(http::Request& req) {
   try {
     if (req.method == "OPTIONS" && cors) {
       res.status = 204;
-      res.set_header("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS");
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS");
       res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-Id");
       res.set_header("Access-Control-Max-Age", "600");
     } else {
@@ -85,7 +90,8 @@ http::Response ControlApp::handle(http::Request& req) {
       }
     }
   } catch (const ApiError& e) {
-    res = error_response(e.status(), e.detail());
+    res = e.code.empty() ? error_response(e.status(), e.detail())
+                         : json_response(e.status(), {{"detail", e.detail()}, {"code", e.code}});
     for (const auto& h : e.headers) res.set_header(h.name, h.value);
   } catch (const store::DatabaseError& e) {
     spdlog::error("request {} {} {}: database error: {}", request_id(req), req.method, path, e.what());
@@ -188,7 +194,45 @@ struct ControlServer::Impl {
   ControlApp app;
   std::unique_ptr<http::Server> server;
   std::thread thread;
+  // Housekeeping: hourly cleanup of expired token revocations; with SQLite, also notices config
+  // changes committed by another process (the CLI) and wakes this process's long polls.
+  std::thread maintenance;
+  std::mutex maintenance_mutex;
+  std::condition_variable maintenance_cv;
+  bool stopping = false;
+  void run_maintenance();
 };
+
+void ControlServer::Impl::run_maintenance() {
+  auto& st = app.state();
+  const bool sqlite = st.db->engine() == store::Engine::kSqlite;
+  std::int64_t seen_version = -1;
+  auto next_cleanup = std::chrono::steady_clock::now();
+  std::unique_lock lock(maintenance_mutex);
+  while (!stopping) {
+    lock.unlock();
+    try {
+      if (sqlite) {
+        std::int64_t v = 0;
+        st.db->with_connection([&](store::Connection& c) {
+          v = c.exec("SELECT version FROM config_state WHERE id = 1", {}).rows.at(0).integer(0);
+        });
+        if (seen_version >= 0 && v != seen_version && v > st.local_config_version.load()) server->wake_all();
+        seen_version = v;
+      }
+      if (std::chrono::steady_clock::now() >= next_cleanup) {
+        std::int64_t n = 0;
+        st.db->transaction([&](store::Connection& c) { n = cleanup_expired_revocations(c); });
+        if (n > 0) spdlog::info("removed {} expired token revocation(s)", n);
+        next_cleanup = std::chrono::steady_clock::now() + std::chrono::hours(1);
+      }
+    } catch (const std::exception& e) {
+      spdlog::warn("control plane housekeeping: {}", e.what());
+    }
+    lock.lock();
+    maintenance_cv.wait_for(lock, std::chrono::milliseconds(sqlite ? 250 : 5000), [this] { return stopping; });
+  }
+}
 
 ControlServer::ControlServer(Settings settings) {
   for (const auto& w : settings.warnings) spdlog::warn("{}", w);
@@ -214,6 +258,7 @@ void ControlServer::start() {
   spdlog::info("control plane listening on http://{}:{} (database: {})", host, im.server->bound_port(),
                im.app.state().db->engine_name());
   im.thread = std::thread([this] { impl_->server->run(); });
+  im.maintenance = std::thread([this] { impl_->run_maintenance(); });
 }
 
 std::uint16_t ControlServer::port() const { return impl_->server ? impl_->server->bound_port() : 0; }
@@ -221,10 +266,16 @@ const Settings& ControlServer::settings() const { return impl_->app.state().sett
 
 void ControlServer::stop() {
   if (impl_->server) impl_->server->stop();
+  {
+    std::lock_guard lock(impl_->maintenance_mutex);
+    impl_->stopping = true;
+  }
+  impl_->maintenance_cv.notify_all();
 }
 
 void ControlServer::wait() {
   if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->maintenance.joinable()) impl_->maintenance.join();
   impl_->listener.reset();
 }
 

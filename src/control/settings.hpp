@@ -2,7 +2,8 @@
 // Control-plane settings from the environment (and `.env`). Names follow the seeds:
 // ENV, DATABASE_URL, DATABASE_PATH, JWT_SECRET_KEY, JWT_ALGORITHM, ACCESS_TTL_SEC,
 // REFRESH_TTL_SEC, WORKER_SECRET_KEY, CONTROL_WORKER_SHARED_SECRET, CONTROL_LISTEN,
-// CONTROL_THREADS, CORS_ORIGINS. docs/configuration.md lists each with its default.
+// CONTROL_THREADS, CORS_ORIGINS, GATEWAY_JWT_ALG, GATEWAY_JWT_SECRET, GATEWAY_JWT_AUDIENCE,
+// GATEWAY_JWT_ISSUER. docs/configuration.md lists each with its default.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -21,6 +22,11 @@ struct Settings {
   std::uint16_t listen_port = 8000;
   int threads = 4;
   std::vector<std::string> cors_origins;
+  // Service tokens (docs/services-and-tokens.md).
+  std::string gateway_jwt_alg = "ES256";  // HS256 | ES256 | EdDSA: how new tokens are signed
+  std::string gateway_jwt_secret;         // HS256 only
+  std::string gateway_jwt_audience;       // optional "aud" of issued tokens
+  std::string gateway_jwt_issuer;         // optional "iss"
   std::vector<std::string> warnings;  // printed at start-up
 };
 

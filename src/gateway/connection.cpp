@@ -241,6 +241,8 @@ class Connection final : public Tracked {
   }
 
   Task<bool> handle(ReqParser& parser);
+  bool authenticate(Context& ctx, const ReqParser::value_type& req, std::string_view target, LocalReply& reply);
+  const config::ServiceTarget* pick_target(const config::Service& svc, const config::ServiceTarget* avoid);
   Task<bool> send_local(Context& ctx, const LocalReply& reply, unsigned version, bool keep_alive,
                         bool head_only = false);
   Task<bool> proxy(Context& ctx, ReqParser& parser, bool keep_alive);
@@ -318,7 +320,7 @@ Task<void> Connection::run() {
 }
 
 void Connection::add_rate_headers(const Context& ctx, std::string& out) const {
-  if (!ctx.limit_checked || !ctx.key) return;
+  if (!ctx.limit_checked || !(ctx.key || ctx.jwt)) return;
   const auto& d = ctx.limit;
   out += "RateLimit-Limit: ";
   append_num(out, static_cast<std::uint64_t>(ctx.policy.burst + 1));
@@ -354,7 +356,13 @@ Task<bool> Connection::send_local(Context& ctx, const LocalReply& reply, unsigne
   head_ += ctx.request_id;
   head_ += "\r\n";
   add_rate_headers(ctx, head_);
-  if (reply.status == 401) head_ += "WWW-Authenticate: ApiKey header=\"X-API-Key\"\r\n";
+  if (reply.reason == Reason::kTokenInvalid || reply.reason == Reason::kTokenRevoked) {
+    head_ += "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n";
+  } else if (reply.reason == Reason::kCredentialsMissing) {
+    head_ += "WWW-Authenticate: ApiKey header=\"X-API-Key\"\r\nWWW-Authenticate: Bearer\r\n";
+  } else if (reply.status == 401) {
+    head_ += "WWW-Authenticate: ApiKey header=\"X-API-Key\"\r\n";
+  }
   head_ += keep ? (version == 10 ? "Connection: keep-alive\r\n" : "") : "Connection: close\r\n";
   head_ += "\r\n";
   if (!head_only) head_ += body;
@@ -404,11 +412,7 @@ Task<bool> Connection::handle(ReqParser& parser) {
     reply = {400, Reason::kBadRequest, "Request target must be an absolute path"};
     ok = false;
   }
-  if (ok) {
-    auto it = req.find("X-API-Key");
-    ok = identify(ctx, it == req.end() ? std::string_view{} : std::string_view(it->value()), it != req.end(),
-                  now_ms(), reply);
-  }
+  if (ok) ok = authenticate(ctx, req, target, reply);
   if (ok) {
     const ratelimit::Policy& policy = ctx.policy;
     // The key's limiter slot is named by the first 8 bytes of its SHA-256 (computed by identify).
@@ -442,13 +446,115 @@ Task<bool> Connection::handle(ReqParser& parser) {
   co_return keep;
 }
 
+
+// Route and credentials (docs/services-and-tokens.md): a service route takes an API key of its
+// project or a service token naming it; any other path takes an API key, as before.
+bool Connection::authenticate(Context& ctx, const ReqParser::value_type& req, std::string_view target, LocalReply& reply) {
+  const bool service_route = match_service_route(ctx, target);
+  const config::Project* route_project = ctx.project;
+  auto key_it = req.find("X-API-Key");
+  const bool has_key = key_it != req.end();
+  std::string_view authz = has_key ? std::string_view{} : std::string_view(req[http::field::authorization]);
+  const bool has_bearer = !bearer_token(authz).empty();
+  if (has_key || (!service_route && !has_bearer)) {
+    if (!identify(ctx, has_key ? std::string_view(key_it->value()) : std::string_view{}, has_key, now_ms(), reply))
+      return false;
+    if (service_route && ctx.project != route_project) {
+      reply = {403, Reason::kRouteForbidden, "API key not valid for this route"};
+      ctx.project = route_project;
+      return false;
+    }
+  } else if (has_bearer) {
+    std::string claim_project, claim_service;
+    if (!identify_token(ctx, rt_.token_cache, authz, rt_.token_check, now_ms() / 1000, claim_project, claim_service, reply))
+      return false;
+    if (!service_route || claim_project != ctx.project->slug || claim_service != ctx.service->name) {
+      reply = {403, Reason::kRouteForbidden, "Token not valid for this route"};
+      return false;
+    }
+    ctx.policy = ratelimit::Policy{ctx.project->rate.requests_per_minute, ctx.project->rate.burst};
+    // The token's limiter slot: a hash of its jti (keys use their digest; a collision only shares a limit).
+    ctx.key_tag = std::hash<std::string_view>{}(ctx.jti) ^ 0x9e3779b97f4a7c15ull;
+    if (!rt_.opts.control_url.empty()) {
+      std::lock_guard lock(rt_.usage_mutex);
+      if (rt_.token_use.size() < 100000) rt_.token_use[ctx.jti] = now_ms();
+    }
+  } else {
+    reply = {401, Reason::kCredentialsMissing, "Credentials missing"};
+    return false;
+  }
+  if (!ctx.service && ctx.project->upstream.url.empty()) {
+    reply = {404, Reason::kNoRoute, "No route for this path"};
+    return false;
+  }
+  return true;
+}
+
+// A healthy, not ejected target: round robin, or the fewest requests in flight (ties in round
+// robin order). `avoid` (a target that just failed) is skipped when another is available.
+const config::ServiceTarget* Connection::pick_target(const config::Service& svc, const config::ServiceTarget* avoid) {
+  const std::size_t n = svc.targets.size();
+  if (n == 0) return nullptr;
+  std::uint32_t& pos = rt_.rr[svc.targets.front().state.get()];
+  const std::size_t start = pos++ % n;
+  const config::ServiceTarget* best = nullptr;
+  const config::ServiceTarget* fallback = nullptr;
+  std::int32_t best_load = 0;
+  const std::int64_t now = rt_.coarse_now_ns;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& t = svc.targets[(start + i) % n];
+    if (!t.state->available(now)) continue;
+    if (&t == avoid) {
+      fallback = &t;
+      continue;
+    }
+    if (!svc.least_request) return &t;
+    std::int32_t load = t.state->in_flight.load(std::memory_order_relaxed);
+    if (!best || load < best_load) {
+      best = &t;
+      best_load = load;
+    }
+  }
+  return best ? best : fallback;
+}
+
 Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   auto& req = parser.get();
-  const auto& up = ctx.project->upstream;
   unsigned version = req.version();
   bool head_req = req.method() == http::verb::head;
-  if (!up.supported) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnsupported, "Upstream scheme not supported by this worker"}, version, keep_alive && parser.is_done());
-  if (up.endpoints.empty()) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, keep_alive && parser.is_done());
+  // A service's target is chosen per attempt; its health state learns from each exchange.
+  const config::ServiceTarget* target = nullptr;
+  struct InFlight {
+    const config::ServiceTarget* t = nullptr;
+    void set(const config::ServiceTarget* n) {
+      if (t) t->state->in_flight.fetch_sub(1, std::memory_order_relaxed);
+      t = n;
+      if (t) t->state->in_flight.fetch_add(1, std::memory_order_relaxed);
+    }
+    ~InFlight() { set(nullptr); }
+  } in_flight;
+  const config::Service* svc = ctx.service;
+  auto target_failed = [&] {
+    if (!target) return;
+    auto& st = *target->state;
+    if (st.failures.fetch_add(1, std::memory_order_relaxed) + 1 >= svc->eject_failures) {
+      st.failures.store(0, std::memory_order_relaxed);
+      st.ejected_until_ns.store(steady_ns() + svc->eject_cooldown_ms * 1'000'000, std::memory_order_relaxed);
+      spdlog::warn("service {}/{}: target {} ejected for {} s after {} consecutive failures", ctx.project->slug,
+                   svc->name, target->upstream.url, svc->eject_cooldown_ms / 1000, svc->eject_failures);
+    }
+  };
+  if (svc) {
+    target = pick_target(*svc, nullptr);
+    if (!target)
+      co_return co_await send_local(ctx, {503, Reason::kNoHealthyTarget, "No healthy upstream target"}, version,
+                                    keep_alive && parser.is_done());
+    in_flight.set(target);
+    ctx.target = target;
+  }
+  const config::Upstream* upp = target ? &target->upstream : &ctx.project->upstream;
+  if (!upp->supported) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnsupported, "Upstream scheme not supported by this worker"}, version, keep_alive && parser.is_done());
+  if (upp->endpoints.empty()) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, keep_alive && parser.is_done());
 
   bool has_body = !parser.is_done();
   bool chunked_in = parser.chunked();
@@ -461,11 +567,19 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   up_head_.clear();
   up_head_.append(req.method_string().data(), req.method_string().size());
   up_head_ += ' ';
-  up_head_ += up.base_path;
-  up_head_.append(req.target().data(), req.target().size());
+  const std::size_t target_at = up_head_.size();  // where the request target starts (a retry may change the host)
+  up_head_ += upp->base_path;
+  if (svc) {
+    if (ctx.forward_target.empty() || ctx.forward_target.front() != '/') up_head_ += '/';
+    up_head_.append(ctx.forward_target.data(), ctx.forward_target.size());
+  } else {
+    up_head_.append(req.target().data(), req.target().size());
+  }
   up_head_ += " HTTP/1.1\r\nHost: ";
-  up_head_ += up.host_header;
+  const std::size_t host_at = up_head_.size();
+  up_head_ += upp->host_header;
   up_head_ += "\r\n";
+  const std::size_t host_end = up_head_.size();
   std::string_view xff, client_host;
   for (const auto& f : req.base()) {
     std::string_view name = f.name_string();
@@ -481,6 +595,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
       xff = f.value();
       continue;
     }
+    if (ctx.jwt && n == "authorization") continue;  // the gateway credential stays here
     if (!conn_hdr.empty() && has_token(conn_hdr, n)) continue;
     up_head_.append(name.data(), name.size());
     up_head_ += ": ";
@@ -504,9 +619,19 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   up_head_ += "\r\nX-Gateway-Project: ";
   up_head_ += ctx.project->id;
   up_head_ += "\r\n";
-  if (!ctx.key->id.empty()) {
+  if (ctx.key && !ctx.key->id.empty()) {
     up_head_ += "X-Gateway-Key-Id: ";
     up_head_ += ctx.key->id.view();
+    up_head_ += "\r\n";
+  }
+  if (svc) {
+    up_head_ += "X-Gateway-Service: ";
+    up_head_ += svc->name;
+    up_head_ += "\r\n";
+  }
+  if (ctx.jwt) {
+    up_head_ += "X-Gateway-JTI: ";
+    up_head_ += ctx.jti;
     up_head_ += "\r\n";
   }
   if (upgrade) up_head_ += "Connection: Upgrade\r\nUpgrade: websocket\r\n";
@@ -541,9 +666,22 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   bool retried = false;
   bool body_started = false;
   std::int64_t sent_ns = 0;
+  // Moves a retry to another target of the service (its host and base path in the head).
+  auto switch_target = [&] {
+    if (!svc) return;
+    const config::ServiceTarget* next = pick_target(*svc, target);
+    if (!next || next == target) return;
+    up_head_.replace(host_at, host_end - 2 - host_at, next->upstream.host_header);
+    up_head_.replace(target_at, upp->base_path.size(), next->upstream.base_path);
+    target = next;
+    upp = &next->upstream;
+    in_flight.set(next);
+    ctx.target = next;
+  };
   for (int attempt = 0;; ++attempt) {
     error_code ec;
     bool pooled = false;
+    const auto& up = *upp;
     upstream_.reset();
     if (!upgrade) upstream_ = rt_.take_pooled(up.pool_key, has_body);
     if (upstream_) {
@@ -562,9 +700,11 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
       if (ec) {
         rt_.metrics.add(metrics::Counter::kUpstreamConnectErrors);
         upstream_.reset();
+        target_failed();
         if (!retried && !has_body && idempotent(req.method())) {
           retried = true;
           rt_.metrics.add(metrics::Counter::kUpstreamRetries);
+          switch_target();
           continue;
         }
         co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, keep_alive && !has_body);
@@ -639,6 +779,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
     bool timed_out = timed_out_;
     timed_out_ = false;
     upstream_.reset();
+    if (!pooled || timed_out) target_failed();  // a stale pooled connection says nothing about the target
     if (timed_out && phase_ == Phase::kUpstreamWait) {
       rt_.metrics.add(metrics::Counter::kUpstreamTimeouts);
       co_return co_await send_local(ctx, {504, Reason::kUpstreamTimeout, "Upstream timed out"}, version, false);
@@ -662,6 +803,10 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   auto& res = rp.get();
   int status = static_cast<int>(res.result_int());
   ctx.status = status;
+  if (target) {
+    if (status >= 502 && status <= 504) target_failed();
+    else target->state->failures.store(0, std::memory_order_relaxed);
+  }
   bool switching = status == 101 && upgrade;
   bool no_body = head_req || status == 204 || status == 304 || (status >= 100 && status < 200);
   bool up_chunked = rp.chunked();

@@ -28,6 +28,12 @@ std::string_view reason_name(Reason r) {
     case Reason::kUpstreamUnreachable: return "upstream_unreachable";
     case Reason::kUpstreamTimeout: return "upstream_timeout";
     case Reason::kUpstreamUnsupported: return "upstream_unsupported";
+    case Reason::kCredentialsMissing: return "credentials_missing";
+    case Reason::kTokenInvalid: return "token_invalid";
+    case Reason::kTokenRevoked: return "token_revoked";
+    case Reason::kRouteForbidden: return "route_forbidden";
+    case Reason::kNoHealthyTarget: return "no_healthy_target";
+    case Reason::kNoRoute: return "no_route";
   }
   return "";
 }
@@ -153,6 +159,101 @@ bool identify(Context& ctx, std::string_view api_key, bool key_present, std::int
   return true;
 }
 
+bool match_service_route(Context& ctx, std::string_view target) {
+  // target = "/" slug "/" service [ "/" rest | "?" query ]
+  if (target.size() < 4 || target.front() != '/') return false;
+  std::string_view rest = target.substr(1);
+  auto end1 = rest.find_first_of("/?");
+  if (end1 == std::string_view::npos || end1 == 0 || rest[end1] != '/') return false;
+  const config::Project* proj = ctx.snapshot->project_by_slug(rest.substr(0, end1));
+  if (!proj || proj->services.empty()) return false;
+  rest = rest.substr(end1 + 1);
+  auto end2 = rest.find_first_of("/?");
+  std::string_view name = rest.substr(0, end2);
+  const config::Service* svc = name.empty() ? nullptr : proj->find_service(name);
+  if (!svc) return false;
+  ctx.project = proj;
+  ctx.service = svc;
+  ctx.forward_target = end2 == std::string_view::npos ? std::string_view{} : rest.substr(end2);
+  return true;
+}
+
+namespace {
+std::size_t token_slot(std::string_view token) {
+  return std::hash<std::string_view>{}(token) & (TokenCache::kSlots - 1);
+}
+}  // namespace
+
+const TokenCache::Entry* TokenCache::find(std::string_view token, std::uint64_t keys_generation) const {
+  const Entry& e = slots_[token_slot(token)];
+  return e.keys_generation == keys_generation && e.token == token ? &e : nullptr;
+}
+
+void TokenCache::insert(std::string_view token, std::uint64_t keys_generation, const jwt::ServiceClaims& c) {
+  if (token.size() > 2048) return;  // unusually large tokens are verified each time
+  Entry& e = slots_[token_slot(token)];
+  e.token.assign(token);
+  e.keys_generation = keys_generation;
+  e.jti = c.jti;
+  e.project = c.project;
+  e.service = c.service;
+  e.exp = c.exp;
+  e.nbf = c.nbf;
+}
+
+std::string_view bearer_token(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  if (v.size() < 7) return {};
+  static constexpr std::string_view kScheme = "bearer ";
+  for (std::size_t i = 0; i < 7; ++i) {
+    char c = v[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != kScheme[i]) return {};
+  }
+  v.remove_prefix(7);
+  while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+bool identify_token(Context& ctx, TokenCache& cache, std::string_view authorization, const TokenCheck& check,
+                    std::int64_t now_s, std::string& project, std::string& service, LocalReply& reply) {
+  std::string_view token = bearer_token(authorization);
+  const config::TokenState& ts = *ctx.snapshot->tokens;
+  auto refuse = [&](Reason r, std::string_view detail_reason) {
+    reply = {401, r, "Invalid token"};
+    ctx.reason_detail = detail_reason;
+    return false;
+  };
+  if (token.empty()) return refuse(Reason::kTokenInvalid, "token_malformed");
+  const std::int64_t leeway = check.leeway_s < 0 ? 0 : check.leeway_s;
+  if (const auto* hit = cache.find(token, ts.keys_generation)) {
+    if (hit->exp <= now_s - leeway) return refuse(Reason::kTokenInvalid, "token_expired");
+    if (hit->nbf > now_s + leeway) return refuse(Reason::kTokenInvalid, "token_not_yet_valid");
+    if (ts.is_revoked(hit->jti)) return refuse(Reason::kTokenRevoked, "token_revoked");
+    ctx.jwt = true;
+    ctx.jti = hit->jti;
+    project = hit->project;
+    service = hit->service;
+    return true;
+  }
+  jwt::ClaimsOptions opt;
+  opt.now_s = now_s;
+  opt.leeway_s = leeway;
+  opt.audience = check.audience;
+  opt.issuer = check.issuer;
+  jwt::ServiceClaims claims;
+  auto err = jwt::verify_service_token(ts.keys, token, opt, claims);
+  if (err != jwt::TokenError::kNone) return refuse(Reason::kTokenInvalid, jwt::token_error_reason(err));
+  if (ts.is_revoked(claims.jti)) return refuse(Reason::kTokenRevoked, "token_revoked");
+  cache.insert(token, ts.keys_generation, claims);
+  ctx.jwt = true;
+  ctx.jti = claims.jti;
+  project = std::move(claims.project);
+  service = std::move(claims.service);
+  return true;
+}
+
 // False when no path segment starts with a digit or is long enough to be hex: then the endpoint
 // is the path itself and the log line needs no copy.
 bool needs_normalising(std::string_view path) {
@@ -262,6 +363,16 @@ void append_log_line(std::string& out, const Context& ctx, const LogFields& f, s
   out += ",\"key_id\":";
   if (ctx.key && !ctx.key->id.empty()) append_json_string(out, ctx.key->id.view());
   else out += "null";
+  if (ctx.service || ctx.jwt) {
+    out += ",\"auth\":";
+    out += ctx.jwt ? "\"jwt\"" : ctx.key ? "\"api_key\"" : "null";
+    out += ",\"jti\":";
+    if (ctx.jwt) append_json_string(out, ctx.jti);
+    else out += "null";
+    out += ",\"service\":";
+    if (ctx.service) append_json_string(out, ctx.service->name);
+    else out += "null";
+  }
   out += ",\"method\":";
   append_json_string(out, f.method);
   out += ",\"path\":";
@@ -276,7 +387,7 @@ void append_log_line(std::string& out, const Context& ctx, const LogFields& f, s
   out += ",\"decision\":";
   out += ctx.reason == Reason::kNone ? "\"allow\"" : "\"block\"";
   out += ",\"reason\":";
-  append_json_string(out, reason_name(ctx.reason));
+  append_json_string(out, ctx.reason_detail.empty() ? reason_name(ctx.reason) : ctx.reason_detail);
   out += ",\"risk_score\":0.0,\"status\":";
   append_uint(out, static_cast<std::uint64_t>(ctx.status));
   out += ",\"latency_ms\":";

@@ -31,6 +31,12 @@ enum class Reason : std::uint8_t {
   kUpstreamUnreachable,
   kUpstreamTimeout,
   kUpstreamUnsupported,
+  kCredentialsMissing,  // a service route with neither an API key nor a bearer token
+  kTokenInvalid,        // the log line names the token error (token_expired, ...)
+  kTokenRevoked,
+  kRouteForbidden,      // a valid credential for another project, service or route
+  kNoHealthyTarget,
+  kNoRoute,             // no default upstream for this project
 };
 std::string_view reason_name(Reason r);
 
@@ -56,6 +62,13 @@ struct Context {
   std::int64_t start_ns = 0;
   std::int64_t upstream_ns = -1;  // time to the upstream's response head; -1 = not contacted
   std::uint64_t bytes_in = 0, bytes_out = 0;
+  // Service routes and service tokens (docs/services-and-tokens.md).
+  const config::Service* service = nullptr;  // set on a service route
+  std::string_view forward_target;          // the target after /{slug}/{service} ("" = "/")
+  const config::ServiceTarget* target = nullptr;  // the service target proxied to
+  bool jwt = false;                         // authenticated by a service token
+  std::string jti;
+  std::string_view reason_detail;           // overrides reason_name() in the log (token errors)
 };
 
 // --- accept -------------------------------------------------------------------------------
@@ -75,6 +88,43 @@ std::string client_ip(std::string_view peer, std::string_view xff, const std::ve
 // --- identify -----------------------------------------------------------------------------
 // Looks up the API key; fills ctx.project/ctx.key or returns the 401 to send.
 bool identify(Context& ctx, std::string_view api_key, bool key_present, std::int64_t now_ms, LocalReply& reply);
+
+// --- service routes and tokens --------------------------------------------------------------
+// "/{slug}/{service}[/rest][?query]" naming a project's service: sets ctx.project (as the route's
+// project), ctx.service and ctx.forward_target. False for any other target.
+bool match_service_route(Context& ctx, std::string_view target);
+
+// Verified service tokens per thread, keyed by a hash of the token (the whole token is compared
+// on a hit): a hit skips the signature check. Entries are tied to the key set they were verified
+// with, so retiring a key invalidates them; revocation and expiry are checked on every use.
+class TokenCache {
+ public:
+  static constexpr std::size_t kSlots = 4096;
+  struct Entry {
+    std::string token;
+    std::uint64_t keys_generation = 0;
+    std::string jti, project, service;
+    std::int64_t exp = 0, nbf = 0;
+  };
+  TokenCache() : slots_(kSlots) {}
+  const Entry* find(std::string_view token, std::uint64_t keys_generation) const;
+  void insert(std::string_view token, std::uint64_t keys_generation, const jwt::ServiceClaims& c);
+
+ private:
+  std::vector<Entry> slots_;
+};
+
+struct TokenCheck {
+  std::string_view audience, issuer;
+  std::int64_t leeway_s = 30;
+};
+// `authorization` is the whole header value. Verifies the bearer token against the pinned
+// snapshot's keys (cache first) and its revocation list; sets ctx.jwt, ctx.jti and the claims'
+// project/service in `project`/`service`, or returns the 401 to send.
+bool identify_token(Context& ctx, TokenCache& cache, std::string_view authorization, const TokenCheck& check,
+                    std::int64_t now_s, std::string& project, std::string& service, LocalReply& reply);
+// "Bearer <token>" (scheme case-insensitive) -> token; empty when not a bearer credential.
+std::string_view bearer_token(std::string_view authorization);
 
 // --- log ----------------------------------------------------------------------------------
 // "/users/123/orders/5f2b…" -> "/users/:id/orders/:id": numbers, UUIDs and long hex collapse.

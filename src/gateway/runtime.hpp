@@ -12,6 +12,8 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <chrono>
+#include <mutex>
+#include <unordered_map>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -98,6 +100,14 @@ struct ThreadRuntime {
   std::unique_ptr<UpstreamConn> take_pooled(const std::string& key, bool verify);
   void give_back(std::unique_ptr<UpstreamConn> c);
   void sweep(std::int64_t now_ns);
+
+  // Service tokens: verified-token cache, claim checks, and the JTIs seen since the last report.
+  TokenCache token_cache;
+  TokenCheck token_check;
+  std::mutex usage_mutex;  // taken by this thread per token request and by the reporter
+  std::unordered_map<std::string, std::int64_t> token_use;  // jti -> last use (unix ms)
+  // Round-robin positions, by service (its first target's state).
+  std::unordered_map<const void*, std::uint32_t> rr;
 
   // Request ids: a random per-thread prefix and a counter (unique, cheap, not guessable in bulk).
   std::string id_prefix;

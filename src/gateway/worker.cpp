@@ -14,6 +14,9 @@
 
 #include <csignal>
 #include <thread>
+#include <condition_variable>
+#include <mutex>
+#include <unordered_map>
 
 #include "common/crypto.hpp"
 #include "common/env.hpp"
@@ -23,6 +26,7 @@
 #include "control/settings.hpp"
 #include "gateway/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
+#include "http/client.hpp"
 #include "http/server.hpp"
 
 namespace ag::gateway {
@@ -35,6 +39,9 @@ ThreadRuntime::ThreadRuntime(std::size_t i, const WorkerOptions& o, metrics::Sha
                              ratelimit::LocalStore& lim, const std::vector<Cidr>& t)
     : index(i), opts(o), metrics(shard), log(l), limiter(lim), trusted(t) {
   id_prefix = crypto::random_base62(8);  // 8 + '-' + counter stays within std::string's SSO
+  token_check.audience = opts.jwt_audience;
+  token_check.issuer = opts.jwt_issuer;
+  token_check.leeway_s = opts.jwt_leeway_sec;
   coarse_now_ns = steady_ns();
   log_line.reserve(40 * 1024);
 }
@@ -160,6 +167,14 @@ WorkerOptions load_worker_options() {
   if (o.snapshot_path == "off") o.snapshot_path.clear();
   o.snapshot_interval_ms = env_int("WORKER_SNAPSHOT_INTERVAL_SEC", 5, 1, 86400) * 1000;
   o.snapshot_max_age_ms = env_int("WORKER_SNAPSHOT_MAX_AGE_SEC", 86400, 1, 365LL * 86400) * 1000;
+  o.config_dir = env::get_or("WORKER_CONFIG_DIR", "");
+  o.jwt_secret = env::get_or("GATEWAY_JWT_SECRET", "");
+  if (!o.jwt_secret.empty() && o.jwt_secret.size() < 32)
+    throw std::runtime_error("GATEWAY_JWT_SECRET must be at least 32 characters");
+  o.jwt_audience = env::get_or("GATEWAY_JWT_AUDIENCE", "");
+  o.jwt_issuer = env::get_or("GATEWAY_JWT_ISSUER", "");
+  o.jwt_leeway_sec = env_int("GATEWAY_JWT_LEEWAY_SEC", 30, 0, 3600);
+  o.usage_report_ms = env_int("WORKER_USAGE_REPORT_SEC", 30, 1, 3600) * 1000;
   return o;
 }
 
@@ -195,6 +210,19 @@ struct Worker::Impl {
   std::thread admin_thread;
   std::unique_ptr<config::ConfigSource> source;
   std::atomic<bool> ready{false};
+  // Background work off the request path: active health checks of service targets and reports
+  // of service-token use to the control plane.
+  std::mutex bg_mutex;
+  std::condition_variable bg_cv;
+  bool bg_stop = false;
+  std::shared_ptr<const config::Snapshot> current;  // the last published snapshot (under bg_mutex)
+  std::thread health_thread, usage_thread;
+  void run_health_checks();
+  void run_usage_reports();
+  bool bg_wait(std::chrono::milliseconds d) {
+    std::unique_lock lock(bg_mutex);
+    return !bg_cv.wait_for(lock, d, [this] { return bg_stop; });
+  }
   std::atomic<bool> shutting_down{false};
   std::uint16_t port = 0;
 
@@ -289,6 +317,7 @@ Worker::~Worker() {
 
 void Worker::start() {
   auto& im = *impl_;
+  if (!im.opts.jwt_secret.empty()) config::set_hmac_token_key(jwt::ServiceKey::hmac(im.opts.jwt_secret));
   error_code ec;
   auto addr = asio::ip::make_address(im.opts.listen_host, ec);
   if (ec) throw std::runtime_error("invalid WORKER_LISTEN address '" + im.opts.listen_host + "'");
@@ -325,7 +354,9 @@ void Worker::start() {
   im.admin_thread = std::thread([this] { impl_->admin->run(); });
 
   auto publish = [this](std::shared_ptr<const config::Snapshot> s) { this->publish(std::move(s)); };
-  if (!im.opts.config_file.empty()) {
+  if (!im.opts.config_dir.empty()) {
+    im.source = config::make_yaml_dir_source(im.opts.config_dir, std::chrono::milliseconds(im.opts.poll_ms), publish);
+  } else if (!im.opts.config_file.empty()) {
     im.source = config::make_file_source(im.opts.config_file, std::chrono::milliseconds(1000), publish);
   } else if (!im.opts.control_url.empty()) {
     config::ControlPlaneSourceOptions co;
@@ -364,9 +395,108 @@ void Worker::start() {
     spdlog::warn("no config source: set CONTROL_API_BASE_URL or --config; every request gets 503 until then");
   }
   if (im.source) im.source->start();
+  im.health_thread = std::thread([this] { impl_->run_health_checks(); });
+  if (!im.opts.control_url.empty() && im.opts.config_dir.empty() && im.opts.config_file.empty())
+    im.usage_thread = std::thread([this] { impl_->run_usage_reports(); });
   spdlog::info("worker listening on http://{}:{} ({} threads{})", im.opts.listen_host, im.port, im.threads.size(),
                im.redis.empty() ? ", local rate limits" : ", rate limits in Redis");
   spdlog::info("worker admin listening on http://{}:{}", im.opts.admin_host, im.admin->bound_port());
+}
+
+
+// Every 250 ms: the service targets whose check is due are checked in parallel (each bounded by
+// its timeout); a 2xx/3xx answer marks a target healthy, anything else unhealthy.
+void Worker::Impl::run_health_checks() {
+  std::unordered_map<const config::TargetState*, std::int64_t> next_due;
+  while (bg_wait(std::chrono::milliseconds(250))) {
+    std::shared_ptr<const config::Snapshot> snap;
+    {
+      std::lock_guard lock(bg_mutex);
+      snap = current;
+    }
+    if (!snap) continue;
+    struct Check {
+      std::shared_ptr<config::TargetState> state;
+      std::string url, what;
+      std::int64_t timeout_ms;
+    };
+    std::vector<Check> due;
+    std::unordered_map<const config::TargetState*, std::int64_t> still;
+    const std::int64_t now = steady_ns() / 1'000'000;
+    for (const auto& proj : snap->projects) {
+      if (!proj) continue;
+      for (const auto& svc : proj->services) {
+        if (svc.health_path.empty()) continue;
+        for (const auto& t : svc.targets) {
+          auto it = next_due.find(t.state.get());
+          std::int64_t due_at = it == next_due.end() ? now : it->second;
+          if (due_at <= now) {
+            std::string url = "http://" + t.upstream.host_header + t.upstream.base_path + svc.health_path;
+            due.push_back({t.state, std::move(url), proj->slug + "/" + svc.name + " " + t.upstream.url, svc.health_timeout_ms});
+            due_at = now + svc.health_interval_ms;
+          }
+          still[t.state.get()] = due_at;
+        }
+      }
+    }
+    next_due.swap(still);  // targets no longer configured are forgotten
+    if (due.empty()) continue;
+    std::vector<std::thread> running;
+    for (auto& c : due)
+      running.emplace_back([&c] {
+        auto r = http::fetch("GET", c.url, {{"user-agent", "antigravity-health-check"}}, "",
+                             std::chrono::milliseconds(c.timeout_ms), 64 * 1024);
+        bool healthy = r.ok && r.status >= 200 && r.status < 400;
+        bool was = c.state->healthy.exchange(healthy);
+        if (was != healthy) {
+          if (healthy) spdlog::info("health check: {} is healthy again", c.what);
+          else spdlog::warn("health check: {} is unhealthy ({})", c.what, r.ok ? "status " + std::to_string(r.status) : r.error);
+        }
+      });
+    for (auto& t : running) t.join();
+  }
+}
+
+// Every WORKER_USAGE_REPORT_SEC: the service tokens each thread saw, merged and sent to the
+// control plane (which keeps the latest use per token); a failed report is retried next time.
+void Worker::Impl::run_usage_reports() {
+  std::unordered_map<std::string, std::int64_t> pending;
+  auto send = [&] {
+    for (auto& t : threads) {
+      std::unordered_map<std::string, std::int64_t> taken;
+      {
+        std::lock_guard lock(t->usage_mutex);
+        taken.swap(t->token_use);
+      }
+      for (auto& [jti, ms] : taken) {
+        auto& v = pending[jti];
+        v = std::max(v, ms);
+      }
+    }
+    if (pending.empty()) return;
+    std::string body = "{\"tokens\":[";
+    bool first = true;
+    std::size_t n = 0;
+    for (auto it = pending.begin(); it != pending.end() && n < 10000; ++it, ++n) {
+      if (!first) body += ',';
+      first = false;
+      body += "{\"jti\":";
+      append_json_string(body, it->first);
+      body += ",\"last_used_at\":\"" + format_rfc3339(it->second) + "\"}";
+    }
+    body += "]}";
+    auto r = http::fetch("POST", opts.control_url + "/internal/worker/token-usage",
+                         {{"x-worker-secret", opts.control_secret}, {"content-type", "application/json"}}, body,
+                         std::chrono::milliseconds(10000), 64 * 1024);
+    if (r.ok && r.status == 204) {
+      pending.clear();
+    } else {
+      spdlog::warn("token usage report failed ({}); kept for the next one", r.ok ? "status " + std::to_string(r.status) : r.error);
+      if (pending.size() > 100000) pending.clear();
+    }
+  };
+  while (bg_wait(std::chrono::milliseconds(opts.usage_report_ms))) send();
+  send();  // what the last interval saw, on the way out
 }
 
 std::uint16_t Worker::port() const { return impl_->port; }
@@ -383,6 +513,10 @@ void Worker::publish(std::shared_ptr<const config::Snapshot> snapshot) {
     }
     return;
   }
+  {
+    std::lock_guard lock(im.bg_mutex);
+    im.current = snapshot;
+  }
   im.registry->config_version.store(snapshot->version);
   im.registry->config_loaded_at_ms.store(now_ms());
   im.registry->config_keys.store(static_cast<std::int64_t>(snapshot->key_count));
@@ -398,6 +532,11 @@ void Worker::shutdown() {
   auto& im = *impl_;
   if (im.shutting_down.exchange(true)) return;
   if (im.source) im.source->stop();
+  {
+    std::lock_guard lock(im.bg_mutex);
+    im.bg_stop = true;
+  }
+  im.bg_cv.notify_all();
   for (auto& t : im.threads) {
     ThreadRuntime* rt = t.get();
     asio::post(rt->ioc, [rt] {
@@ -421,6 +560,8 @@ void Worker::wait() {
   for (auto& t : im.os_threads)
     if (t.joinable()) t.join();
   for (auto& t : im.threads) t->flush_log();
+  if (im.health_thread.joinable()) im.health_thread.join();
+  if (im.usage_thread.joinable()) im.usage_thread.join();
   if (im.admin) im.admin->stop();
   if (im.admin_thread.joinable()) im.admin_thread.join();
   im.log->flush();

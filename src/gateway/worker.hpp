@@ -37,6 +37,14 @@ struct WorkerOptions {
   std::string snapshot_path = "worker-snapshot.json";  // "" or "off": not saved
   std::int64_t snapshot_interval_ms = 5'000;
   std::int64_t snapshot_max_age_ms = 86'400'000;
+  // File mode with a directory of YAML files (docs/services-and-tokens.md).
+  std::string config_dir;
+  // Service tokens.
+  std::string jwt_secret;    // HS256 verification (GATEWAY_JWT_SECRET)
+  std::string jwt_audience;  // GATEWAY_JWT_AUDIENCE
+  std::string jwt_issuer;    // GATEWAY_JWT_ISSUER
+  std::int64_t jwt_leeway_sec = 30;
+  std::int64_t usage_report_ms = 30'000;  // how often token use is reported to the control plane
 };
 
 // Reads WORKER_* / CONTROL_* / REDIS_URL from the environment; throws std::runtime_error naming

@@ -4,8 +4,25 @@
 
 namespace ag::control {
 
-json worker_project_json(const store::Row& row) {
+json worker_services_json(store::Connection& c, const std::string& project_id) {
+  json out = json::array();
+  auto r = c.exec("SELECT spec FROM services WHERE project_id = $1 ORDER BY name", {project_id});
+  for (const auto& row : r.rows) out.push_back(json::parse(row.text(0)));
+  return out;
+}
+
+json worker_jwt_keys_json(store::Connection& c) {
+  json out = json::array();
+  auto r = c.exec("SELECT kid, alg, public_pem FROM jwt_signing_keys WHERE retired_at IS NULL ORDER BY created_at, kid", {});
+  for (const auto& row : r.rows)
+    out.push_back({{"kid", row.text(0)}, {"alg", row.text(1)}, {"public_key", row.text(2)}});
+  return out;
+}
+
+json worker_project_json(const store::Row& row, json services) {
   return {{"id", row.text(0)},
+          {"slug", row.is_null(7) ? json(nullptr) : json(row.text(7))},
+          {"services", std::move(services)},
           {"name", row.text(1)},
           {"upstream_url", row.text(2)},
           {"upstream_base_url", row.text(2)},
@@ -28,6 +45,9 @@ json worker_key_json(const store::Row& row) {
 std::int64_t ConfigChanges::next_version() {
   if (!version_) {
     version_ = bump_config_version(c_);
+    std::int64_t seen = app_.local_config_version.load();
+    while (seen < *version_ && !app_.local_config_version.compare_exchange_weak(seen, *version_)) {
+    }
     // PostgreSQL delivers the notification to every listening control plane at commit.
     if (app_.db->engine() == store::Engine::kPostgres)
       c_.exec("SELECT pg_notify('ag_config', $1)", {std::to_string(*version_)});
@@ -52,7 +72,7 @@ void ConfigChanges::add(std::string_view op, const json& change) {
 void ConfigChanges::project_upsert(const std::string& project_id) {
   auto r = c_.exec(std::string("SELECT ") + kWorkerProjectColumns + " FROM projects WHERE id = $1", {project_id});
   if (r.empty()) return;
-  add("project.upsert", {{"project", worker_project_json(r.rows[0])}});
+  add("project.upsert", {{"project", worker_project_json(r.rows[0], worker_services_json(c_, project_id))}});
 }
 
 void ConfigChanges::project_delete(const std::string& project_id) {
@@ -73,6 +93,12 @@ void ConfigChanges::key_upsert(const std::string& key_id) {
 void ConfigChanges::key_delete(const std::string& project_id, const std::string& key_id, const std::string& hash) {
   add("key.delete", {{"project_id", project_id}, {"key_id", key_id}, {"hash", hash}});
 }
+
+void ConfigChanges::token_revoke(const std::string& jti, std::int64_t expires_at_ms) {
+  add("token.revoke", {{"jti", jti}, {"expires_at", iso_time(expires_at_ms)}});
+}
+
+void ConfigChanges::jwt_keys_set() { add("jwt_keys.set", {{"keys", worker_jwt_keys_json(c_)}}); }
 
 void notify_config_change(AppState& app) {
   if (app.on_config_change) app.on_config_change();

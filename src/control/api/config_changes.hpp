@@ -18,6 +18,8 @@ class ConfigChanges {
   void project_delete(const std::string& project_id);  // also deletes its live keys
   void key_upsert(const std::string& key_id);          // reads the key's current row
   void key_delete(const std::string& project_id, const std::string& key_id, const std::string& hash);
+  void token_revoke(const std::string& jti, std::int64_t expires_at_ms);
+  void jwt_keys_set();  // reads the signing keys not retired
   std::int64_t version() const { return version_.value_or(0); }
 
  private:
@@ -30,12 +32,16 @@ class ConfigChanges {
 };
 
 // The worker-format JSON of a project row / key row (shared with the full document).
-// Project columns: id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes
-json worker_project_json(const store::Row& row);
+// Project columns: id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, slug
+// `services`: the project's services in worker form (worker_services_json).
+json worker_project_json(const store::Row& row, json services);
+json worker_services_json(store::Connection& c, const std::string& project_id);
+// Public signing keys not retired, in worker form: [{"kid","alg","public_key"}].
+json worker_jwt_keys_json(store::Connection& c);
 // Key columns: id, public_id, key_hash, expires_at, rate_limit_rpm, rate_limit_burst
 json worker_key_json(const store::Row& row);
 inline constexpr const char* kWorkerProjectColumns =
-    "id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes";
+    "id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, slug";
 inline constexpr const char* kWorkerKeyColumns =
     "id, public_id, key_hash, expires_at, rate_limit_rpm, rate_limit_burst";
 

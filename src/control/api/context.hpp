@@ -4,6 +4,7 @@
 // version. Handlers throw ApiError; app.cpp turns it into {"detail": ...} with the status.
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -29,6 +30,9 @@ struct AppState {
   jwt::Algorithm jwt_alg;
   // Wakes this process's long polls after a worker-visible change commits (set by the server).
   std::function<void()> on_config_change;
+  // The newest config version committed through this process (a change seen in the database
+  // beyond it came from another process, e.g. the CLI, and must wake the long polls here).
+  std::atomic<std::int64_t> local_config_version{0};
   // The last full worker-config document generated, by version and variant (documents for a
   // million keys take seconds to generate; every worker that reconnects at that version reuses it).
   struct FullDocumentCache {
@@ -49,6 +53,7 @@ class ApiError : public std::runtime_error {
   int status() const { return status_; }
   const std::string& detail() const { return detail_; }
   std::vector<http::Header> headers;
+  std::string code;  // when set, the body is {"detail", "code"}
 
  private:
   int status_;

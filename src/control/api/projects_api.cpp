@@ -17,10 +17,11 @@ constexpr std::int64_t kMaxBodyLimit = 1LL << 40;
 
 constexpr const char* kProjectColumns =
     "id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, "
-    "created_at, updated_at";
+    "created_at, updated_at, slug";
 
 struct Project {
   std::string id, name, upstream;
+  std::optional<std::string> slug;
   std::int64_t rpm = kDefaultRpm, burst = kDefaultBurst;
   std::string key_policy = "single";
   std::int64_t max_body = kDefaultMaxBody;
@@ -28,13 +29,15 @@ struct Project {
 };
 
 Project from_row(const store::Row& r) {
-  return Project{r.text(0), r.text(1), r.text(2), r.integer(3), r.integer(4),
-                 r.text(5), r.integer(6), r.integer(7), r.integer(8)};
+  Project p{r.text(0), r.text(1), r.text(2), r.opt_text(9), r.integer(3), r.integer(4),
+            r.text(5), r.integer(6), r.integer(7), r.integer(8)};
+  return p;
 }
 
 json to_json(const Project& p) {
   return {{"id", p.id},
           {"name", p.name},
+          {"slug", p.slug ? json(*p.slug) : json(nullptr)},
           {"upstream_base_url", p.upstream},
           {"rate_limit", {{"requests_per_minute", p.rpm}, {"burst", p.burst}}},
           {"key_policy", p.key_policy},
@@ -45,7 +48,16 @@ json to_json(const Project& p) {
 
 // Applies the fields present in `body` to `p`, validating each.
 void apply_fields(const json& body, Project& p, bool create) {
-  reject_unknown_fields(body, {"name", "upstream_base_url", "rate_limit", "key_policy", "max_body_bytes"});
+  reject_unknown_fields(body, {"name", "slug", "upstream_base_url", "rate_limit", "key_policy", "max_body_bytes"});
+  if (auto it = body.find("slug"); it != body.end()) {
+    if (it->is_null()) {
+      p.slug.reset();
+    } else if (!it->is_string() || !valid_slug(it->get_ref<const std::string&>())) {
+      throw validation_error("slug", "must match ^[a-z0-9_-]{1,63}$");
+    } else {
+      p.slug = it->get<std::string>();
+    }
+  }
   if (auto name = get_string(body, "name")) {
     if (auto e = check_name(*name); !e.empty()) throw validation_error("name", e);
     p.name = *name;
@@ -94,6 +106,11 @@ std::optional<Project> load(store::Connection& c, const std::string& id, const s
 
 ApiError not_found() { return ApiError(404, "Project not found"); }
 ApiError duplicate() { return ApiError(409, "Project name already exists"); }
+ApiError slug_taken() { return ApiError(409, "Project slug already in use"); }
+
+bool slug_used(store::Connection& c, const std::optional<std::string>& slug, const std::string& except_id) {
+  return slug && !c.exec("SELECT 1 FROM projects WHERE slug = $1 AND id <> $2", {*slug, except_id}).empty();
+}
 
 bool name_taken(store::Connection& c, const std::string& owner, const std::string& name,
                 const std::string& except_id) {
@@ -112,10 +129,11 @@ http::Response create(AppState& app, const http::Request& req) {
   try {
     app.db->transaction([&](store::Connection& c) {
       if (name_taken(c, user.user_id, p.name, p.id)) throw duplicate();
+      if (slug_used(c, p.slug, p.id)) throw slug_taken();
       c.exec("INSERT INTO projects (id, owner_id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, "
-             "key_policy, max_body_bytes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             "key_policy, max_body_bytes, created_at, updated_at, slug) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
              {p.id, user.user_id, p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body,
-              p.created_at, p.updated_at});
+              p.created_at, p.updated_at, store::opt(p.slug)});
       audit(c, req, user.user_id, "project.create", "project", p.id, {{"name", p.name}});
       ConfigChanges(app, c).project_upsert(p.id);
     });
@@ -157,10 +175,15 @@ http::Response update(AppState& app, const http::Request& req, const http::PathP
       p = *existing;
       apply_fields(body, p, false);
       if (p.name != existing->name && name_taken(c, user.user_id, p.name, p.id)) throw duplicate();
+      if (p.slug != existing->slug && slug_used(c, p.slug, p.id)) throw slug_taken();
+      if (!p.slug && existing->slug &&
+          !c.exec("SELECT 1 FROM services WHERE project_id = $1", {p.id}).empty())
+        throw validation_error("slug", "cannot be removed while the project has services");
       p.updated_at = now_ms();
       c.exec("UPDATE projects SET name = $1, upstream_base_url = $2, rate_limit_rpm = $3, rate_limit_burst = $4, "
-             "key_policy = $5, max_body_bytes = $6, updated_at = $7 WHERE id = $8",
-             {p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body, p.updated_at, p.id});
+             "key_policy = $5, max_body_bytes = $6, updated_at = $7, slug = $8 WHERE id = $9",
+             {p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body, p.updated_at,
+              store::opt(p.slug), p.id});
       json changed = json::array();
       for (auto it = body.begin(); it != body.end(); ++it) changed.push_back(it.key());
       audit(c, req, user.user_id, "project.update", "project", p.id, {{"fields", changed}});

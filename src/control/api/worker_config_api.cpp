@@ -82,8 +82,25 @@ http::Response full_document(AppState& app, const http::Request& req, bool compa
     const char* by_id = app.db->engine() == store::Engine::kPostgres ? " COLLATE \"C\"" : "";
     auto pr = c.exec(std::string("SELECT ") + kWorkerProjectColumns + " FROM projects ORDER BY id" + by_id, {});
     body.reserve(256 + pr.rows.size() * 300);
+    // Services (few per project) by project id, in worker form.
+    std::unordered_map<std::string, std::string> services;
+    c.exec_each("SELECT project_id, spec FROM services ORDER BY project_id, name", {}, [&](const store::Row& r) {
+      auto& s = services[r.text(0)];
+      s += s.empty() ? "" : ",";
+      s += r.text(1);
+    });
     body += "{\"schema\":1,\"full\":true,\"version\":" + std::to_string(version) + ",\"generated_at\":\"" +
-            iso_time(now) + "\",\"projects\":[";
+            iso_time(now) + "\",\"jwt_keys\":" + worker_jwt_keys_json(c).dump() + ",\"revoked_tokens\":[";
+    bool first_rev = true;
+    c.exec_each("SELECT jti, expires_at FROM gateway_tokens_revoked WHERE expires_at > $1 ORDER BY jti", {now},
+                [&](const store::Row& r) {
+                  if (!first_rev) body += ',';
+                  first_rev = false;
+                  body += "{\"jti\":";
+                  append_escaped(body, r.text(0));
+                  body += ",\"expires_at\":\"" + iso_time(r.integer(1)) + "\"}";
+                });
+    body += "],\"projects\":[";
     std::size_t next_project = 0;
     std::string hashes, keys;  // the open project's two key arrays
     valid_until = std::numeric_limits<std::int64_t>::max();
@@ -94,6 +111,11 @@ http::Response full_document(AppState& app, const http::Request& req, bool compa
       append_escaped(body, p.text(0));
       body += ",\"name\":";
       append_escaped(body, p.text(1));
+      body += ",\"slug\":";
+      if (p.is_null(7)) body += "null";
+      else append_escaped(body, p.text(7));
+      auto svc = services.find(p.text(0));
+      body += ",\"services\":[" + (svc == services.end() ? std::string() : svc->second) + "]";
       body += ",\"upstream_url\":";
       append_escaped(body, p.text(2));
       body += ",\"upstream_base_url\":";
@@ -324,9 +346,37 @@ http::Response propagation(AppState& app, const http::Request& req) {
                               {"complete", pending.empty()}});
 }
 
+// POST /internal/worker/token-usage {"tokens": [{"jti", "last_used_at"}]}: a worker's batched
+// report of the service tokens it saw; last_used_at only moves forward.
+http::Response token_usage(AppState& app, const http::Request& req) {
+  if (!worker_authorised(app, req)) throw ApiError(401, "Invalid worker secret");
+  json body = parse_object_body(req);
+  reject_unknown_fields(body, {"tokens"});
+  auto it = body.find("tokens");
+  if (it == body.end() || !it->is_array()) throw validation_error("tokens", "must be an array");
+  if (it->size() > 10000) throw validation_error("tokens", "at most 10000 entries per report");
+  std::vector<std::pair<std::string, std::int64_t>> seen;
+  for (const auto& t : *it) {
+    if (!t.is_object() || !t.contains("jti") || !t["jti"].is_string() || !t.contains("last_used_at") ||
+        !t["last_used_at"].is_string())
+      throw validation_error("tokens", "entries must be {\"jti\": string, \"last_used_at\": RFC 3339 time}");
+    std::int64_t ms = parse_rfc3339(t["last_used_at"].get<std::string>());
+    if (ms < 0) throw validation_error("tokens", "last_used_at must be an RFC 3339 UTC time");
+    seen.emplace_back(t["jti"].get<std::string>(), std::min(ms, now_ms()));
+  }
+  if (!seen.empty())
+    app.db->transaction([&](store::Connection& c) {
+      for (const auto& [jti, ms] : seen)
+        c.exec("UPDATE gateway_tokens SET last_used_at = $1 WHERE jti = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+               {ms, jti});
+    });
+  return no_content();
+}
+
 }  // namespace
 
 void register_worker_config_routes(http::Router& r, AppState& app) {
+  r.add("POST", "/internal/worker/token-usage", [&app](const http::Request& q, const http::PathParams&) { return token_usage(app, q); });
   r.add("GET", "/gateways", [&app](const http::Request& q, const http::PathParams&) { return gateways(app, q); });
   r.add("GET", "/gateways/propagation", [&app](const http::Request& q, const http::PathParams&) { return propagation(app, q); });
   r.add("GET", "/internal/worker/config", [&app](const http::Request& q, const http::PathParams&) { return config(app, q); });

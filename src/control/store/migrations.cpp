@@ -28,6 +28,59 @@ CREATE TABLE gateways (
 );
 )SQL";
 
+
+// Services, service tokens (the `gateway_tokens` audit table and its revocation list) and the
+// signing keys. The same DDL on both engines; `seq` orders tokens newest first.
+constexpr const char* kServicesAndTokens = R"SQL(
+ALTER TABLE projects ADD COLUMN slug TEXT;
+CREATE UNIQUE INDEX projects_slug ON projects(slug);
+CREATE TABLE services (
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  spec TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  PRIMARY KEY (project_id, name)
+);
+CREATE TABLE gateway_tokens (
+  seq BIGINT NOT NULL,
+  id TEXT PRIMARY KEY,
+  token_hash TEXT NOT NULL UNIQUE,
+  jti TEXT NOT NULL UNIQUE,
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+  project TEXT NOT NULL,
+  service TEXT NOT NULL,
+  backend TEXT,
+  description TEXT,
+  created_by TEXT,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  last_used_at BIGINT,
+  is_active INTEGER NOT NULL,
+  revoked_at BIGINT,
+  revoked_by TEXT,
+  revocation_reason TEXT,
+  metadata TEXT,
+  alg TEXT NOT NULL,
+  kid TEXT
+);
+CREATE INDEX gateway_tokens_project ON gateway_tokens(project_id, seq);
+CREATE TABLE gateway_tokens_revoked (
+  jti TEXT PRIMARY KEY,
+  revoked_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  reason TEXT
+);
+CREATE TABLE jwt_signing_keys (
+  kid TEXT PRIMARY KEY,
+  alg TEXT NOT NULL,
+  public_pem TEXT NOT NULL,
+  private_sealed TEXT,
+  created_at BIGINT NOT NULL,
+  retired_at BIGINT
+);
+)SQL";
+
 const Migration kMigrations[] = {
     {1, "initial schema",
      R"SQL(
@@ -201,6 +254,7 @@ CREATE TABLE config_changes (
 CREATE INDEX config_changes_version ON config_changes(version);
 )SQL"},
     {4, "gateways (worker heartbeats)", kGatewaysTable, kGatewaysTable},
+    {5, "services, service tokens and signing keys", kServicesAndTokens, kServicesAndTokens},
 };
 
 constexpr const char* kCreateTable =

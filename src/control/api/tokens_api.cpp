@@ -1,0 +1,99 @@
+// /projects/{id}/tokens: issue, list, read and revoke service tokens; /.well-known/jwks.json.
+#include "common/time.hpp"
+#include "control/api/config_changes.hpp"
+#include "control/api/tokens.hpp"
+
+namespace ag::control {
+
+namespace {
+
+http::Response issue(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  json body;
+  try {
+    body = parse_object_body(req);
+  } catch (const ApiError& e) {
+    if (e.status() != 400) throw;
+    throw token_error("VALIDATION_ERROR", e.detail());
+  }
+  IssueInput in = parse_issue_body(body);
+  if (!in.created_by) in.created_by = user.email;
+  json out;
+  app.db->transaction([&](store::Connection& c) {
+    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    out = issue_token(app, c, project, in, req, user.user_id);
+  });
+  notify_config_change(app);  // a first token may have created a signing key
+  return json_response(201, out);
+}
+
+http::Response list(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  std::string active;
+  bool only_active = false;
+  if (http::query_param(req.query, "active", active)) {
+    if (active != "true" && active != "false") throw validation_error("active", "must be true or false");
+    only_active = active == "true";
+  }
+  json tokens = json::array();
+  app.db->with_connection([&](store::Connection& c) {
+    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto r = only_active
+                 ? c.exec(std::string("SELECT ") + kTokenColumns +
+                              " FROM gateway_tokens WHERE project_id = $1 AND is_active = 1 AND expires_at > $2 ORDER BY seq DESC",
+                          {project.id, now_ms()})
+                 : c.exec(std::string("SELECT ") + kTokenColumns + " FROM gateway_tokens WHERE project_id = $1 ORDER BY seq DESC",
+                          {project.id});
+    for (const auto& row : r.rows) tokens.push_back(token_record(row));
+  });
+  return json_response(200, {{"tokens", tokens}});
+}
+
+http::Response get(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  json out;
+  app.db->with_connection([&](store::Connection& c) {
+    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto r = c.exec(std::string("SELECT ") + kTokenColumns + " FROM gateway_tokens WHERE project_id = $1 AND jti = $2",
+                    {project.id, params.at("jti")});
+    if (r.empty()) throw ApiError(404, "Token not found");
+    out = token_record(r.rows[0]);
+  });
+  return json_response(200, out);
+}
+
+http::Response revoke(AppState& app, const http::Request& req, const http::PathParams& params) {
+  auto user = require_user(app, req);
+  json body = parse_object_body(req, true);
+  reject_unknown_fields(body, {"reason"});
+  auto reason = get_string(body, "reason");
+  if (reason && reason->size() > 1000) throw validation_error("reason", "at most 1000 characters");
+  std::optional<json> out;
+  app.db->transaction([&](store::Connection& c) {
+    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    out = revoke_token(app, c, project.id, params.at("jti"), user.email, reason, req, user.user_id);
+  });
+  if (!out) throw ApiError(404, "Token not found or not active");
+  notify_config_change(app);
+  return json_response(200, *out);
+}
+
+http::Response well_known_jwks(AppState& app) {
+  json out;
+  app.db->with_connection([&](store::Connection& c) { out = jwks(c); });
+  auto r = json_response(200, out);
+  r.set_header("Cache-Control", "public, max-age=300");
+  return r;
+}
+
+}  // namespace
+
+void register_token_routes(http::Router& r, AppState& app) {
+  r.add("POST", "/projects/{id}/tokens", [&app](const http::Request& q, const http::PathParams& p) { return issue(app, q, p); });
+  r.add("GET", "/projects/{id}/tokens", [&app](const http::Request& q, const http::PathParams& p) { return list(app, q, p); });
+  r.add("GET", "/projects/{id}/tokens/{jti}", [&app](const http::Request& q, const http::PathParams& p) { return get(app, q, p); });
+  r.add("POST", "/projects/{id}/tokens/{jti}/revoke", [&app](const http::Request& q, const http::PathParams& p) { return revoke(app, q, p); });
+  r.add("GET", "/.well-known/jwks.json", [&app](const http::Request&, const http::PathParams&) { return well_known_jwks(app); });
+}
+
+}  // namespace ag::control
