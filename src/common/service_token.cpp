@@ -812,6 +812,9 @@ TokenError check_claims(simdjson::dom::parser& parser, const Decoded& d, const C
   if ((seen & kNbf) && nbf > sat_add(opt.now_s, leeway)) return TokenError::kNotYetValid;
   if (iat > sat_add(opt.now_s, leeway)) return TokenError::kIssuedInFuture;
 
+  // A configured audience or issuer is required, as standard JWT libraries do.
+  if (!(seen & kAud) && !opt.audience.empty()) return TokenError::kAudience;
+  if (!(seen & kIss) && !opt.issuer.empty()) return TokenError::kIssuer;
   if (seen & kAud) {
     if (opt.audience.empty()) return TokenError::kAudience;
     bool match = false;

@@ -28,14 +28,15 @@ class ServiceKey {
  public:
   // HS256 with `secret` (the raw bytes); kid is empty. nullptr for an empty secret.
   static std::shared_ptr<const ServiceKey> hmac(std::string secret);
-  // PEM: SubjectPublicKeyInfo ("PUBLIC KEY"), or unencrypted PKCS#8 ("PRIVATE KEY"), which also
-  // allows signing. nullptr when the PEM does not parse or does not match `alg` (ES256 must be
-  // EC P-256, EdDSA must be Ed25519); always nullptr for HS256.
+  // PEM whose first block is SubjectPublicKeyInfo ("PUBLIC KEY") or unencrypted PKCS#8
+  // ("PRIVATE KEY"), which also allows signing. nullptr when the PEM does not parse or does not
+  // match `alg` (ES256 must be EC P-256, EdDSA must be Ed25519), when `kid` is not valid UTF-8 or
+  // longer than 256 bytes (it is written into token headers); always nullptr for HS256.
   static std::shared_ptr<const ServiceKey> from_pem(std::string kid, KeyAlg alg, std::string_view pem);
   // JWK (RFC 7517/7518/8037): EC {"kty":"EC","crv":"P-256","x","y"[,"d"]} for ES256, OKP
   // {"kty":"OKP","crv":"Ed25519","x"[,"d"]} for EdDSA; a private "d" allows signing and must
   // match the public part. When present, "alg" must be `alg`'s name and "use" must be "sig".
-  // nullptr otherwise; always nullptr for HS256.
+  // nullptr otherwise (and for a `kid` refused as by from_pem); always nullptr for HS256.
   static std::shared_ptr<const ServiceKey> from_jwk(std::string kid, KeyAlg alg, const nlohmann::json& jwk);
 
   ~ServiceKey();
@@ -96,9 +97,9 @@ struct ClaimsOptions {
   std::int64_t now_s = 0;     // unix seconds
   std::int64_t leeway_s = 30;  // negative counts as 0
   // When empty, a token that carries an "aud" claim is refused (RFC 7519 4.1.3); otherwise "aud"
-  // (a string or an array of strings) must contain it. A token without "aud" is accepted.
+  // (a string or an array of strings) is required and must contain it.
   std::string_view audience;
-  // When non-empty and the token has "iss", it must equal it.
+  // When non-empty, "iss" is required and must equal it.
   std::string_view issuer;
 };
 

@@ -688,7 +688,7 @@ TEST(ServiceTokenClaims, Audience) {
     return check(forge_hs(kHsHeader, p), o);
   };
   EXPECT_EQ(with_aud({}, ""), TokenError::kNone);
-  EXPECT_EQ(with_aud({}, "gateway"), TokenError::kNone);
+  EXPECT_EQ(with_aud({}, "gateway"), TokenError::kAudience);  // required once configured
   EXPECT_EQ(with_aud(json("gateway"), ""), TokenError::kAudience);  // RFC 7519 4.1.3
   EXPECT_EQ(with_aud(json::array(), ""), TokenError::kAudience);
   EXPECT_EQ(with_aud(json("gateway"), "gateway"), TokenError::kNone);
@@ -711,7 +711,7 @@ TEST(ServiceTokenClaims, Issuer) {
   EXPECT_EQ(with_iss(json("antigravity"), "antigravity"), TokenError::kNone);
   EXPECT_EQ(with_iss(json("other"), "antigravity"), TokenError::kIssuer);
   EXPECT_EQ(with_iss(json("Antigravity"), "antigravity"), TokenError::kIssuer);
-  EXPECT_EQ(with_iss({}, "antigravity"), TokenError::kNone);
+  EXPECT_EQ(with_iss({}, "antigravity"), TokenError::kIssuer);  // required once configured
   EXPECT_EQ(with_iss(json("anything"), ""), TokenError::kNone);
   EXPECT_EQ(with_iss(json(5), "antigravity"), TokenError::kBadClaim);
   // Audience is checked before issuer.
