@@ -5,16 +5,19 @@
 #     NAME req_per_s p50_ms p99_ms
 # then the worker's ratios to nginx. Everything binds 127.0.0.1 and is stopped at the end.
 #
-# Usage: bench/load/gateway.sh [-c CONNECTIONS] [-d SECONDS] [-k NKEYS] [-l on|off] [-r ROUNDS]
+# Usage: bench/load/gateway.sh [-a key|jwt] [-c CONNECTIONS] [-d SECONDS] [-k NKEYS] [-l on|off] [-r ROUNDS]
+#   -a: how the worker is called: an API key (default), or an ES256 service token on a service
+#       route (/bench/up/, verified once and then served from the worker's token cache); the
+#       peers always do their API-key job
 #   -l: the worker's access log (to a file in the work dir); default on
 #   -r: rounds; each round runs nginx, haproxy and the worker back to back, and the ratios are
 #       computed per round (the machine is shared: compare within a round, report the median)
 # Env: PEERS_DIR (default ../shared/bench/peers beside the repo), AG_BIN, UPSTREAM_PORT (18080),
 #      WORKER_PORT (18083)
 set -euo pipefail
-CONNS=64 DUR=10 NKEYS=10000 LOG=on ROUNDS=1
-while getopts "c:d:k:l:r:h" o; do
-  case "$o" in c) CONNS="$OPTARG" ;; d) DUR="$OPTARG" ;; k) NKEYS="$OPTARG" ;; l) LOG="$OPTARG" ;; r) ROUNDS="$OPTARG" ;; *) sed -n '2,15p' "$0"; exit 2 ;; esac
+CONNS=64 DUR=10 NKEYS=10000 LOG=on ROUNDS=1 AUTH=key
+while getopts "a:c:d:k:l:r:h" o; do
+  case "$o" in a) AUTH="$OPTARG" ;; c) CONNS="$OPTARG" ;; d) DUR="$OPTARG" ;; k) NKEYS="$OPTARG" ;; l) LOG="$OPTARG" ;; r) ROUNDS="$OPTARG" ;; *) sed -n '2,15p' "$0"; exit 2 ;; esac
 done
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
@@ -47,15 +50,19 @@ sed -e "s#@RUNDIR@#$WORK#g; s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" "$PEERS_DIR/ngin
 nginx -e "$WORK/upstream.err" -c "$WORK/upstream.conf" -g 'daemon off;' >/dev/null 2>&1 &
 PIDS+=($!)
 wait_listen "$UPSTREAM_PORT" || { echo "upstream did not start" >&2; exit 1; }
-python3 "$ROOT/bench/load/gen_worker_config.py" "$NKEYS" "http://127.0.0.1:$UPSTREAM_PORT" "$WORK/config.json" "$WORK/keys.txt"
+JWT_ARGS=(); [[ $AUTH == jwt ]] && JWT_ARGS=(--jwt "$WORK/token.txt")
+/usr/bin/python3 "$ROOT/bench/load/gen_worker_config.py" "$NKEYS" "http://127.0.0.1:$UPSTREAM_PORT" "$WORK/config.json" "$WORK/keys.txt" "${JWT_ARGS[@]}"
 KEY="$(sed -n "$(( (NKEYS + 1) / 2 ))p" "$WORK/keys.txt")"
+# The credential header and path the worker is loaded with.
+AUTH_HEADER="X-API-Key: $KEY"; WPATH=/
+[[ $AUTH == jwt ]] && { AUTH_HEADER="Authorization: Bearer $(cat "$WORK/token.txt")"; WPATH=/bench/up/; }
 ACCESS_LOG=off; [[ $LOG == on ]] && ACCESS_LOG="$WORK/access.log"
 WORKER_ACCESS_LOG="$ACCESS_LOG" "$BIN" --log-level warn worker --listen "127.0.0.1:$WORKER_PORT" --admin-listen 127.0.0.1:0 \
   --threads 1 --config "$WORK/config.json" >"$WORK/worker.out" 2>"$WORK/worker.err" &
 WPID=$!; PIDS=("$WPID" "${PIDS[@]}")
 wait_listen "$WORKER_PORT" || { cat "$WORK/worker.err" >&2; exit 1; }
 for _ in $(seq 1 50); do
-  code="$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $KEY" "http://127.0.0.1:$WORKER_PORT/")"
+  code="$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH_HEADER" "http://127.0.0.1:$WORKER_PORT$WPATH")"
   [[ $code == 200 ]] && break; sleep 0.1
 done
 [[ $code == 200 ]] || { echo "worker: valid key -> $code" >&2; cat "$WORK/worker.err" >&2; exit 1; }
@@ -64,7 +71,7 @@ bad="$(curl -s -o /dev/null -w '%{http_code}' -H 'X-API-Key: k_not_a_valid_key' 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run_worker() {
 t0="$(ticks "$WPID")"
-out="$(timeout $((DUR + 30)) wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -H "X-API-Key: $KEY" "http://127.0.0.1:$WORKER_PORT/")"
+out="$(timeout $((DUR + 30)) wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -H "$AUTH_HEADER" "http://127.0.0.1:$WORKER_PORT$WPATH")"
 t1="$(ticks "$WPID")"
 rps="$(echo "$out" | awk '/^Requests\/sec:/{print $2}')"
 p50="$(to_ms "$(echo "$out" | awk '$1=="50%"{print $2}')")"
@@ -93,7 +100,7 @@ for round in $(seq 1 "$ROUNDS"); do
   ratios+=("$1")
 done
 rss="$(awk '/VmRSS/{print $2}' "/proc/$WPID/status")"
-echo "antigravity RSS after the runs: ${rss} kB (access log: $LOG)" >&2
+echo "antigravity RSS after the runs: ${rss} kB (access log: $LOG, auth: $AUTH)" >&2
 median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')"
 echo "median ratio req/s over $ROUNDS round(s): ${median}x nginx"
 

@@ -2,6 +2,7 @@
 #include <benchmark/benchmark.h>
 
 #include <ctime>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "common/crypto.hpp"
@@ -161,5 +162,31 @@ void BM_SignES256(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(jwt::sign_service_token(*f.es, f.payload));
 }
 BENCHMARK(BM_SignES256);
+
+// A repeat ES256 token on the worker: per-thread cache hit (hash + compare of the token), expiry
+// and revocation checks against the snapshot, claims copied into the request context.
+void BM_TokenCacheHit(benchmark::State& state) {
+  auto& f = token_fixture();
+  nlohmann::json doc = {{"version", 1},
+                        {"projects", nlohmann::json::array()},
+                        {"jwt_keys", {{{"kid", "es-bench"}, {"alg", "ES256"}, {"public_key", f.es->public_pem()}}}},
+                        {"revoked_tokens", {{{"jti", "some-other-token"}, {"expires_at", nullptr}}}}};
+  auto snap = config::build_snapshot(doc.dump()).snapshot;
+  gateway::TokenCache cache;
+  gateway::TokenCheck check;
+  const std::string authz = "Bearer " + f.es_token;
+  std::string project, service;
+  for (auto _ : state) {
+    gateway::Context ctx;
+    ctx.snapshot = snap;
+    gateway::LocalReply reply;
+    if (!gateway::identify_token(ctx, cache, authz, check, f.now, project, service, reply)) {
+      state.SkipWithError("token refused");
+      break;
+    }
+    benchmark::DoNotOptimize(ctx.jti.data());
+  }
+}
+BENCHMARK(BM_TokenCacheHit);
 
 }  // namespace
