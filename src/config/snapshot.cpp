@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <charconv>
+#include <cstdio>
 #include <ctime>
 #include <mutex>
 #include <thread>
@@ -170,6 +171,123 @@ bool get_int_in(simdjson::dom::object o, std::string_view field, std::int64_t lo
   return true;
 }
 
+
+const std::shared_ptr<const RiskPolicy>& default_risk() {
+  static const auto kDefault = std::make_shared<const RiskPolicy>();
+  return kDefault;
+}
+
+bool get_double_in(simdjson::dom::object o, std::string_view field, double lo, double hi, const std::string& where,
+                   double& out, Parser& p) {
+  simdjson::dom::element e;
+  if (o[field].get(e) || e.is_null()) return true;
+  double v = 0;
+  if (e.get_double().get(v) || v < lo || v > hi)
+  {
+    char msg[64];
+    std::snprintf(msg, sizeof msg, "must be a number from %g to %g", lo, hi);
+    return p.fail(where + "." + std::string(field), msg);
+  }
+  out = v;
+  return true;
+}
+
+bool get_cidr_list(simdjson::dom::object o, std::string_view field, const std::string& where, std::vector<Cidr>& out,
+                   Parser& p) {
+  simdjson::dom::element e;
+  if (o[field].get(e) || e.is_null()) return true;
+  simdjson::dom::array a;
+  if (e.get_array().get(a) || a.size() > 1000) return p.fail(where + "." + std::string(field), "must be a list of at most 1000 CIDRs");
+  std::string joined;
+  for (simdjson::dom::element c : a) {
+    std::string_view sv;
+    if (c.get_string().get(sv) || sv.find(',') != std::string_view::npos)
+      return p.fail(where + "." + std::string(field), "entries must be CIDR strings");
+    joined += std::string(sv) + ",";
+  }
+  try {
+    out = parse_cidrs(joined);
+  } catch (const std::exception& ex) {
+    return p.fail(where + "." + std::string(field), ex.what());
+  }
+  return true;
+}
+
+bool parse_risk(simdjson::dom::object ro, const std::string& where, RiskPolicy& r, Parser& p) {
+  for (auto [k, v] : ro) {
+    static constexpr std::string_view kKnown[] = {"enabled", "mode", "weights", "thresholds", "velocity_per_min",
+                                                 "burst_per_sec", "drift_endpoints", "max_request_bytes",
+                                                 "allowed_methods", "ip_allow", "ip_deny", "throttle"};
+    if (std::find(std::begin(kKnown), std::end(kKnown), k) == std::end(kKnown))
+      return p.fail(where + "." + std::string(k), "unknown field");
+  }
+  simdjson::dom::element e;
+  bool b = true;
+  if (!ro["enabled"].get(e) && !e.is_null()) {
+    if (e.get_bool().get(b)) return p.fail(where + ".enabled", "must be true or false");
+    r.enabled = b;
+  }
+  std::string_view sv;
+  if (!ro["mode"].get(e) && !e.is_null()) {
+    if (e.get_string().get(sv) || (sv != "shadow" && sv != "enforce")) return p.fail(where + ".mode", "must be shadow or enforce");
+    r.shadow = sv == "shadow";
+  }
+  simdjson::dom::object wo;
+  if (!ro["weights"].get(e) && !e.is_null()) {
+    if (e.get_object().get(wo)) return p.fail(where + ".weights", "must be an object");
+    for (auto [k, v] : wo) {
+      static constexpr std::string_view kW[] = {"velocity", "burst", "drift", "user_agent", "method", "size"};
+      if (std::find(std::begin(kW), std::end(kW), k) == std::end(kW)) return p.fail(where + ".weights." + std::string(k), "unknown signal");
+    }
+    const std::string ww = where + ".weights";
+    if (!get_double_in(wo, "velocity", 0, 1, ww, r.w_velocity, p) || !get_double_in(wo, "burst", 0, 1, ww, r.w_burst, p) ||
+        !get_double_in(wo, "drift", 0, 1, ww, r.w_drift, p) || !get_double_in(wo, "user_agent", 0, 1, ww, r.w_user_agent, p) ||
+        !get_double_in(wo, "method", 0, 1, ww, r.w_method, p) || !get_double_in(wo, "size", 0, 1, ww, r.w_size, p))
+      return false;
+  }
+  if (!ro["thresholds"].get(e) && !e.is_null()) {
+    simdjson::dom::object to;
+    if (e.get_object().get(to)) return p.fail(where + ".thresholds", "must be an object");
+    for (auto [k, v] : to)
+      if (k != "throttle" && k != "block") return p.fail(where + ".thresholds." + std::string(k), "unknown field");
+    if (!get_double_in(to, "throttle", 0, 1, where + ".thresholds", r.throttle_at, p) ||
+        !get_double_in(to, "block", 0, 1, where + ".thresholds", r.block_at, p))
+      return false;
+    if (r.throttle_at > r.block_at) return p.fail(where + ".thresholds", "throttle must not exceed block");
+  }
+  if (!get_int_in(ro, "velocity_per_min", 1, 100000000, where, r.velocity_per_min, p) ||
+      !get_int_in(ro, "burst_per_sec", 1, 10000000, where, r.burst_per_sec, p) ||
+      !get_int_in(ro, "drift_endpoints", 1, 10000, where, r.drift_endpoints, p) ||
+      !get_int_in(ro, "max_request_bytes", 0, 1LL << 40, where, r.max_request_bytes, p))
+    return false;
+  if (!ro["allowed_methods"].get(e) && !e.is_null()) {
+    simdjson::dom::array a;
+    if (e.get_array().get(a) || a.size() > 32) return p.fail(where + ".allowed_methods", "must be a list of HTTP methods");
+    for (simdjson::dom::element m : a) {
+      if (m.get_string().get(sv) || sv.empty() || sv.size() > 20) return p.fail(where + ".allowed_methods", "must be a list of HTTP methods");
+      std::string up(sv);
+      for (auto& c : up) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      r.allowed_methods.push_back(std::move(up));
+    }
+  }
+  if (!get_cidr_list(ro, "ip_allow", where, r.ip_allow, p) || !get_cidr_list(ro, "ip_deny", where, r.ip_deny, p)) return false;
+  if (!ro["throttle"].get(e) && !e.is_null()) {
+    simdjson::dom::object th;
+    if (e.get_object().get(th)) return p.fail(where + ".throttle", "must be an object");
+    for (auto [k, v] : th)
+      if (k != "action" && k != "delay_ms" && k != "limit_factor") return p.fail(where + ".throttle." + std::string(k), "unknown field");
+    if (!th["action"].get(e) && !e.is_null()) {
+      if (e.get_string().get(sv) || (sv != "delay" && sv != "limit")) return p.fail(where + ".throttle.action", "must be delay or limit");
+      r.throttle_delay = sv == "delay";
+    }
+    if (!get_int_in(th, "delay_ms", 1, 10000, where + ".throttle", r.throttle_delay_ms, p) ||
+        !get_double_in(th, "limit_factor", 0.001, 1, where + ".throttle", r.throttle_limit_factor, p))
+      return false;
+  }
+  r.spec_json = simdjson::minify(ro);
+  return true;
+}
+
 // One service (docs/services-and-tokens.md); the same shape as the control API's service record.
 bool parse_service(simdjson::dom::object so, const std::string& where, const std::string& project_id, Service& svc,
                    Parser& p) {
@@ -256,6 +374,16 @@ bool parse_project(simdjson::dom::object po, const std::string& where, Project& 
   }
   simdjson::dom::element rl;
   if (!po["rate_limit"].get(rl) && !get_policy(rl, where + ".rate_limit", proj.rate, p)) return false;
+  simdjson::dom::element re;
+  if (!po["risk"].get(re) && !re.is_null()) {
+    simdjson::dom::object ro;
+    if (re.get_object().get(ro)) return p.fail(where + ".risk", "must be an object or null");
+    auto risk = std::make_shared<RiskPolicy>();
+    if (!parse_risk(ro, where + ".risk", *risk, p)) return false;
+    proj.risk = std::move(risk);
+  } else {
+    proj.risk = default_risk();
+  }
   std::int64_t mb = 0;
   if (!po["max_body_bytes"].get_int64().get(mb)) {
     if (mb < 0) return p.fail(where + ".max_body_bytes", "must be >= 0");
@@ -409,6 +537,18 @@ bool parse_tokens(simdjson::dom::object root, TokenState& ts, Parser& p) {
   return true;
 }
 }  // namespace
+
+std::string parse_risk_policy(std::string_view json_text, RiskPolicy& out) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  std::string error;
+  if (!parse_json(parser, json_text, doc, error)) return error;
+  simdjson::dom::object ro;
+  if (doc.get_object().get(ro)) return "risk: must be an object";
+  Parser p;
+  if (!parse_risk(ro, "risk", out, p)) return p.error;
+  return {};
+}
 
 void set_hmac_token_key(std::shared_ptr<const jwt::ServiceKey> key) { g_hmac_key = std::move(key); }
 
@@ -750,6 +890,7 @@ std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
       out += ",\"upstream_base_url\":";
       str(proj->upstream.url);
     }
+    if (proj->risk && !proj->risk->spec_json.empty()) out += ",\"risk\":" + proj->risk->spec_json;
     if (!proj->services.empty()) {
       out += ",\"services\":[";
       for (std::size_t i = 0; i < proj->services.size(); ++i) {

@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/cidr.hpp"
 #include "common/service_token.hpp"
 
 namespace ag::config {
@@ -86,6 +87,28 @@ struct Service {
   std::string spec_json;  // the service as configured (written back when the snapshot is saved)
 };
 
+// A project's risk policy (docs/risk.md): signal weights, thresholds and lists. A signal scores
+// 0 at or below its limit and rises to 1 at twice the limit; the score is the weighted sum, capped
+// at 1.
+struct RiskPolicy {
+  bool enabled = true;
+  bool shadow = true;  // compute and log, block nothing
+  double w_velocity = 0.4, w_burst = 0.3, w_drift = 0.3, w_user_agent = 0.2, w_method = 0.6, w_size = 0.3;
+  double throttle_at = 0.6, block_at = 0.9;
+  std::int64_t velocity_per_min = 600;  // requests per (caller, IP) per minute
+  std::int64_t burst_per_sec = 50;      // requests per (caller, IP) per second
+  std::int64_t drift_endpoints = 30;    // distinct endpoints per (caller, IP) per minute
+  std::int64_t max_request_bytes = 0;   // 0 = no size signal
+  std::vector<std::string> allowed_methods;  // empty = any
+  std::vector<Cidr> ip_allow, ip_deny;       // checked before anything else for the project
+  bool throttle_delay = true;                // THROTTLE: delay, or a tighter limit
+  std::int64_t throttle_delay_ms = 250;
+  double throttle_limit_factor = 0.1;
+  std::string spec_json;  // as configured ("" = defaults)
+};
+// Parses a risk object (docs/risk.md) into `out`; an error message naming the field, or "".
+std::string parse_risk_policy(std::string_view json_text, RiskPolicy& out);
+
 struct Project {
   std::string id;
   std::string name;
@@ -95,6 +118,7 @@ struct Project {
   RatePolicy rate;
   std::int64_t max_body_bytes = 10 * 1024 * 1024;
   std::uint32_t metrics_slot = 0;  // stable index for per-project counters
+  std::shared_ptr<const RiskPolicy> risk;  // never null in a built snapshot
   const Service* find_service(std::string_view name) const {
     for (const auto& s : services)
       if (s.name == name) return &s;

@@ -85,7 +85,7 @@ void add_file(const fs::path& file, json& doc, std::unordered_map<std::string, s
     for (const auto& p : y["projects"]) {
       std::string where = name + ": projects[" + std::to_string(i++) + "]";
       if (!p.is_object()) throw YamlError(where + " must be a mapping");
-      only_fields(p, where, {"id", "slug", "name", "upstream", "rate_limit", "max_body_bytes", "services", "api_keys"});
+      only_fields(p, where, {"id", "slug", "name", "upstream", "rate_limit", "max_body_bytes", "services", "api_keys", "risk"});
       if (!p.contains("slug") || !p["slug"].is_string()) throw YamlError(where + ".slug: required (a string)");
       std::string slug = p["slug"];
       if (auto seen = slugs.find(slug); seen != slugs.end())
@@ -95,6 +95,7 @@ void add_file(const fs::path& file, json& doc, std::unordered_map<std::string, s
       if (p.contains("upstream")) proj["upstream_base_url"] = p["upstream"];
       if (p.contains("rate_limit")) proj["rate_limit"] = p["rate_limit"];
       if (p.contains("max_body_bytes")) proj["max_body_bytes"] = p["max_body_bytes"];
+      if (p.contains("risk")) proj["risk"] = p["risk"];
       json services = json::array();
       if (p.contains("services") && !p["services"].is_null()) {
         if (!p["services"].is_object()) throw YamlError(where + ".services: must be a mapping of name -> service");

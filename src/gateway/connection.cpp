@@ -241,6 +241,8 @@ class Connection final : public Tracked {
   }
 
   Task<bool> handle(ReqParser& parser);
+  Task<bool> assess_risk(Context& ctx, const ReqParser::value_type& req, std::string_view method, std::string_view path,
+                         std::string_view ua, ReqParser& parser, LocalReply& reply);
   bool authenticate(Context& ctx, const ReqParser::value_type& req, std::string_view target, LocalReply& reply);
   const config::ServiceTarget* pick_target(const config::Service& svc, const config::ServiceTarget* avoid);
   Task<bool> send_local(Context& ctx, const LocalReply& reply, unsigned version, bool keep_alive,
@@ -356,6 +358,11 @@ Task<bool> Connection::send_local(Context& ctx, const LocalReply& reply, unsigne
   head_ += ctx.request_id;
   head_ += "\r\n";
   add_rate_headers(ctx, head_);
+  if (reply.reason == Reason::kAuthFailures) {
+    head_ += "Retry-After: ";
+    append_num(head_, static_cast<std::uint64_t>(rt_.opts.auth_failure_window_sec));
+    head_ += "\r\n";
+  }
   if (reply.reason == Reason::kTokenInvalid || reply.reason == Reason::kTokenRevoked) {
     head_ += "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n";
   } else if (reply.reason == Reason::kCredentialsMissing) {
@@ -412,7 +419,26 @@ Task<bool> Connection::handle(ReqParser& parser) {
     reply = {400, Reason::kBadRequest, "Request target must be an absolute path"};
     ok = false;
   }
-  if (ok) ok = authenticate(ctx, req, target, reply);
+  // Worker-wide IP lists first: a denied address gets no other work done.
+  if (ok && ((!rt_.ip_deny->empty() && cidr_contains(*rt_.ip_deny, ctx.client_ip)) ||
+             (!rt_.ip_allow->empty() && !cidr_contains(*rt_.ip_allow, ctx.client_ip)))) {
+    reply = {403, Reason::kIpDenied, "Forbidden"};
+    rt_.metrics.add(metrics::Counter::kRiskRuleIpDeny);
+    ok = false;
+  }
+  // An address that keeps failing authentication is refused before any key is checked.
+  if (ok && rt_.risk->auth_blocked(ctx.client_ip, ctx.start_ns)) {
+    reply = {429, Reason::kAuthFailures, "Too many failed authentication attempts"};
+    rt_.metrics.add(metrics::Counter::kRiskRuleAuthFailures);
+    ok = false;
+  }
+  if (ok) {
+    ok = authenticate(ctx, req, target, reply);
+    if (!ok && (reply.reason == Reason::kKeyInvalid || reply.reason == Reason::kTokenInvalid ||
+                reply.reason == Reason::kTokenRevoked))
+      rt_.risk->auth_failed(ctx.client_ip, ctx.start_ns);
+  }
+  if (ok) ok = co_await assess_risk(ctx, req, method, path, ua, parser, reply);
   if (ok) {
     const ratelimit::Policy& policy = ctx.policy;
     // The key's limiter slot is named by the first 8 bytes of its SHA-256 (computed by identify).
@@ -446,6 +472,69 @@ Task<bool> Connection::handle(ReqParser& parser) {
   co_return keep;
 }
 
+
+// The project's IP lists, then the risk score (docs/risk.md). In shadow mode the decision is
+// logged and counted but not applied; IP lists apply in both modes.
+Task<bool> Connection::assess_risk(Context& ctx, const ReqParser::value_type& req, std::string_view method,
+                                   std::string_view path, std::string_view ua, ReqParser& parser, LocalReply& reply) {
+  const config::RiskPolicy& p = *ctx.project->risk;
+  if ((!p.ip_deny.empty() && cidr_contains(p.ip_deny, ctx.client_ip)) ||
+      (!p.ip_allow.empty() && !cidr_contains(p.ip_allow, ctx.client_ip))) {
+    reply = {403, Reason::kIpDenied, "Forbidden by IP policy"};
+    rt_.metrics.add(metrics::Counter::kRiskRuleIpDeny);
+    co_return false;
+  }
+  if (!p.enabled) co_return true;
+  RiskInput in;
+  in.caller = ctx.key_tag;
+  in.ip = ctx.client_ip;
+  std::string normalised;
+  if (needs_normalising(path)) normalised = normalise_endpoint(path);
+  in.endpoint = normalised.empty() ? path : std::string_view(normalised);
+  in.method = method;
+  in.user_agent = ua;
+  in.user_agent_present = req.find(http::field::user_agent) != req.end();
+  if (auto len = parser.content_length()) in.content_length = static_cast<std::int64_t>(*len);
+  RiskResult r = rt_.risk->evaluate(p, in, ctx.start_ns);
+  ctx.risk_evaluated = true;
+  ctx.risk_score = r.score;
+  ctx.risk_decision = static_cast<std::uint8_t>(r.decision);
+  ctx.risk_rules = r.rules;
+  ctx.risk_shadow = p.shadow && r.decision != RiskDecision::kAllow;
+  for (std::size_t i = 0; i < kRiskRuleCount; ++i)
+    if (r.rules & (1u << i))
+      rt_.metrics.add(static_cast<metrics::Counter>(static_cast<int>(metrics::Counter::kRiskRuleVelocity) + static_cast<int>(i)));
+  rt_.metrics.add(r.decision == RiskDecision::kBlock      ? metrics::Counter::kRiskBlock
+                  : r.decision == RiskDecision::kThrottle ? metrics::Counter::kRiskThrottle
+                                                          : metrics::Counter::kRiskAllow);
+  if (ctx.risk_shadow) {
+    rt_.metrics.add(metrics::Counter::kRiskShadowed);
+    co_return true;
+  }
+  if (r.decision == RiskDecision::kBlock) {
+    reply = {429, Reason::kRiskBlocked, "Request blocked by risk policy"};
+    co_return false;
+  }
+  if (r.decision == RiskDecision::kThrottle) {
+    if (p.throttle_delay) {
+      Timer t(rt_.ioc.get_executor());
+      t.expires_after(std::chrono::milliseconds(p.throttle_delay_ms));
+      error_code ec;
+      co_await t.async_wait(asio::redirect_error(use_task, ec));
+      rt_.coarse_now_ns = steady_ns();
+    } else {
+      // A tighter limit for this caller, in its own limiter slot.
+      ratelimit::Policy tight{std::max<std::int64_t>(1, static_cast<std::int64_t>(ctx.policy.requests_per_minute * p.throttle_limit_factor)),
+                              static_cast<std::int64_t>(ctx.policy.burst * p.throttle_limit_factor)};
+      auto d = rt_.limiter.check(ctx.key_tag ^ 0x7468726f74746c65ull, tight, ctx.start_ns);
+      if (!d.allowed) {
+        reply = {429, Reason::kRiskThrottled, "Rate limit exceeded (throttled by risk policy)"};
+        co_return false;
+      }
+    }
+  }
+  co_return true;
+}
 
 // Route and credentials (docs/services-and-tokens.md): a service route takes an API key of its
 // project or a service token naming it; any other path takes an API key, as before.

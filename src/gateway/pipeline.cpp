@@ -11,6 +11,7 @@
 #include "common/request_id.hpp"
 #include "common/time.hpp"
 #include "control/service/api_key.hpp"
+#include "gateway/risk.hpp"
 
 namespace ag::gateway {
 
@@ -34,6 +35,10 @@ std::string_view reason_name(Reason r) {
     case Reason::kRouteForbidden: return "route_forbidden";
     case Reason::kNoHealthyTarget: return "no_healthy_target";
     case Reason::kNoRoute: return "no_route";
+    case Reason::kIpDenied: return "ip_denied";
+    case Reason::kAuthFailures: return "auth_failures";
+    case Reason::kRiskBlocked: return "risk_blocked";
+    case Reason::kRiskThrottled: return "risk_throttled";
   }
   return "";
 }
@@ -47,77 +52,12 @@ std::int64_t steady_ns() {
 bool valid_request_id(std::string_view id) { return ag::valid_request_id(id); }
 
 namespace {
-bool parse_ip(std::string_view s, unsigned char out[16]) {
-  char buf[64];
-  if (s.empty() || s.size() >= sizeof buf) return false;
-  std::memcpy(buf, s.data(), s.size());
-  buf[s.size()] = '\0';
-  in_addr v4;
-  if (inet_pton(AF_INET, buf, &v4) == 1) {
-    std::memset(out, 0, 10);
-    out[10] = out[11] = 0xff;
-    std::memcpy(out + 12, &v4, 4);
-    return true;
-  }
-  return inet_pton(AF_INET6, buf, out) == 1;
-}
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
   return s;
 }
 }  // namespace
-
-std::vector<Cidr> parse_cidrs(std::string_view list) {
-  std::vector<Cidr> out;
-  while (!list.empty()) {
-    auto comma = list.find(',');
-    std::string_view item = trim(list.substr(0, comma));
-    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
-    if (item.empty()) continue;
-    Cidr c;
-    auto slash = item.find('/');
-    std::string_view addr = item.substr(0, slash);
-    if (!parse_ip(addr, c.addr)) throw std::invalid_argument("invalid address in CIDR list: '" + std::string(item) + "'");
-    bool v4 = addr.find(':') == std::string_view::npos;
-    int max = v4 ? 32 : 128;
-    int prefix = max;
-    if (slash != std::string_view::npos) {
-      auto p = item.substr(slash + 1);
-      prefix = 0;
-      if (p.empty() || p.size() > 3) throw std::invalid_argument("invalid prefix in CIDR list: '" + std::string(item) + "'");
-      for (char ch : p) {
-        if (ch < '0' || ch > '9') throw std::invalid_argument("invalid prefix in CIDR list: '" + std::string(item) + "'");
-        prefix = prefix * 10 + (ch - '0');
-      }
-      if (prefix > max) throw std::invalid_argument("prefix too long in CIDR list: '" + std::string(item) + "'");
-    }
-    c.prefix = v4 ? prefix + 96 : prefix;
-    out.push_back(c);
-  }
-  return out;
-}
-
-bool cidr_contains(const std::vector<Cidr>& cidrs, std::string_view ip) {
-  if (cidrs.empty()) return false;
-  unsigned char a[16];
-  if (!parse_ip(ip, a)) return false;
-  for (const auto& c : cidrs) {
-    int bits = c.prefix, i = 0;
-    bool match = true;
-    for (; bits >= 8; bits -= 8, ++i)
-      if (a[i] != c.addr[i]) {
-        match = false;
-        break;
-      }
-    if (match && bits > 0) {
-      unsigned char mask = static_cast<unsigned char>(0xff << (8 - bits));
-      match = (a[i] & mask) == (c.addr[i] & mask);
-    }
-    if (match) return true;
-  }
-  return false;
-}
 
 std::string client_ip(std::string_view peer, std::string_view xff, const std::vector<Cidr>& trusted) {
   if (xff.empty() || !cidr_contains(trusted, peer)) return std::string(peer);
@@ -128,7 +68,7 @@ std::string client_ip(std::string_view peer, std::string_view xff, const std::ve
     std::string_view hop = trim(comma == std::string_view::npos ? rest : rest.substr(comma + 1));
     rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(0, comma);
     unsigned char tmp[16];
-    if (!parse_ip(hop, tmp)) break;  // garbage: stop trusting the header here
+    if (!ag::parse_ip(hop, tmp)) break;  // garbage: stop trusting the header here
     if (!cidr_contains(trusted, hop)) return std::string(hop);
   }
   return std::string(peer);
@@ -385,10 +325,38 @@ void append_log_line(std::string& out, const Context& ctx, const LogFields& f, s
   out += ",\"user_agent\":";
   append_json_string(out, f.user_agent.substr(0, 512));
   out += ",\"decision\":";
-  out += ctx.reason == Reason::kNone ? "\"allow\"" : "\"block\"";
+  static constexpr std::string_view kDecisions[] = {"\"allow\"", "\"throttle\"", "\"block\""};
+  out += ctx.reason != Reason::kNone ? kDecisions[2]
+         : (ctx.risk_evaluated && !ctx.risk_shadow && ctx.risk_decision == 1) ? kDecisions[1]
+                                                                              : kDecisions[0];
   out += ",\"reason\":";
   append_json_string(out, ctx.reason_detail.empty() ? reason_name(ctx.reason) : ctx.reason_detail);
-  out += ",\"risk_score\":0.0,\"status\":";
+  out += ",\"risk_score\":";
+  {
+    // Three decimals without printf.
+    auto milli = static_cast<std::uint64_t>(ctx.risk_score * 1000 + 0.5);
+    append_uint(out, milli / 1000);
+    char frac[4] = {'.', static_cast<char>('0' + milli / 100 % 10), static_cast<char>('0' + milli / 10 % 10),
+                    static_cast<char>('0' + milli % 10)};
+    out.append(frac, 4);
+  }
+  if (ctx.risk_evaluated) {
+    out += ",\"risk_decision\":";
+    out += kDecisions[ctx.risk_decision < 3 ? ctx.risk_decision : 0];
+    out += ",\"rules\":[";
+    bool first = true;
+    for (std::size_t i = 0; i < kRiskRuleCount; ++i)
+      if (ctx.risk_rules & (1u << i)) {
+        if (!first) out += ',';
+        first = false;
+        out += '"';
+        out += risk_rule_name(i);
+        out += '"';
+      }
+    out += ']';
+    if (ctx.risk_shadow) out += ",\"shadow\":true";
+  }
+  out += ",\"status\":";
   append_uint(out, static_cast<std::uint64_t>(ctx.status));
   out += ",\"latency_ms\":";
   append_ms(out, end_ns - ctx.start_ns);

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/cidr.hpp"
 #include "config/snapshot.hpp"
 #include "ratelimit/gcra.hpp"
 
@@ -37,6 +38,10 @@ enum class Reason : std::uint8_t {
   kRouteForbidden,      // a valid credential for another project, service or route
   kNoHealthyTarget,
   kNoRoute,             // no default upstream for this project
+  kIpDenied,            // an IP allow/deny list (403)
+  kAuthFailures,        // too many failed authentications from this IP (429)
+  kRiskBlocked,         // the risk score reached the block threshold (429)
+  kRiskThrottled,       // a throttled caller over its tighter limit (429)
 };
 std::string_view reason_name(Reason r);
 
@@ -69,18 +74,20 @@ struct Context {
   bool jwt = false;                         // authenticated by a service token
   std::string jti;
   std::string_view reason_detail;           // overrides reason_name() in the log (token errors)
+  // Risk engine (docs/risk.md).
+  bool risk_evaluated = false;
+  double risk_score = 0;
+  std::uint8_t risk_decision = 0;  // RiskDecision
+  std::uint32_t risk_rules = 0;    // RiskRule bits
+  bool risk_shadow = false;        // the decision was logged, not applied
 };
 
 // --- accept -------------------------------------------------------------------------------
 bool valid_request_id(std::string_view id);
 
-struct Cidr {
-  unsigned char addr[16] = {};  // IPv4 as IPv4-mapped IPv6
-  int prefix = 0;               // in IPv6 bits
-};
-// Parses "10.0.0.0/8, ::1/128, 192.168.1.5"; throws std::invalid_argument naming the bad entry.
-std::vector<Cidr> parse_cidrs(std::string_view list);
-bool cidr_contains(const std::vector<Cidr>& cidrs, std::string_view ip);
+using ag::Cidr;
+using ag::cidr_contains;
+using ag::parse_cidrs;
 // The client address: `peer`, or when the peer is a trusted proxy, the right-most address in
 // X-Forwarded-For that is not itself trusted.
 std::string client_ip(std::string_view peer, std::string_view xff, const std::vector<Cidr>& trusted);

@@ -23,6 +23,7 @@
 #include "config/snapshot.hpp"
 #include "gateway/access_log.hpp"
 #include "gateway/pipeline.hpp"
+#include "gateway/risk.hpp"
 #include "gateway/worker.hpp"
 #include "metrics/worker_metrics.hpp"
 #include "ratelimit/local_store.hpp"
@@ -106,6 +107,10 @@ struct ThreadRuntime {
   TokenCheck token_check;
   std::mutex usage_mutex;  // taken by this thread per token request and by the reporter
   std::unordered_map<std::string, std::int64_t> token_use;  // jti -> last use (unix ms)
+  // Risk engine (shared by the threads) and the worker-wide IP lists.
+  RiskEngine* risk = nullptr;
+  const std::vector<Cidr>* ip_deny = nullptr;
+  const std::vector<Cidr>* ip_allow = nullptr;
   // Round-robin positions, by service (its first target's state).
   std::unordered_map<const void*, std::uint32_t> rr;
 

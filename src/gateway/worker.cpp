@@ -175,6 +175,11 @@ WorkerOptions load_worker_options() {
   o.jwt_issuer = env::get_or("GATEWAY_JWT_ISSUER", "");
   o.jwt_leeway_sec = env_int("GATEWAY_JWT_LEEWAY_SEC", 30, 0, 3600);
   o.usage_report_ms = env_int("WORKER_USAGE_REPORT_SEC", 30, 1, 3600) * 1000;
+  o.ip_deny = env::get_or("WORKER_IP_DENY", "");
+  o.ip_allow = env::get_or("WORKER_IP_ALLOW", "");
+  o.auth_failure_limit = env_int("WORKER_AUTH_FAILURE_LIMIT", 50, 0, 1000000);
+  o.auth_failure_window_sec = env_int("WORKER_AUTH_FAILURE_WINDOW_SEC", 60, 1, 86400);
+  o.risk_slots = static_cast<std::size_t>(env_int("WORKER_RISK_SLOTS", 65536, 16, 1 << 24));
   return o;
 }
 
@@ -184,11 +189,19 @@ struct Worker::Impl {
   explicit Impl(WorkerOptions o) : opts(std::move(o)) {
     if (opts.threads <= 0) opts.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     trusted = parse_cidrs(opts.trusted_proxies);
+    ip_deny = parse_cidrs(opts.ip_deny);
+    ip_allow = parse_cidrs(opts.ip_allow);
+    risk = std::make_unique<RiskEngine>(opts.risk_slots, opts.auth_failure_limit, opts.auth_failure_window_sec);
     registry = std::make_unique<metrics::Registry>(static_cast<std::size_t>(opts.threads));
     log = std::make_unique<AccessLog>(opts.access_log, static_cast<std::size_t>(opts.threads));
     for (int i = 0; i < opts.threads; ++i)
+    {
       threads.push_back(std::make_unique<ThreadRuntime>(static_cast<std::size_t>(i), opts, registry->shard(i), *log,
                                                         limiter, trusted));
+      threads.back()->risk = risk.get();
+      threads.back()->ip_deny = &ip_deny;
+      threads.back()->ip_allow = &ip_allow;
+    }
     if (!opts.redis_url.empty()) {
       auto url = parse_redis_url(opts.redis_url);
       for (auto& t : threads) {
@@ -199,7 +212,8 @@ struct Worker::Impl {
   }
 
   WorkerOptions opts;
-  std::vector<Cidr> trusted;
+  std::vector<Cidr> trusted, ip_deny, ip_allow;
+  std::unique_ptr<RiskEngine> risk;
   std::unique_ptr<metrics::Registry> registry;
   std::unique_ptr<AccessLog> log;
   ratelimit::LocalStore limiter;

@@ -45,6 +45,11 @@ struct WorkerOptions {
   std::string jwt_issuer;    // GATEWAY_JWT_ISSUER
   std::int64_t jwt_leeway_sec = 30;
   std::int64_t usage_report_ms = 30'000;  // how often token use is reported to the control plane
+  // Risk engine (docs/risk.md).
+  std::string ip_deny, ip_allow;              // CIDR lists, checked before anything else
+  std::int64_t auth_failure_limit = 50;        // failed authentications per IP per window (0 = off)
+  std::int64_t auth_failure_window_sec = 60;
+  std::size_t risk_slots = 1u << 16;           // entries per state table
 };
 
 // Reads WORKER_* / CONTROL_* / REDIS_URL from the environment; throws std::runtime_error naming

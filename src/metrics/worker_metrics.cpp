@@ -23,7 +23,20 @@ constexpr const char* kCounterNames[] = {
     "ag_upstream_pool_reuse_total",
     "ag_connections_accepted_total",
     "ag_access_log_dropped_total",
+    "ag_risk_decisions_total{decision=\"allow\"}",
+    "ag_risk_decisions_total{decision=\"throttle\"}",
+    "ag_risk_decisions_total{decision=\"block\"}",
+    "ag_risk_shadowed_total",
+    "ag_risk_rules_total{rule=\"velocity\"}",
+    "ag_risk_rules_total{rule=\"burst\"}",
+    "ag_risk_rules_total{rule=\"drift\"}",
+    "ag_risk_rules_total{rule=\"user_agent\"}",
+    "ag_risk_rules_total{rule=\"method\"}",
+    "ag_risk_rules_total{rule=\"size\"}",
+    "ag_risk_rules_total{rule=\"auth_failures\"}",
+    "ag_risk_rules_total{rule=\"ip_deny\"}",
 };
+static_assert(std::size(kCounterNames) == static_cast<std::size_t>(Counter::kCount));
 
 void append(std::string& out, const char* fmt, auto... args) {
   char buf[512];

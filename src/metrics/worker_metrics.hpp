@@ -28,6 +28,18 @@ enum class Counter : std::uint8_t {
   kUpstreamPoolReuse,
   kConnectionsAccepted,
   kLogLinesDropped,
+  kRiskAllow,
+  kRiskThrottle,
+  kRiskBlock,
+  kRiskShadowed,  // a throttle or block decided in shadow mode (logged, not applied)
+  kRiskRuleVelocity,  // one per rule, in RiskRule bit order
+  kRiskRuleBurst,
+  kRiskRuleDrift,
+  kRiskRuleUserAgent,
+  kRiskRuleMethod,
+  kRiskRuleSize,
+  kRiskRuleAuthFailures,
+  kRiskRuleIpDeny,
   kCount
 };
 

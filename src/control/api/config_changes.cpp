@@ -22,6 +22,7 @@ json worker_jwt_keys_json(store::Connection& c) {
 json worker_project_json(const store::Row& row, json services) {
   return {{"id", row.text(0)},
           {"slug", row.is_null(7) ? json(nullptr) : json(row.text(7))},
+          {"risk", row.is_null(8) ? json(nullptr) : json::parse(row.text(8))},
           {"services", std::move(services)},
           {"name", row.text(1)},
           {"upstream_url", row.text(2)},

@@ -32,7 +32,7 @@ class ConfigChanges {
 };
 
 // The worker-format JSON of a project row / key row (shared with the full document).
-// Project columns: id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, slug
+// Project columns: id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, slug, risk
 // `services`: the project's services in worker form (worker_services_json).
 json worker_project_json(const store::Row& row, json services);
 json worker_services_json(store::Connection& c, const std::string& project_id);
@@ -41,7 +41,7 @@ json worker_jwt_keys_json(store::Connection& c);
 // Key columns: id, public_id, key_hash, expires_at, rate_limit_rpm, rate_limit_burst
 json worker_key_json(const store::Row& row);
 inline constexpr const char* kWorkerProjectColumns =
-    "id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, slug";
+    "id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, slug, risk";
 inline constexpr const char* kWorkerKeyColumns =
     "id, public_id, key_hash, expires_at, rate_limit_rpm, rate_limit_burst";
 

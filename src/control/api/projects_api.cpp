@@ -4,6 +4,7 @@
 #include "common/time.hpp"
 #include "control/api/config_changes.hpp"
 #include "control/api/context.hpp"
+#include "config/snapshot.hpp"
 #include "control/service/validation.hpp"
 
 namespace ag::control {
@@ -17,11 +18,12 @@ constexpr std::int64_t kMaxBodyLimit = 1LL << 40;
 
 constexpr const char* kProjectColumns =
     "id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, "
-    "created_at, updated_at, slug";
+    "created_at, updated_at, slug, risk";
 
 struct Project {
   std::string id, name, upstream;
   std::optional<std::string> slug;
+  std::optional<std::string> risk;  // the risk policy as JSON text (docs/risk.md); null = defaults
   std::int64_t rpm = kDefaultRpm, burst = kDefaultBurst;
   std::string key_policy = "single";
   std::int64_t max_body = kDefaultMaxBody;
@@ -29,7 +31,7 @@ struct Project {
 };
 
 Project from_row(const store::Row& r) {
-  Project p{r.text(0), r.text(1), r.text(2), r.opt_text(9), r.integer(3), r.integer(4),
+  Project p{r.text(0), r.text(1), r.text(2), r.opt_text(9), r.opt_text(10), r.integer(3), r.integer(4),
             r.text(5), r.integer(6), r.integer(7), r.integer(8)};
   return p;
 }
@@ -38,6 +40,7 @@ json to_json(const Project& p) {
   return {{"id", p.id},
           {"name", p.name},
           {"slug", p.slug ? json(*p.slug) : json(nullptr)},
+          {"risk", p.risk ? json::parse(*p.risk) : json(nullptr)},
           {"upstream_base_url", p.upstream},
           {"rate_limit", {{"requests_per_minute", p.rpm}, {"burst", p.burst}}},
           {"key_policy", p.key_policy},
@@ -48,7 +51,18 @@ json to_json(const Project& p) {
 
 // Applies the fields present in `body` to `p`, validating each.
 void apply_fields(const json& body, Project& p, bool create) {
-  reject_unknown_fields(body, {"name", "slug", "upstream_base_url", "rate_limit", "key_policy", "max_body_bytes"});
+  reject_unknown_fields(body, {"name", "slug", "upstream_base_url", "rate_limit", "key_policy", "max_body_bytes", "risk"});
+  if (auto it = body.find("risk"); it != body.end()) {
+    if (it->is_null()) {
+      p.risk.reset();
+    } else {
+      if (!it->is_object()) throw validation_error("risk", "must be an object or null");
+      config::RiskPolicy parsed;
+      std::string text = it->dump();
+      if (auto e = config::parse_risk_policy(text, parsed); !e.empty()) throw ApiError(422, e);
+      p.risk = std::move(text);
+    }
+  }
   if (auto it = body.find("slug"); it != body.end()) {
     if (it->is_null()) {
       p.slug.reset();
@@ -131,9 +145,9 @@ http::Response create(AppState& app, const http::Request& req) {
       if (name_taken(c, user.user_id, p.name, p.id)) throw duplicate();
       if (slug_used(c, p.slug, p.id)) throw slug_taken();
       c.exec("INSERT INTO projects (id, owner_id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, "
-             "key_policy, max_body_bytes, created_at, updated_at, slug) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             "key_policy, max_body_bytes, created_at, updated_at, slug, risk) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
              {p.id, user.user_id, p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body,
-              p.created_at, p.updated_at, store::opt(p.slug)});
+              p.created_at, p.updated_at, store::opt(p.slug), store::opt(p.risk)});
       audit(c, req, user.user_id, "project.create", "project", p.id, {{"name", p.name}});
       ConfigChanges(app, c).project_upsert(p.id);
     });
@@ -181,9 +195,9 @@ http::Response update(AppState& app, const http::Request& req, const http::PathP
         throw validation_error("slug", "cannot be removed while the project has services");
       p.updated_at = now_ms();
       c.exec("UPDATE projects SET name = $1, upstream_base_url = $2, rate_limit_rpm = $3, rate_limit_burst = $4, "
-             "key_policy = $5, max_body_bytes = $6, updated_at = $7, slug = $8 WHERE id = $9",
+             "key_policy = $5, max_body_bytes = $6, updated_at = $7, slug = $8, risk = $9 WHERE id = $10",
              {p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body, p.updated_at,
-              store::opt(p.slug), p.id});
+              store::opt(p.slug), store::opt(p.risk), p.id});
       json changed = json::array();
       for (auto it = body.begin(); it != body.end(); ++it) changed.push_back(it.key());
       audit(c, req, user.user_id, "project.update", "project", p.id, {{"fields", changed}});

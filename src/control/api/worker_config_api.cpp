@@ -114,6 +114,8 @@ http::Response full_document(AppState& app, const http::Request& req, bool compa
       body += ",\"slug\":";
       if (p.is_null(7)) body += "null";
       else append_escaped(body, p.text(7));
+      body += ",\"risk\":";
+      body += p.is_null(8) ? std::string("null") : p.text(8);
       auto svc = services.find(p.text(0));
       body += ",\"services\":[" + (svc == services.end() ? std::string() : svc->second) + "]";
       body += ",\"upstream_url\":";

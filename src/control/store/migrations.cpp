@@ -255,6 +255,7 @@ CREATE INDEX config_changes_version ON config_changes(version);
 )SQL"},
     {4, "gateways (worker heartbeats)", kGatewaysTable, kGatewaysTable},
     {5, "services, service tokens and signing keys", kServicesAndTokens, kServicesAndTokens},
+    {6, "per-project risk policy", "ALTER TABLE projects ADD COLUMN risk TEXT;", "ALTER TABLE projects ADD COLUMN risk TEXT;"},
 };
 
 constexpr const char* kCreateTable =
