@@ -5,7 +5,8 @@
 #     NAME req_per_s p50_ms p99_ms
 # then the worker's ratios to nginx. Everything binds 127.0.0.1 and is stopped at the end.
 #
-# Usage: bench/load/gateway.sh [-a key|jwt] [-c CONNECTIONS] [-d SECONDS] [-k NKEYS] [-l on|off] [-r ROUNDS]
+# Usage: bench/load/gateway.sh [-R on|off] [-a key|jwt] [-c CONNECTIONS] [-d SECONDS] [-k NKEYS] [-l on|off] [-r ROUNDS]
+#   -R: the worker's risk engine (default on: the default policy, in shadow mode)
 #   -a: how the worker is called: an API key (default), or an ES256 service token on a service
 #       route (/bench/up/, verified once and then served from the worker's token cache); the
 #       peers always do their API-key job
@@ -15,9 +16,9 @@
 # Env: PEERS_DIR (default ../shared/bench/peers beside the repo), AG_BIN, UPSTREAM_PORT (18080),
 #      WORKER_PORT (18083)
 set -euo pipefail
-CONNS=64 DUR=10 NKEYS=10000 LOG=on ROUNDS=1 AUTH=key
-while getopts "a:c:d:k:l:r:h" o; do
-  case "$o" in a) AUTH="$OPTARG" ;; c) CONNS="$OPTARG" ;; d) DUR="$OPTARG" ;; k) NKEYS="$OPTARG" ;; l) LOG="$OPTARG" ;; r) ROUNDS="$OPTARG" ;; *) sed -n '2,15p' "$0"; exit 2 ;; esac
+CONNS=64 DUR=10 NKEYS=10000 LOG=on ROUNDS=1 AUTH=key RISK=on
+while getopts "R:a:c:d:k:l:r:h" o; do
+  case "$o" in R) RISK="$OPTARG" ;; a) AUTH="$OPTARG" ;; c) CONNS="$OPTARG" ;; d) DUR="$OPTARG" ;; k) NKEYS="$OPTARG" ;; l) LOG="$OPTARG" ;; r) ROUNDS="$OPTARG" ;; *) sed -n '2,21p' "$0"; exit 2 ;; esac
 done
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
@@ -51,6 +52,7 @@ nginx -e "$WORK/upstream.err" -c "$WORK/upstream.conf" -g 'daemon off;' >/dev/nu
 PIDS+=($!)
 wait_listen "$UPSTREAM_PORT" || { echo "upstream did not start" >&2; exit 1; }
 JWT_ARGS=(); [[ $AUTH == jwt ]] && JWT_ARGS=(--jwt "$WORK/token.txt")
+[[ $RISK == off ]] && JWT_ARGS+=(--risk-off)
 /usr/bin/python3 "$ROOT/bench/load/gen_worker_config.py" "$NKEYS" "http://127.0.0.1:$UPSTREAM_PORT" "$WORK/config.json" "$WORK/keys.txt" "${JWT_ARGS[@]}"
 KEY="$(sed -n "$(( (NKEYS + 1) / 2 ))p" "$WORK/keys.txt")"
 # The credential header and path the worker is loaded with.
@@ -100,7 +102,7 @@ for round in $(seq 1 "$ROUNDS"); do
   ratios+=("$1")
 done
 rss="$(awk '/VmRSS/{print $2}' "/proc/$WPID/status")"
-echo "antigravity RSS after the runs: ${rss} kB (access log: $LOG, auth: $AUTH)" >&2
+echo "antigravity RSS after the runs: ${rss} kB (access log: $LOG, auth: $AUTH, risk engine: $RISK)" >&2
 median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')"
 echo "median ratio req/s over $ROUNDS round(s): ${median}x nginx"
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Writes a worker config with N API keys in Antigravity's format, plus the raw keys.
 
-usage: gen_worker_config.py N UPSTREAM_URL OUT_CONFIG OUT_KEYS [RPM BURST] [--jwt OUT_TOKEN]
+usage: gen_worker_config.py N UPSTREAM_URL OUT_CONFIG OUT_KEYS [RPM BURST] [--jwt OUT_TOKEN] [--risk-off]
 Keys: agk_ + 8 base62 public id + '_' + 43 base62 secret + 6 base62 CRC-32 (docs/api.md).
+--risk-off: the project's risk engine is disabled (by default it runs with the default policy).
 --jwt: the project also gets the slug "bench" and a service "up" to the same upstream, an ES256
 public key, and OUT_TOKEN receives a service token for /bench/up/ (needs python3-jwt and
 python3-cryptography).
@@ -33,6 +34,9 @@ def make_key(rng):
 def main():
     args = sys.argv[1:]
     jwt_out = None
+    risk_off = "--risk-off" in args
+    if risk_off:
+        args.remove("--risk-off")
     if "--jwt" in args:
         i = args.index("--jwt")
         jwt_out = args[i + 1]
@@ -52,6 +56,8 @@ def main():
         "api_keys": [e["hash"] for e in entries], "keys": entries,
         "rate_limit": {"requests_per_minute": rpm, "burst": burst},
         "key_policy": "multiple", "max_body_bytes": 10485760}]}
+    if risk_off:
+        doc["projects"][0]["risk"] = {"enabled": False}
     if jwt_out:
         import time
         import uuid

@@ -561,6 +561,8 @@ class ReusePortRestartTest(FaultTestCase):
         return w
 
     def rolling_restart(self, load):
+        """Restarts each worker in turn, ROUNDS times; returns [(t_sigterm, t_exit, t_start,
+        t_ready)] (monotonic)."""
         restarts = []
         time.sleep(1.0)
         for rnd in range(self.ROUNDS):
@@ -572,24 +574,68 @@ class ReusePortRestartTest(FaultTestCase):
                 t_exit = time.monotonic()
                 self.assertEqual(code, 0, "worker exit code after SIGTERM (None: still running)")
                 old.stop()
+                t_start = time.monotonic()
                 new = self.start()
                 t_ready = time.monotonic()
                 self.workers[i] = new
-                restarts.append((t_exit - t0, t_ready - t_exit))
+                restarts.append((t0, t_exit, t_start, t_ready))
                 time.sleep(0.8)
         load.stop()
-        for n, (drain, start) in enumerate(restarts):
-            report("restart %d: exited %.3f s after SIGTERM, replacement ready %.3f s later", n + 1, drain, start)
+        for n, (t0, t_exit, t_start, t_ready) in enumerate(restarts):
+            report("restart %d: exited %.3f s after SIGTERM, replacement listening+ready %.3f s later",
+                   n + 1, t_exit - t0, t_ready - t_start)
+        return restarts
+
+    def assertNoRestartFailures(self, load, restarts, what):
+        """0 failed requests; on failure, says which kind: answers from a replacement that was
+        not ready yet, or connection errors near a SIGTERM (its listener's accept queue)."""
+        events = load.window()
+        bad = rh.LoadGenerator.failures(events)
+        report("%s: %s", what, rh.LoadGenerator.describe(events))
+        not_ready = [d for d in load.details if b"not ready" in d[2]]
+        other_http = [d for d in load.details if b"not ready" not in d[2]]
+        conn_errors = [e for e in bad if isinstance(e[2], str)]
+
+        def nearest(t, idx):
+            return min(restarts, key=lambda r: abs(r[idx] - t))
+
+        lines = []
+        for t0, t1, outcome in conn_errors:
+            r = nearest(t0, 0)
+            lines.append("  %s, request started %+.3f s from a SIGTERM" % (outcome, t0 - r[0]))
+        for t, status, body in other_http:
+            lines.append("  %d %r" % (status, body))
+        for t, status, body in not_ready:
+            r = nearest(t, 2)
+            lines.append("  %d %s, %.3f s after a replacement worker was started (it reported ready "
+                         "%.3f s after start)" % (status, body.decode("utf-8", "replace"), t - r[2], r[3] - r[2]))
+        if bad:
+            try:
+                with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+                    migrate = f.read().strip()
+            except OSError:
+                migrate = "unknown"
+            report("%s: %d failures (%d not-ready 503s, %d connection errors, %d other); "
+                   "net.ipv4.tcp_migrate_req=%s\n%s", what, len(bad), len(not_ready), len(conn_errors),
+                   len(other_http), migrate, "\n".join(lines[:30]))
+        self.assertGreater(len(events), 100)
+        self.assertEqual(len(bad), 0,
+                         "%s: %d of %d requests failed: %d answered 503 'not ready' by a replacement "
+                         "worker that accepted connections on the shared port before its config was "
+                         "loaded; %d connection errors (a connection queued on a listener closed by "
+                         "SIGTERM is reset by the kernel unless net.ipv4.tcp_migrate_req=1); %d other.\n%s"
+                         % (what, len(bad), len(events), len(not_ready), len(conn_errors), len(other_http),
+                            "\n".join(lines[:30])))
 
     def test_rolling_restart_new_connection_per_request(self):
         load = rh.LoadGenerator("127.0.0.1", self.port, "/load", {"X-API-Key": self.key}, threads=4,
                                 keepalive=False, interval=0.001).start()
         try:
-            self.rolling_restart(load)
+            restarts = self.rolling_restart(load)
         finally:
             load.stop()
-        self.assertNoFailures(load, load.window(), "one connection per request, %d rolling restarts"
-                              % (2 * self.ROUNDS))
+        self.assertNoRestartFailures(load, restarts, "one connection per request, %d rolling restarts"
+                                     % (2 * self.ROUNDS))
 
     def test_rolling_restart_keep_alive_clients(self):
         # Keep-alive clients: an idle connection closed by SIGTERM can race with the client's next
@@ -598,12 +644,12 @@ class ReusePortRestartTest(FaultTestCase):
         load = rh.LoadGenerator("127.0.0.1", self.port, "/load", {"X-API-Key": self.key}, threads=4,
                                 keepalive=True, interval=0.002, retry_stale=True).start()
         try:
-            self.rolling_restart(load)
+            restarts = self.rolling_restart(load)
         finally:
             load.stop()
         report("keep-alive clients: %d stale-connection retries", load.retries)
-        self.assertNoFailures(load, load.window(), "keep-alive clients (stale-connection retry), %d "
-                              "rolling restarts" % (2 * self.ROUNDS))
+        self.assertNoRestartFailures(load, restarts, "keep-alive clients (stale-connection retry), %d "
+                                     "rolling restarts" % (2 * self.ROUNDS))
 
 
 # =============================================================================================
