@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds into build/ (or $BUILD_DIR). Extra arguments go to cmake.
+# BUILD_TYPE sets CMAKE_BUILD_TYPE at configure time (default RelWithDebInfo); JOBS=N limits the
+# number of parallel compile jobs (default: ninja's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build}"
@@ -8,4 +10,4 @@ if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
 elif (($#)); then
   cmake "$BUILD_DIR" "$@"
 fi
-ninja -C "$BUILD_DIR"
+ninja -C "$BUILD_DIR" ${JOBS:+-j "$JOBS"}

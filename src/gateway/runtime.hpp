@@ -12,6 +12,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <chrono>
+#include <atomic>
 #include <mutex>
 #include <unordered_map>
 #include <cstdint>
@@ -107,6 +108,10 @@ struct ThreadRuntime {
   TokenCheck token_check;
   std::mutex usage_mutex;  // taken by this thread per token request and by the reporter
   std::unordered_map<std::string, std::int64_t> token_use;  // jti -> last use (unix ms)
+  // Overload state shared by the threads (owned by the worker).
+  std::atomic<std::int64_t>* open_connections = nullptr;
+  std::atomic<bool>* memory_over = nullptr;
+  std::int64_t last_shed_log_ns = 0;
   // Risk engine (shared by the threads) and the worker-wide IP lists.
   RiskEngine* risk = nullptr;
   const std::vector<Cidr>* ip_deny = nullptr;

@@ -8,6 +8,8 @@
 #include <spdlog/spdlog.h>
 
 #include <charconv>
+#include <cstdio>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <cerrno>
@@ -47,6 +49,7 @@ ThreadRuntime::ThreadRuntime(std::size_t i, const WorkerOptions& o, metrics::Sha
 }
 
 void ThreadRuntime::track(Tracked* t) {
+  if (open_connections) open_connections->fetch_add(1, std::memory_order_relaxed);
   t->prev = nullptr;
   t->next = head;
   if (head) head->prev = t;
@@ -60,6 +63,7 @@ void ThreadRuntime::untrack(Tracked* t) {
   if (t->next) t->next->prev = t->prev;
   t->prev = t->next = nullptr;
   --live;
+  if (open_connections) open_connections->fetch_sub(1, std::memory_order_relaxed);
 }
 
 namespace {
@@ -180,6 +184,8 @@ WorkerOptions load_worker_options() {
   o.auth_failure_limit = env_int("WORKER_AUTH_FAILURE_LIMIT", 50, 0, 1000000);
   o.auth_failure_window_sec = env_int("WORKER_AUTH_FAILURE_WINDOW_SEC", 60, 1, 86400);
   o.risk_slots = static_cast<std::size_t>(env_int("WORKER_RISK_SLOTS", 65536, 16, 1 << 24));
+  o.max_connections = env_int("WORKER_MAX_CONNECTIONS", 0, 0, 10'000'000);
+  o.max_memory_mb = env_int("WORKER_MAX_MEMORY_MB", 0, 0, 1'000'000);
   return o;
 }
 
@@ -188,6 +194,13 @@ WorkerOptions load_worker_options() {
 struct Worker::Impl {
   explicit Impl(WorkerOptions o) : opts(std::move(o)) {
     if (opts.threads <= 0) opts.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (opts.max_connections <= 0) {
+      // Each client connection may need an upstream one: half the open-file limit, less a reserve.
+      rlimit nofile{};
+      ::getrlimit(RLIMIT_NOFILE, &nofile);
+      std::int64_t soft = nofile.rlim_cur == RLIM_INFINITY ? 1'000'000 : static_cast<std::int64_t>(nofile.rlim_cur);
+      opts.max_connections = std::max<std::int64_t>(16, (soft - 64) / 2);
+    }
     trusted = parse_cidrs(opts.trusted_proxies);
     ip_deny = parse_cidrs(opts.ip_deny);
     ip_allow = parse_cidrs(opts.ip_allow);
@@ -199,6 +212,8 @@ struct Worker::Impl {
       threads.push_back(std::make_unique<ThreadRuntime>(static_cast<std::size_t>(i), opts, registry->shard(i), *log,
                                                         limiter, trusted));
       threads.back()->risk = risk.get();
+      threads.back()->open_connections = &open_connections;
+      threads.back()->memory_over = &memory_over;
       threads.back()->ip_deny = &ip_deny;
       threads.back()->ip_allow = &ip_allow;
     }
@@ -214,6 +229,8 @@ struct Worker::Impl {
   WorkerOptions opts;
   std::vector<Cidr> trusted, ip_deny, ip_allow;
   std::unique_ptr<RiskEngine> risk;
+  std::atomic<std::int64_t> open_connections{0};
+  std::atomic<bool> memory_over{false};
   std::unique_ptr<metrics::Registry> registry;
   std::unique_ptr<AccessLog> log;
   ratelimit::LocalStore limiter;
@@ -271,8 +288,43 @@ struct Worker::Impl {
         continue;
       }
       t.coarse_now_ns = steady_ns();  // the new connection's first deadline starts now
+      if (t.open_connections->load(std::memory_order_relaxed) >= t.opts.max_connections ||
+          t.memory_over->load(std::memory_order_relaxed)) {
+        shed(t, s);
+        continue;
+      }
       asio::co_spawn(t.ioc, serve_connection(t, std::move(s)), asio::detached);
     }
+  }
+
+  // Over a limit: one short answer written without waiting (it fits in the socket buffer), then
+  // the connection is closed; the connections already open are not touched.
+  static void shed(ThreadRuntime& t, Socket& s) {
+    static constexpr std::string_view kOverloaded =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 31\r\n"
+        "Retry-After: 1\r\nConnection: close\r\n\r\n{\"detail\":\"Server overloaded\"}\n";
+    ::send(s.native_handle(), kOverloaded.data(), kOverloaded.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    error_code ec;
+    s.shutdown(tcp::socket::shutdown_send, ec);
+    s.close(ec);
+    t.metrics.add(metrics::Counter::kConnectionsShed);
+    if (t.coarse_now_ns - t.last_shed_log_ns > 10'000'000'000) {
+      t.last_shed_log_ns = t.coarse_now_ns;
+      spdlog::warn("overloaded ({} connections open{}): new connections get 503", t.open_connections->load(),
+                   t.memory_over->load() ? ", memory limit reached" : "");
+    }
+  }
+
+  // Resident memory against WORKER_MAX_MEMORY_MB, read from /proc every sweep by thread 0.
+  static void check_memory(ThreadRuntime& t) {
+    if (t.index != 0 || t.opts.max_memory_mb <= 0) return;
+    long pages = 0, resident = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+      std::fclose(f);
+    }
+    std::int64_t rss_mb = static_cast<std::int64_t>(resident) * ::sysconf(_SC_PAGESIZE) / (1024 * 1024);
+    t.memory_over->store(rss_mb >= t.opts.max_memory_mb, std::memory_order_relaxed);
   }
 
   static Task<void> sweep_loop(ThreadRuntime& t) {
@@ -283,6 +335,7 @@ struct Worker::Impl {
       std::int64_t now = t.coarse_now_ns = steady_ns();
       t.sweep(now);
       t.flush_log();
+      check_memory(t);
       if (t.draining) {
         if (t.live == 0 || now >= t.drain_deadline_ns) {
           if (t.live > 0) spdlog::warn("drain deadline reached with {} connection(s) still open on thread {}", t.live, t.index);
@@ -412,6 +465,8 @@ void Worker::start() {
   im.health_thread = std::thread([this] { impl_->run_health_checks(); });
   if (!im.opts.control_url.empty() && im.opts.config_dir.empty() && im.opts.config_file.empty())
     im.usage_thread = std::thread([this] { impl_->run_usage_reports(); });
+  spdlog::info("worker limits: {} connections{}", im.opts.max_connections,
+               im.opts.max_memory_mb > 0 ? ", " + std::to_string(im.opts.max_memory_mb) + " MB resident" : std::string());
   spdlog::info("worker listening on http://{}:{} ({} threads{})", im.opts.listen_host, im.port, im.threads.size(),
                im.redis.empty() ? ", local rate limits" : ", rate limits in Redis");
   spdlog::info("worker admin listening on http://{}:{}", im.opts.admin_host, im.admin->bound_port());

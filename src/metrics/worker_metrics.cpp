@@ -23,6 +23,7 @@ constexpr const char* kCounterNames[] = {
     "ag_upstream_pool_reuse_total",
     "ag_connections_accepted_total",
     "ag_access_log_dropped_total",
+    "ag_connections_shed_total",
     "ag_risk_decisions_total{decision=\"allow\"}",
     "ag_risk_decisions_total{decision=\"throttle\"}",
     "ag_risk_decisions_total{decision=\"block\"}",

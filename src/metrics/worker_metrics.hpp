@@ -28,6 +28,7 @@ enum class Counter : std::uint8_t {
   kUpstreamPoolReuse,
   kConnectionsAccepted,
   kLogLinesDropped,
+  kConnectionsShed,
   kRiskAllow,
   kRiskThrottle,
   kRiskBlock,

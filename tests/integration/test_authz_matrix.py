@@ -1,0 +1,294 @@
+"""Authorisation matrix of the control API: every route × every kind of caller.
+
+The route list comes from the running server's `GET /openapi.json`, so a new route without an
+entry in ROUTE_CLASS below fails the test (it cannot be forgotten). Path parameters are replaced
+by real ids of the owner's objects (project, key, service, token); routes that change or delete
+something get fresh objects for every call. Every route is called with and without the `/api/v1`
+prefix.
+
+Callers:
+  anonymous            no credentials at all
+  other_user           a valid access token of another user
+  owner                a valid access token of the user who owns the objects
+  worker_secret        the worker secret in x-worker-secret (no bearer token)
+  wrong_worker_secret  a wrong x-worker-secret
+  garbage_bearer       Authorization: Bearer <not a JWT>
+  forged_bearer        a well-formed JWT with the owner's claims, signed with another secret
+  expired_bearer       a JWT with the owner's claims, signed with the real JWT_SECRET_KEY, expired
+
+Expected status per route class and caller (EXPECT below; docs/api.md,
+docs/services-and-tokens.md, docs/config-stream.md):
+  public         health, openapi, docs, jwks, register, login, refresh: success for everyone
+                 (the route's documented 2xx; credentials, even bad ones, are not looked at)
+  session        GET /auth/session: 200 without a token (authenticated: false) or with a valid
+                 one; 401 for a token that is present but invalid or expired
+  logout         POST /auth/logout: the caller's own session; 401 without a valid credential
+  user           routes of the caller's own data: 2xx for any valid user, 401 otherwise
+  project        project-scoped routes: owner 2xx, another user 404, everyone else 401
+  worker         /internal/worker/*: worker secret 2xx, everyone else 401
+Beyond the status: a 401 on a bearer route carries `WWW-Authenticate: Bearer`; a refused
+mutation leaves the owner's objects unchanged; a caller other than the owner never sees the
+owner's ids in a 2xx body of a user, project or session route.
+
+Run: /usr/bin/python3 tests/integration/test_authz_matrix.py
+Environment: see harness.py (AG_BIN, AG_DB, AG_TEST_PG_URL).
+"""
+
+import json
+import os
+import re
+import string
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness as h  # noqa: E402
+
+CALLERS = ("anonymous", "other_user", "owner", "worker_secret", "wrong_worker_secret",
+           "garbage_bearer", "forged_bearer", "expired_bearer")
+BEARER_CALLERS = ("other_user", "owner", "garbage_bearer", "forged_bearer", "expired_bearer")
+PREFIXES = ("", "/api/v1")
+
+# Every route of /openapi.json -> its class. A route missing here fails the test.
+ROUTE_CLASS = {
+    ("GET", "/health"): "public",
+    ("GET", "/openapi.json"): "public",
+    ("GET", "/docs"): "public",
+    ("GET", "/.well-known/jwks.json"): "public",
+    ("POST", "/auth/register"): "public",
+    ("POST", "/auth/login"): "public",
+    ("POST", "/auth/refresh"): "public",
+    ("GET", "/auth/session"): "session",
+    ("POST", "/auth/logout"): "logout",
+    ("POST", "/projects"): "user",
+    ("GET", "/projects"): "user",
+    ("GET", "/audit"): "user",
+    ("GET", "/gateways"): "user",
+    ("GET", "/gateways/propagation"): "user",
+    ("GET", "/projects/{id}"): "project",
+    ("PATCH", "/projects/{id}"): "project",
+    ("DELETE", "/projects/{id}"): "project",
+    ("POST", "/projects/{id}/keys"): "project",
+    ("GET", "/projects/{id}/keys"): "project",
+    ("DELETE", "/projects/{id}/keys/{key_id}"): "project",
+    ("GET", "/projects/{id}/services"): "project",
+    ("PUT", "/projects/{id}/services/{name}"): "project",
+    ("GET", "/projects/{id}/services/{name}"): "project",
+    ("DELETE", "/projects/{id}/services/{name}"): "project",
+    ("POST", "/projects/{id}/tokens"): "project",
+    ("GET", "/projects/{id}/tokens"): "project",
+    ("GET", "/projects/{id}/tokens/{jti}"): "project",
+    ("POST", "/projects/{id}/tokens/{jti}/revoke"): "project",
+    ("GET", "/internal/worker/config"): "worker",
+    ("POST", "/internal/worker/token-usage"): "worker",
+}
+
+OK = "2xx"  # the route's documented success status(es), from /openapi.json
+EXPECT = {
+    "public": {c: OK for c in CALLERS},
+    "session": {"anonymous": OK, "other_user": OK, "owner": OK, "worker_secret": OK,
+                "wrong_worker_secret": OK, "garbage_bearer": 401, "forged_bearer": 401,
+                "expired_bearer": 401},
+    "logout": {"anonymous": 401, "other_user": OK, "owner": OK, "worker_secret": 401,
+               "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
+               "expired_bearer": 401},
+    "user": {"anonymous": 401, "other_user": OK, "owner": OK, "worker_secret": 401,
+             "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
+             "expired_bearer": 401},
+    "project": {"anonymous": 401, "other_user": 404, "owner": OK, "worker_secret": 401,
+                "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
+                "expired_bearer": 401},
+    "worker": {"anonymous": 401, "other_user": 401, "owner": 401, "worker_secret": OK,
+               "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
+               "expired_bearer": 401},
+}
+MUTATING = ("POST", "PUT", "PATCH", "DELETE")
+UPSTREAM = "http://127.0.0.1:9/authz"
+
+
+def lower_id():
+    return h.random_string(10, string.ascii_lowercase + string.digits)
+
+
+class AuthzMatrixTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.ctl = h.start_control(h.AG_DB)
+        cls.owner = h.register_user(cls.ctl)
+        cls.other = h.register_user(cls.ctl)
+        cls.fixture = cls.make_fixture()
+        _, claims = h.jwt_decode_unverified(cls.owner.token)
+        now = int(time.time())
+        expired = dict(claims, iat=now - 7200, exp=now - 3600)
+        cls.expired_token = h.jwt_encode(expired, cls.ctl.jwt_secret, alg="HS256")
+        cls.forged_token = h.jwt_encode(dict(claims, exp=now + 3600), "not-the-secret-" + h.random_string(32))
+        cls.garbage_token = "garbage." + h.random_string(40)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ctl.stop()
+
+    # -- fixtures ---------------------------------------------------------------------------
+
+    @classmethod
+    def make_fixture(cls):
+        """A project of the owner with a slug, a key, a service and a service token."""
+        ctl, token = cls.ctl, cls.owner.token
+        project = h.create_project(ctl, token, name="authz-" + lower_id(), upstream=UPSTREAM,
+                                   slug="authz-" + lower_id(), key_policy="multiple")
+        key = h.create_key(ctl, token, project["id"])
+        name = "svc-" + lower_id()
+        resp = ctl.request("PUT", "/projects/%s/services/%s" % (project["id"], name),
+                           {"targets": ["http://127.0.0.1:9"]}, token=token)
+        assert resp.status == 201, resp
+        resp = ctl.request("POST", "/projects/%s/tokens" % project["id"], {"service": name}, token=token)
+        assert resp.status == 201, resp
+        tok = resp.json()
+        return {"id": project["id"], "key_id": key["id"], "name": name, "jti": tok["jti"],
+                "secret_ids": [project["id"], key["id"], tok["jti"], key["public_id"]]}
+
+    def owner_view(self, fx):
+        """What the owner sees of a fixture (to prove a refused mutation changed nothing)."""
+        ctl, token = self.ctl, self.owner.token
+        out = {}
+        for path in ("/projects/%s" % fx["id"], "/projects/%s/keys" % fx["id"],
+                     "/projects/%s/services" % fx["id"], "/projects/%s/tokens" % fx["id"]):
+            resp = ctl.request("GET", path, token=token)
+            try:
+                body = resp.json()
+            except ValueError:
+                body = resp.text
+            out[path] = (resp.status, self._strip_volatile(body))
+        return out
+
+    @classmethod
+    def _strip_volatile(cls, obj):
+        if isinstance(obj, dict):
+            return {k: cls._strip_volatile(v) for k, v in obj.items() if k not in ("last_used_at",)}
+        if isinstance(obj, list):
+            return [cls._strip_volatile(v) for v in obj]
+        return obj
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def caller_headers(self, caller, route):
+        if caller == "anonymous":
+            return {}
+        if caller in ("owner", "other_user"):
+            user = self.owner if caller == "owner" else self.other
+            if route == ("POST", "/auth/logout"):
+                # a session of its own: logging it out must not break the rest of the matrix
+                return {"Authorization": "Bearer " + h.login(self.ctl, user.email, user.password)["access_token"]}
+            return {"Authorization": "Bearer " + user.token}
+        if caller == "worker_secret":
+            return {"x-worker-secret": self.ctl.worker_secret}
+        if caller == "wrong_worker_secret":
+            return {"x-worker-secret": "wrong-" + h.random_string(42)}
+        if caller == "garbage_bearer":
+            return {"Authorization": "Bearer " + self.garbage_token}
+        if caller == "forged_bearer":
+            return {"Authorization": "Bearer " + self.forged_token}
+        if caller == "expired_bearer":
+            return {"Authorization": "Bearer " + self.expired_token}
+        raise ValueError(caller)
+
+    def body_for(self, route, fx):
+        method, path = route
+        if path == "/auth/register":
+            return {"email": h.unique_email("authz"), "password": "pw-" + h.random_string(16)}
+        if path == "/auth/login":
+            return {"email": self.owner.email, "password": self.owner.password}
+        if path == "/auth/refresh":
+            return {"refresh_token": h.login(self.ctl, self.owner.email, self.owner.password)["refresh_token"]}
+        if route == ("POST", "/projects"):
+            return {"name": "authz-new-" + lower_id(), "upstream_base_url": UPSTREAM}
+        if route == ("PATCH", "/projects/{id}"):
+            return {"rate_limit": {"burst": 7}}
+        if route == ("POST", "/projects/{id}/keys"):
+            return {"label": "authz"}
+        if route == ("PUT", "/projects/{id}/services/{name}"):
+            return {"targets": ["http://127.0.0.1:9/changed"]}
+        if route == ("POST", "/projects/{id}/tokens"):
+            return {"service": fx["name"]}
+        if route == ("POST", "/projects/{id}/tokens/{jti}/revoke"):
+            return {"reason": "authz"}
+        if route == ("POST", "/internal/worker/token-usage"):
+            return {"tokens": [{"jti": fx["jti"], "last_used_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]}
+        return None
+
+    @staticmethod
+    def fill_path(path, fx):
+        def sub(m):
+            return fx[m.group(1)]
+        return re.sub(r"\{(\w+)\}", sub, path)
+
+    # -- the matrix -------------------------------------------------------------------------
+
+    def test_matrix(self):
+        doc = self.ctl.request("GET", "/openapi.json").json()
+        routes = {}
+        for path, ops in doc["paths"].items():
+            for method, op in ops.items():
+                if method.upper() in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                    ok = sorted(int(c) for c in op.get("responses", {}) if c.isdigit() and 200 <= int(c) < 300)
+                    routes[(method.upper(), path)] = ok
+        unknown = sorted(set(routes) - set(ROUTE_CLASS))
+        self.assertEqual(unknown, [], "routes in /openapi.json without an expectation in ROUTE_CLASS "
+                         "(add them to the table)")
+        missing = sorted(set(ROUTE_CLASS) - set(routes))
+        self.assertEqual(missing, [], "routes of the table no longer in /openapi.json")
+
+        failures = []
+        cells = 0
+        table = []
+        for route in sorted(routes):
+            cls_ = ROUTE_CLASS[route]
+            success = set(routes[route]) or {200}
+            for prefix in PREFIXES:
+                for caller in CALLERS:
+                    expected = EXPECT[cls_][caller]
+                    method, path = route
+                    mutating = method in MUTATING and cls_ in ("project", "worker")
+                    fx = self.make_fixture() if mutating else self.fixture
+                    before = self.owner_view(fx) if mutating and expected != OK else None
+                    headers = self.caller_headers(caller, route)
+                    body = self.body_for(route, fx)
+                    url = prefix + self.fill_path(path, fx)
+                    resp = self.ctl.request(method, url, body=body, headers=headers)
+                    cells += 1
+                    where = "%s %s%s × %s" % (method, prefix, path, caller)
+                    problems = []
+                    if expected == OK:
+                        if resp.status not in success:
+                            problems.append("expected %s, got %d" % (sorted(success), resp.status))
+                    elif resp.status != expected:
+                        problems.append("expected %d, got %d" % (expected, resp.status))
+                    if (resp.status == 401 and cls_ in ("session", "logout", "user", "project")
+                            and caller in BEARER_CALLERS + ("anonymous",)):
+                        if "bearer" not in (resp.headers.get("WWW-Authenticate") or "").lower():
+                            problems.append("401 without WWW-Authenticate: Bearer")
+                    if (200 <= resp.status < 300 and caller != "owner"
+                            and cls_ in ("session", "user", "project")):
+                        leaked = [i for i in self.fixture["secret_ids"] + fx["secret_ids"]
+                                  if i.encode() in resp.body]
+                        if leaked:
+                            problems.append("2xx body shows the owner's ids %r" % leaked)
+                    if caller == "anonymous" and route == ("GET", "/auth/session") and resp.status == 200:
+                        if resp.json().get("authenticated") is not False:
+                            problems.append("anonymous session is authenticated: %r" % resp.text[:200])
+                    if before is not None:
+                        after = self.owner_view(fx)
+                        if after != before:
+                            problems.append("a refused %s changed the owner's objects" % method)
+                    if problems:
+                        failures.append("%s: %s [%s]" % (where, "; ".join(problems), resp.text[:120]))
+                    table.append((where, resp.status))
+        sys.stderr.write("\n    [measured] %d cells (%d routes × %d callers × %d prefixes), %d failing\n"
+                         % (cells, len(routes), len(CALLERS), len(PREFIXES), len(failures)))
+        self.assertEqual(failures, [], "authorisation matrix:\n" + "\n".join(failures))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
