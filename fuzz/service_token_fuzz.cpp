@@ -1,8 +1,6 @@
 // libFuzzer target for service-token verification (the worker runs it on every request's
-// Authorization header). Build with clang++ -std=c++20 -Isrc -fsanitize=fuzzer,address,undefined
-// together with src/common/service_token.cpp and src/common/crypto.cpp (compiled with
-// -fsanitize=fuzzer-no-link,address,undefined), linking -lcrypto -lsodium -lsimdjson -lz.
-// Seed corpus: fuzz/corpus/service_token/ (one token per file).
+// Authorization header). Built with the other targets (AG_BUILD_FUZZ, scripts/fuzz.sh,
+// docs/testing.md). Seed corpus: fuzz/corpus/service_token/ (one token per file).
 //
 // The key set is fixed: an HS256 secret, the ES256 key of RFC 7515 Appendix A.3 (kid "es-fuzz")
 // and the Ed25519 key of RFC 8037 Appendix A.1 (kid "ed-fuzz"). Their private halves are

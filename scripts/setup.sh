@@ -9,7 +9,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   # libraries
   libboost-dev libboost-system-dev libssl-dev libsodium-dev libsqlite3-dev libpq-dev
-  nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libhiredis-dev libsimdjson-dev zlib1g-dev libyaml-cpp-dev
+  nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libhiredis-dev libsimdjson-dev zlib1g-dev libyaml-cpp-dev libmaxminddb-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-jwt python3-cryptography curl wrk
   # servers used by tests

@@ -4,6 +4,7 @@
 #include <simdjson.h>
 #include <sys/socket.h>
 
+#include <cctype>
 #include <charconv>
 #include <cstdio>
 #include <ctime>
@@ -217,7 +218,8 @@ bool parse_risk(simdjson::dom::object ro, const std::string& where, RiskPolicy& 
   for (auto [k, v] : ro) {
     static constexpr std::string_view kKnown[] = {"enabled", "mode", "weights", "thresholds", "velocity_per_min",
                                                  "burst_per_sec", "drift_endpoints", "max_request_bytes",
-                                                 "allowed_methods", "ip_allow", "ip_deny", "throttle"};
+                                                 "allowed_methods", "ip_allow", "ip_deny", "throttle",
+                                                 "country_allow", "country_deny"};
     if (std::find(std::begin(kKnown), std::end(kKnown), k) == std::end(kKnown))
       return p.fail(where + "." + std::string(k), "unknown field");
   }
@@ -271,6 +273,20 @@ bool parse_risk(simdjson::dom::object ro, const std::string& where, RiskPolicy& 
     }
   }
   if (!get_cidr_list(ro, "ip_allow", where, r.ip_allow, p) || !get_cidr_list(ro, "ip_deny", where, r.ip_deny, p)) return false;
+  for (auto [field, list] : {std::pair<const char*, std::vector<std::string>*>{"country_allow", &r.country_allow},
+                             {"country_deny", &r.country_deny}}) {
+    if (ro[field].get(e) || e.is_null()) continue;
+    simdjson::dom::array a;
+    if (e.get_array().get(a) || a.size() > 300) return p.fail(where + "." + field, "must be a list of ISO 3166-1 alpha-2 codes");
+    for (simdjson::dom::element c : a) {
+      if (c.get_string().get(sv) || sv.size() != 2 || !std::isalpha(static_cast<unsigned char>(sv[0])) ||
+          !std::isalpha(static_cast<unsigned char>(sv[1])))
+        return p.fail(where + "." + field, "must be a list of ISO 3166-1 alpha-2 codes");
+      std::string code(sv);
+      for (auto& ch : code) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+      list->push_back(std::move(code));
+    }
+  }
   if (!ro["throttle"].get(e) && !e.is_null()) {
     simdjson::dom::object th;
     if (e.get_object().get(th)) return p.fail(where + ".throttle", "must be an object");

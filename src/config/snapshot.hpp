@@ -101,6 +101,7 @@ struct RiskPolicy {
   std::int64_t max_request_bytes = 0;   // 0 = no size signal
   std::vector<std::string> allowed_methods;  // empty = any
   std::vector<Cidr> ip_allow, ip_deny;       // checked before anything else for the project
+  std::vector<std::string> country_allow, country_deny;  // ISO 3166-1 alpha-2; need WORKER_GEOIP_DB
   bool throttle_delay = true;                // THROTTLE: delay, or a tighter limit
   std::int64_t throttle_delay_ms = 250;
   double throttle_limit_factor = 0.1;

@@ -484,6 +484,17 @@ Task<bool> Connection::assess_risk(Context& ctx, const ReqParser::value_type& re
     rt_.metrics.add(metrics::Counter::kRiskRuleIpDeny);
     co_return false;
   }
+  if (!p.country_deny.empty() || !p.country_allow.empty()) {
+    // Without a database an allow list cannot be satisfied (fail closed); a deny list is skipped.
+    std::string cc = rt_.geoip ? rt_.geoip->country(ctx.client_ip) : std::string();
+    auto listed = [&](const std::vector<std::string>& l) { return std::find(l.begin(), l.end(), cc) != l.end(); };
+    if ((!cc.empty() && listed(p.country_deny)) || (!p.country_allow.empty() && (cc.empty() || !listed(p.country_allow)))) {
+      reply = {403, Reason::kIpDenied, "Forbidden by country policy"};
+      ctx.reason_detail = cc.empty() ? "country_unknown" : "country_denied";
+      rt_.metrics.add(metrics::Counter::kRiskRuleCountry);
+      co_return false;
+    }
+  }
   if (!p.enabled) co_return true;
   RiskInput in;
   in.caller = ctx.key_tag;

@@ -49,7 +49,8 @@ std::string_view risk_decision_name(RiskDecision d) {
 
 std::string_view risk_rule_name(std::size_t i) {
   static constexpr std::string_view kNames[kRiskRuleCount] = {"velocity", "burst",  "drift",         "user_agent",
-                                                               "method",   "size",   "auth_failures", "ip_deny"};
+                                                               "method",   "size",   "auth_failures", "ip_deny",
+                                                               "country"};
   return i < kRiskRuleCount ? kNames[i] : "";
 }
 

@@ -31,8 +31,9 @@ enum RiskRule : std::uint32_t {
   kRuleSize = 1u << 5,
   kRuleAuthFailures = 1u << 6,
   kRuleIpDeny = 1u << 7,
+  kRuleCountry = 1u << 8,
 };
-inline constexpr std::size_t kRiskRuleCount = 8;
+inline constexpr std::size_t kRiskRuleCount = 9;
 std::string_view risk_rule_name(std::size_t bit_index);
 
 struct RiskInput {

@@ -24,6 +24,7 @@
 #include "config/snapshot.hpp"
 #include "gateway/access_log.hpp"
 #include "gateway/pipeline.hpp"
+#include "gateway/geoip.hpp"
 #include "gateway/risk.hpp"
 #include "gateway/worker.hpp"
 #include "metrics/worker_metrics.hpp"
@@ -114,6 +115,7 @@ struct ThreadRuntime {
   std::int64_t last_shed_log_ns = 0;
   // Risk engine (shared by the threads) and the worker-wide IP lists.
   RiskEngine* risk = nullptr;
+  const GeoIp* geoip = nullptr;  // null without WORKER_GEOIP_DB
   const std::vector<Cidr>* ip_deny = nullptr;
   const std::vector<Cidr>* ip_allow = nullptr;
   // Round-robin positions, by service (its first target's state).

@@ -185,6 +185,7 @@ WorkerOptions load_worker_options() {
   o.auth_failure_window_sec = env_int("WORKER_AUTH_FAILURE_WINDOW_SEC", 60, 1, 86400);
   o.risk_slots = static_cast<std::size_t>(env_int("WORKER_RISK_SLOTS", 65536, 16, 1 << 24));
   o.max_connections = env_int("WORKER_MAX_CONNECTIONS", 0, 0, 10'000'000);
+  o.geoip_db = env::get_or("WORKER_GEOIP_DB", "");
   o.max_memory_mb = env_int("WORKER_MAX_MEMORY_MB", 0, 0, 1'000'000);
   return o;
 }
@@ -205,6 +206,7 @@ struct Worker::Impl {
     ip_deny = parse_cidrs(opts.ip_deny);
     ip_allow = parse_cidrs(opts.ip_allow);
     risk = std::make_unique<RiskEngine>(opts.risk_slots, opts.auth_failure_limit, opts.auth_failure_window_sec);
+    if (!opts.geoip_db.empty()) geoip = std::make_unique<GeoIp>(opts.geoip_db);
     registry = std::make_unique<metrics::Registry>(static_cast<std::size_t>(opts.threads));
     log = std::make_unique<AccessLog>(opts.access_log, static_cast<std::size_t>(opts.threads));
     for (int i = 0; i < opts.threads; ++i)
@@ -212,6 +214,7 @@ struct Worker::Impl {
       threads.push_back(std::make_unique<ThreadRuntime>(static_cast<std::size_t>(i), opts, registry->shard(i), *log,
                                                         limiter, trusted));
       threads.back()->risk = risk.get();
+      threads.back()->geoip = geoip.get();
       threads.back()->open_connections = &open_connections;
       threads.back()->memory_over = &memory_over;
       threads.back()->ip_deny = &ip_deny;
@@ -229,6 +232,7 @@ struct Worker::Impl {
   WorkerOptions opts;
   std::vector<Cidr> trusted, ip_deny, ip_allow;
   std::unique_ptr<RiskEngine> risk;
+  std::unique_ptr<GeoIp> geoip;
   std::atomic<std::int64_t> open_connections{0};
   std::atomic<bool> memory_over{false};
   std::unique_ptr<metrics::Registry> registry;

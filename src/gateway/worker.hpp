@@ -50,6 +50,7 @@ struct WorkerOptions {
   std::int64_t auth_failure_limit = 50;        // failed authentications per IP per window (0 = off)
   std::int64_t auth_failure_window_sec = 60;
   std::size_t risk_slots = 1u << 16;           // entries per state table
+  std::string geoip_db;                        // MaxMind-format database for country rules
   // Overload: new connections beyond these get 503 and are closed (existing ones keep working).
   std::int64_t max_connections = 0;  // 0 = derived from the open-file limit
   std::int64_t max_memory_mb = 0;    // resident memory; 0 = no limit

@@ -36,6 +36,7 @@ constexpr const char* kCounterNames[] = {
     "ag_risk_rules_total{rule=\"size\"}",
     "ag_risk_rules_total{rule=\"auth_failures\"}",
     "ag_risk_rules_total{rule=\"ip_deny\"}",
+    "ag_risk_rules_total{rule=\"country\"}",
 };
 static_assert(std::size(kCounterNames) == static_cast<std::size_t>(Counter::kCount));
 

@@ -41,6 +41,7 @@ enum class Counter : std::uint8_t {
   kRiskRuleSize,
   kRiskRuleAuthFailures,
   kRiskRuleIpDeny,
+  kRiskRuleCountry,
   kCount
 };
 

@@ -517,7 +517,7 @@ class LoadGenerator:
                 try:
                     status, will_close = self._one(conn, i)
                 except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-                        ConnectionAbortedError) as exc:
+                        ConnectionAbortedError):
                     if not (self.retry_stale and reused):
                         raise
                     # stale keep-alive connection: no response byte was received; retry once

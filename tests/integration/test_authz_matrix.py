@@ -34,7 +34,6 @@ Run: /usr/bin/python3 tests/integration/test_authz_matrix.py
 Environment: see harness.py (AG_BIN, AG_DB, AG_TEST_PG_URL).
 """
 
-import json
 import os
 import re
 import string

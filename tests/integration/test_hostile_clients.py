@@ -38,7 +38,6 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness as h  # noqa: E402
 import worker_harness as wh  # noqa: E402
 import robustness_harness as rh  # noqa: E402
 from robustness_harness import report, MB  # noqa: E402
@@ -482,9 +481,12 @@ class ManyIdleConnectionsTest(HostileTestCase):
         cls.key = wh.make_key()[0]
         wh.write_config(cls.config, [wh.project_entry(cls.upstream.url, [wh.key_entry(cls.key)],
                                                       1000000, 100000)])
-        # idle connections must outlive the test: long header and idle timeouts
+        # idle connections must outlive the test: long header and idle timeouts; a connection
+        # limit above the number we open (the default is half the open-file limit, less 64)
+        cls.conn_limit = min(IDLE_TARGET, cls.limits[0] - 300) + 200
         cls.worker = rh.start_worker_at(0, config_path=cls.config, env_extra={
             "WORKER_HEADER_TIMEOUT_SEC": "300", "WORKER_IDLE_TIMEOUT_SEC": "300",
+            "WORKER_MAX_CONNECTIONS": str(cls.conn_limit), "WORKER_MAX_MEMORY_MB": None,
             "WORKER_SNAPSHOT_PATH": "off", "WORKER_ACCESS_LOG": "off"})
         rh.wait_ready(cls.worker)
 
@@ -536,8 +538,9 @@ class ManyIdleConnectionsTest(HostileTestCase):
                 if line.startswith("Max open files"):
                     worker_limit = int(line.split()[3])
         target = min(IDLE_TARGET, soft - 300, (worker_limit or soft) - 300)
-        report("RLIMIT_NOFILE: ours %d (was %d), hard %d, worker's %r; opening %d idle connections",
-               soft, self.limits_before[0], hard, worker_limit, target)
+        report("RLIMIT_NOFILE: ours %d (was %d), hard %d, worker's %r; WORKER_MAX_CONNECTIONS=%d; "
+               "opening %d idle connections", soft, self.limits_before[0], hard, worker_limit,
+               self.conn_limit, target)
         self.assertGreater(target, 1000, "file descriptor limit too low for this test")
         base_active = self.active()
         before = self.rss()
@@ -607,10 +610,11 @@ class ManyIdleConnectionsTest(HostileTestCase):
 
 
 class OverloadTest(HostileTestCase):
-    """Contract (not yet in docs/worker.md): WORKER_MAX_CONNECTIONS=N. At most N client connections
-    are served at once; a connection beyond the limit is answered at once with
-    `503 {"detail":"Server overloaded"}`, `Connection: close` (the request is never proxied), and
-    closed; the N existing connections keep working; once some close, new ones are served again."""
+    """docs/worker.md: WORKER_MAX_CONNECTIONS=N. At most N client connections are open at once; a
+    connection beyond the limit is answered at once with `503 {"detail":"Server overloaded"}`,
+    `Retry-After: 1`, `Connection: close` (the request is never proxied) and closed, counted in
+    ag_connections_shed_total; the N existing connections keep working; once some close, new ones
+    are served again."""
 
     @classmethod
     def setUpClass(cls):
@@ -661,6 +665,7 @@ class OverloadTest(HostileTestCase):
     def test_connections_beyond_limit_get_503(self):
         m = marker("over")
         before = self.rss()
+        shed0 = rh.worker_metric(self.worker, "ag_connections_shed_total")
         conns = []
         try:
             for i in range(MAX_CONNECTIONS):
@@ -679,6 +684,8 @@ class OverloadTest(HostileTestCase):
             for c in conns:
                 c.close()
         after = self.rss()
+        shed1 = rh.worker_metric(self.worker, "ag_connections_shed_total")
+        report("ag_connections_shed_total %r -> %r", shed0, shed1)
         report("WORKER_MAX_CONNECTIONS=%d: connections beyond the limit got %r", MAX_CONNECTIONS,
                [(e[0], e[2][:60], (e[1].get("Connection") if e[1] else None), e[3], "%.1f ms" % (e[4] * 1000))
                 for e in extra])
@@ -689,12 +696,137 @@ class OverloadTest(HostileTestCase):
                                                                           MAX_CONNECTIONS, status, body[:100]))
             self.assertEqual(json.loads(body), {"detail": OVERLOADED})
             self.assertEqual((headers.get("Connection") or "").lower(), "close")
+            self.assertEqual(headers.get("Retry-After"), "1")
             self.assertIn(end, ("eof", "rst"), "the overloaded connection was not closed")
             self.assertLess(took, 1.0, "the 503 took %.2f s" % took)
         self.assertEqual(self.upstream.matching(m), [], "a shed request reached the upstream")
+        self.assertIsNotNone(shed1, "ag_connections_shed_total missing from /metrics")
+        self.assertGreaterEqual(shed1 - (shed0 or 0), 5, "shed connections not counted")
         self.assertEqual(still, [200] * MAX_CONNECTIONS, "existing connections stopped working")
         self.assertEqual(after_release, 200, "no capacity after connections closed")
         self.assertWorkerFine()
+
+
+class MemoryShedTest(HostileTestCase):
+    """docs/worker.md: WORKER_MAX_MEMORY_MB=M. When the worker's resident memory passes M (checked
+    every 250 ms), new connections are shed like past WORKER_MAX_CONNECTIONS (503 "Server
+    overloaded", Retry-After: 1, closed) while open connections keep working. Memory is driven up
+    with idle connections (about 10 KB each). Shedding is a temporary state: once the connections
+    that used the memory are gone, new connections must be served again (a worker that sheds
+    forever after one spike has fallen over in another way)."""
+
+    HEADROOM_MB = 40
+
+    @classmethod
+    def setUpClass(cls):
+        cls.limits_before = resource.getrlimit(resource.RLIMIT_NOFILE)
+        cls.limits = raise_nofile()
+        cls.upstream = rh.QuietUpstream()
+        cls.workdir = tempfile.mkdtemp(prefix="ag-hostile-mem-")
+        cls.config = os.path.join(cls.workdir, "worker-config.json")
+        cls.key = wh.make_key()[0]
+        wh.write_config(cls.config, [wh.project_entry(cls.upstream.url, [wh.key_entry(cls.key)],
+                                                      1000000, 100000)])
+        # start once to learn the baseline RSS, then for real with the limit above it
+        probe = rh.start_worker_at(0, config_path=cls.config, env_extra={"WORKER_SNAPSHOT_PATH": "off"})
+        rh.wait_ready(probe)
+        time.sleep(0.3)
+        cls.baseline_mb = rh.rss_kb(probe.pid) // 1024
+        probe.stop()
+        cls.limit_mb = cls.baseline_mb + cls.HEADROOM_MB
+        cls.worker = rh.start_worker_at(0, config_path=cls.config, env_extra={
+            "WORKER_MAX_MEMORY_MB": str(cls.limit_mb), "WORKER_MAX_CONNECTIONS": "19000",
+            "WORKER_HEADER_TIMEOUT_SEC": "300", "WORKER_IDLE_TIMEOUT_SEC": "300",
+            "WORKER_SNAPSHOT_PATH": "off", "WORKER_ACCESS_LOG": "off"})
+        rh.wait_ready(cls.worker)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.worker.stop()
+        cls.upstream.stop()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, cls.limits_before)
+        except (ValueError, OSError):
+            pass
+
+    def probe(self):
+        """One request on a new connection: (status, headers, body)."""
+        s = self.worker.connect()
+        try:
+            try:
+                s.sendall(b"GET /mem-probe HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\n\r\n" % self.key.encode())
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            f = s.makefile("rb")
+            try:
+                return wh.read_http_response(f)
+            except (socket.timeout, ConnectionResetError, ValueError):
+                return None, None, b""
+            finally:
+                f.close()
+        finally:
+            s.close()
+
+    def test_memory_limit_sheds_then_recovers(self):
+        before = self.rss()
+        report("WORKER_MAX_MEMORY_MB=%d (baseline RSS %d MB + %d)", self.limit_mb, self.baseline_mb,
+               self.HEADROOM_MB)
+        keepers = []
+        idle = []
+        shed = None
+        try:
+            for i in range(10):
+                c = http.client.HTTPConnection(self.worker.host, self.worker.port, timeout=10)
+                keepers.append(c)
+                self.assertEqual(OverloadTest.get(self, c, "/keep?i=%d" % i), 200)
+            cap = min(15000, self.limits[0] - 500)
+            while len(idle) < cap:
+                for _ in range(500):
+                    idle.append(socket.create_connection((self.worker.host, self.worker.port), timeout=5))
+                time.sleep(0.35)  # a sweep
+                status, headers, body = self.probe()
+                if status != 200:
+                    shed = (status, headers, body, len(idle), self.rss())
+                    break
+            still = [OverloadTest.get(self, c, "/keep-again?i=%d" % i) for i, c in enumerate(keepers)]
+        finally:
+            for s in idle:
+                linger_rst(s)
+        # the memory's users are gone: shedding must stop
+        t0 = time.monotonic()
+        recovered = None
+        last = None
+        while time.monotonic() - t0 < 5:
+            last = self.probe()
+            if last[0] == 200:
+                recovered = time.monotonic() - t0
+                break
+            time.sleep(0.25)
+        after = self.rss()
+        for c in keepers:
+            c.close()
+        if shed:
+            report("memory shedding: first refused connection after %d idle connections, worker RSS %d kB "
+                   "(limit %d MB): %r %r", shed[3], shed[4], self.limit_mb, shed[0], shed[2][:80])
+        report("memory shedding: after closing the idle connections, RSS %d kB; new connections %s",
+               after, "served again after %.2f s" % recovered if recovered is not None
+               else "still refused after 5 s (%r)" % (last[0],))
+        self.report_rss("memory shedding", before, after, shed[4] if shed else None)
+        self.assertIsNotNone(shed, "no connection shed although RSS passed WORKER_MAX_MEMORY_MB=%d "
+                             "(RSS now %d kB)" % (self.limit_mb, after))
+        status, headers, body = shed[:3]
+        self.assertEqual(status, 503, repr(body[:200]))
+        self.assertEqual(json.loads(body), {"detail": OVERLOADED})
+        self.assertEqual(headers.get("Retry-After"), "1")
+        self.assertEqual((headers.get("Connection") or "").lower(), "close")
+        self.assertGreaterEqual(shed[4], self.limit_mb * 1024 * 0.95, "shed below the memory limit")
+        self.assertEqual(still, [200] * len(keepers), "open connections stopped working")
+        self.assertTrue(self.worker.alive())
+        self.assertIsNotNone(recovered, "the worker still sheds every new connection 5 s after the "
+                             "connections that used the memory closed (RSS %d kB > %d MB: freed memory "
+                             "is not returned to the OS, so an RSS-based limit never clears)"
+                             % (after, self.limit_mb))
 
 
 if __name__ == "__main__":

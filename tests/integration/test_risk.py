@@ -13,6 +13,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
+import mmdb_writer  # noqa: E402
 import worker_harness as wh  # noqa: E402
 
 
@@ -191,6 +192,51 @@ class WorkerIpDenyTest(unittest.TestCase):
         finally:
             worker.stop()
             upstream.stop()
+
+
+class CountryRuleTest(unittest.TestCase):
+    """Country lists with a MaxMind-format database (written by mmdb_writer: 127.0.0.0/8 -> XX)."""
+
+    def run_worker(self, with_db):
+        upstream = wh.Upstream()
+        self.addCleanup(upstream.stop)
+        workdir = tempfile.mkdtemp(prefix="ag-geo-")
+        keys = {name: wh.make_key()[0] for name in ("deny_xx", "allow_de", "allow_xx", "deny_de")}
+        policies = {"deny_xx": {"country_deny": ["xx"]}, "allow_de": {"country_allow": ["DE"]},
+                    "allow_xx": {"country_allow": ["XX", "DE"]}, "deny_de": {"country_deny": ["DE"]}}
+        projects = [risky_project(upstream.url, wh.key_entry(keys[n]), policies[n]) for n in keys]
+        config_path = os.path.join(workdir, "config.json")
+        wh.write_config(config_path, projects)
+        env = {}
+        if with_db:
+            db = os.path.join(workdir, "country.mmdb")
+            mmdb_writer.write_country_db(db, [("127.0.0.0/8", "XX"), ("10.0.0.0/8", "DE")])
+            env["WORKER_GEOIP_DB"] = db
+        worker = wh.start_worker(config_path, env_extra=env)
+        self.addCleanup(worker.stop)
+        worker.wait_ready()
+        return worker, upstream, keys
+
+    def test_country_lists_with_a_database(self):
+        worker, upstream, keys = self.run_worker(with_db=True)
+        expect = {"deny_xx": 403, "allow_de": 403, "allow_xx": 200, "deny_de": 200}
+        for name, status in expect.items():
+            m = "geo-%s-%s" % (name, h.random_string(6))
+            resp = worker.request("GET", "/" + m, key=keys[name], headers={"User-Agent": "t"})
+            self.assertEqual(resp.status, status, "%s: %r" % (name, resp))
+            if status == 403:
+                self.assertEqual(resp.json()["detail"], "Forbidden by country policy")
+                self.assertEqual(upstream.matching(m), [])
+                entry = worker.wait_for_log(lambda e, m=m: m in e.get("path", ""), timeout=5)
+                self.assertEqual(entry["reason"], "country_denied")
+
+    def test_allow_list_without_a_database_fails_closed(self):
+        worker, upstream, keys = self.run_worker(with_db=False)
+        self.assertEqual(worker.request("GET", "/geo-a", key=keys["allow_xx"]).status, 403)
+        entry = worker.wait_for_log(lambda e: e.get("path") == "/geo-a", timeout=5)
+        self.assertEqual(entry["reason"], "country_unknown")
+        # A deny list cannot be checked without the database: skipped.
+        self.assertEqual(worker.request("GET", "/geo-b", key=keys["deny_xx"]).status, 200)
 
 
 class RiskPolicyApiTest(unittest.TestCase):

@@ -35,7 +35,6 @@ import urllib.parse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
-import worker_harness as wh  # noqa: E402
 import robustness_harness as rh  # noqa: E402
 from robustness_harness import report  # noqa: E402
 
