@@ -241,9 +241,9 @@ class Connection final : public Tracked {
   }
 
   Task<bool> handle(ReqParser& parser);
-  Task<bool> assess_risk(Context& ctx, const ReqParser::value_type& req, std::string_view method, std::string_view path,
-                         std::string_view ua, ReqParser& parser, LocalReply& reply);
-  bool authenticate(Context& ctx, const ReqParser::value_type& req, std::string_view target, LocalReply& reply);
+  Task<bool> assess_risk(Context& ctx, std::string_view method, std::string_view path, std::string_view ua,
+                         ReqParser& parser, LocalReply& reply);
+  bool authenticate(Context& ctx, std::string_view target, LocalReply& reply);
   const config::ServiceTarget* pick_target(const config::Service& svc, const config::ServiceTarget* avoid);
   Task<bool> send_local(Context& ctx, const LocalReply& reply, unsigned version, bool keep_alive,
                         bool head_only = false);
@@ -255,6 +255,15 @@ class Connection final : public Tracked {
     if (!chunk_) chunk_ = std::make_unique<char[]>(kChunk);
     return chunk_.get();
   }
+
+  // The request headers the pipeline reads, found in one pass over the fields (each lookup by
+  // name in Beast's container costs a hash and a tree search). The first occurrence wins.
+  struct Seen {
+    std::string_view request_id, xff, user_agent, api_key, authorization, upgrade, connection, expect;
+    bool has_user_agent = false, has_api_key = false;
+  };
+  Seen seen_;
+  void scan_headers(const ReqParser::value_type& req);
 
   ThreadRuntime& rt_;
   Socket sock_;
@@ -393,18 +402,58 @@ void Connection::finish(Context& ctx, std::string_view method, std::string_view 
   if (ctx.upstream_ns >= 0) rt_.metrics.upstream_latency.observe(static_cast<double>(ctx.upstream_ns) / 1e6);
 }
 
+
+void Connection::scan_headers(const ReqParser::value_type& req) {
+  seen_ = Seen{};
+  for (const auto& f : req) {
+    std::string_view v = f.value();
+    switch (f.name()) {
+      case http::field::user_agent:
+        if (!seen_.has_user_agent) seen_.user_agent = v, seen_.has_user_agent = true;
+        break;
+      case http::field::authorization:
+        if (seen_.authorization.empty()) seen_.authorization = v;
+        break;
+      case http::field::upgrade:
+        if (seen_.upgrade.empty()) seen_.upgrade = v;
+        break;
+      case http::field::connection:
+        if (seen_.connection.empty()) seen_.connection = v;
+        break;
+      case http::field::expect:
+        if (seen_.expect.empty()) seen_.expect = v;
+        break;
+      case http::field::unknown: {
+        std::string_view n = f.name_string();
+        if (n.size() == 9 && !seen_.has_api_key && ieq(n, "x-api-key")) {
+          seen_.api_key = v;
+          seen_.has_api_key = true;
+        } else if (n.size() == 12 && seen_.request_id.empty() && ieq(n, "x-request-id")) {
+          seen_.request_id = v;
+        } else if (n.size() == 15 && seen_.xff.empty() && ieq(n, "x-forwarded-for")) {
+          seen_.xff = v;
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
 Task<bool> Connection::handle(ReqParser& parser) {
   auto& req = parser.get();
   Context ctx;
   ctx.start_ns = rt_.coarse_now_ns = steady_ns();
   ctx.snapshot = rt_.snapshot;  // pinned: a reload mid-request does not affect this request
-  auto rid = req["X-Request-Id"];
+  scan_headers(req);
+  auto rid = seen_.request_id;
   ctx.request_id = valid_request_id(rid) ? std::string(rid) : rt_.next_request_id();
-  ctx.client_ip = rt_.trusted.empty() ? peer_ip_ : client_ip(peer_ip_, req["X-Forwarded-For"], rt_.trusted);
+  ctx.client_ip = rt_.trusted.empty() ? peer_ip_ : client_ip(peer_ip_, seen_.xff, rt_.trusted);
   std::string_view method = req.method_string();
   std::string_view target = req.target();
   std::string_view path = target.substr(0, target.find('?'));
-  std::string_view ua = req[http::field::user_agent];
+  std::string_view ua = seen_.user_agent;
   bool keep_alive = parser.keep_alive();
   bool has_body = !parser.is_done();
   unsigned version = req.version();
@@ -433,12 +482,12 @@ Task<bool> Connection::handle(ReqParser& parser) {
     ok = false;
   }
   if (ok) {
-    ok = authenticate(ctx, req, target, reply);
+    ok = authenticate(ctx, target, reply);
     if (!ok && (reply.reason == Reason::kKeyInvalid || reply.reason == Reason::kTokenInvalid ||
                 reply.reason == Reason::kTokenRevoked))
       rt_.risk->auth_failed(ctx.client_ip, ctx.start_ns);
   }
-  if (ok) ok = co_await assess_risk(ctx, req, method, path, ua, parser, reply);
+  if (ok) ok = co_await assess_risk(ctx, method, path, ua, parser, reply);
   if (ok) {
     const ratelimit::Policy& policy = ctx.policy;
     // The key's limiter slot is named by the first 8 bytes of its SHA-256 (computed by identify).
@@ -475,8 +524,8 @@ Task<bool> Connection::handle(ReqParser& parser) {
 
 // The project's IP lists, then the risk score (docs/risk.md). In shadow mode the decision is
 // logged and counted but not applied; IP lists apply in both modes.
-Task<bool> Connection::assess_risk(Context& ctx, const ReqParser::value_type& req, std::string_view method,
-                                   std::string_view path, std::string_view ua, ReqParser& parser, LocalReply& reply) {
+Task<bool> Connection::assess_risk(Context& ctx, std::string_view method, std::string_view path, std::string_view ua,
+                                   ReqParser& parser, LocalReply& reply) {
   const config::RiskPolicy& p = *ctx.project->risk;
   if ((!p.ip_deny.empty() && cidr_contains(p.ip_deny, ctx.client_ip)) ||
       (!p.ip_allow.empty() && !cidr_contains(p.ip_allow, ctx.client_ip))) {
@@ -504,7 +553,7 @@ Task<bool> Connection::assess_risk(Context& ctx, const ReqParser::value_type& re
   in.endpoint = normalised.empty() ? path : std::string_view(normalised);
   in.method = method;
   in.user_agent = ua;
-  in.user_agent_present = req.find(http::field::user_agent) != req.end();
+  in.user_agent_present = seen_.has_user_agent;
   if (auto len = parser.content_length()) in.content_length = static_cast<std::int64_t>(*len);
   RiskResult r = rt_.risk->evaluate(p, in, ctx.start_ns);
   ctx.risk_evaluated = true;
@@ -549,15 +598,14 @@ Task<bool> Connection::assess_risk(Context& ctx, const ReqParser::value_type& re
 
 // Route and credentials (docs/services-and-tokens.md): a service route takes an API key of its
 // project or a service token naming it; any other path takes an API key, as before.
-bool Connection::authenticate(Context& ctx, const ReqParser::value_type& req, std::string_view target, LocalReply& reply) {
+bool Connection::authenticate(Context& ctx, std::string_view target, LocalReply& reply) {
   const bool service_route = match_service_route(ctx, target);
   const config::Project* route_project = ctx.project;
-  auto key_it = req.find("X-API-Key");
-  const bool has_key = key_it != req.end();
-  std::string_view authz = has_key ? std::string_view{} : std::string_view(req[http::field::authorization]);
+  const bool has_key = seen_.has_api_key;
+  std::string_view authz = has_key ? std::string_view{} : seen_.authorization;
   const bool has_bearer = !bearer_token(authz).empty();
   if (has_key || (!service_route && !has_bearer)) {
-    if (!identify(ctx, has_key ? std::string_view(key_it->value()) : std::string_view{}, has_key, now_ms(), reply))
+    if (!identify(ctx, seen_.api_key, has_key, now_ms(), reply))
       return false;
     if (service_route && ctx.project != route_project) {
       reply = {403, Reason::kRouteForbidden, "API key not valid for this route"};
@@ -659,9 +707,9 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   bool has_body = !parser.is_done();
   bool chunked_in = parser.chunked();
   auto content_length = parser.content_length();
-  bool upgrade = parser.upgrade() && has_token(req[http::field::upgrade], "websocket");
-  auto conn_hdr = req[http::field::connection];
-  bool expect_continue = has_body && ieq(req[http::field::expect], "100-continue");
+  bool upgrade = parser.upgrade() && has_token(seen_.upgrade, "websocket");
+  auto conn_hdr = seen_.connection;
+  bool expect_continue = has_body && ieq(seen_.expect, "100-continue");
 
   // --- the upstream request head -----------------------------------------------------------
   up_head_.clear();
