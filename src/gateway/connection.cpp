@@ -19,7 +19,10 @@
 #include <boost/beast/http/status.hpp>
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <array>
 #include <charconv>
 #include <cstring>
@@ -222,12 +225,20 @@ class Connection final : public Tracked {
     deadline_ns = INT64_MAX;
   }
   void on_drain() override {
-    // Between requests with nothing received: close now. Mid-request: finish, then close.
-    if ((phase_ == Phase::kIdle || phase_ == Phase::kFirstHeader) && buf_.size() == 0) {
-      drained_ = true;
-      error_code ec;
-      sock_.cancel(ec);
+    // Mid-request: finish, then close. Between requests with nothing received (not even bytes
+    // still in the kernel's queue): close now. A connection accepted just before the drain began
+    // gets a short grace to send its first request, which is then answered with Connection: close.
+    if ((phase_ != Phase::kIdle && phase_ != Phase::kFirstHeader) || buf_.size() > 0) return;
+    char byte;
+    ssize_t n = ::recv(sock_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return;  // a request is arriving: serve it
+    if (phase_ == Phase::kFirstHeader && n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      deadline_ns = std::min<std::int64_t>(deadline_ns, rt_.coarse_now_ns + 500'000'000);
+      return;
     }
+    drained_ = true;
+    error_code ec;
+    sock_.cancel(ec);
   }
 
   Task<void> run();

@@ -113,6 +113,7 @@ struct ThreadRuntime {
   std::atomic<std::int64_t>* open_connections = nullptr;
   std::atomic<bool>* memory_over = nullptr;
   std::int64_t last_shed_log_ns = 0;
+  std::int64_t last_trim_ns = 0;
   // Risk engine (shared by the threads) and the worker-wide IP lists.
   RiskEngine* risk = nullptr;
   const GeoIp* geoip = nullptr;  // null without WORKER_GEOIP_DB

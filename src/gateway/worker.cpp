@@ -9,6 +9,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -186,6 +187,7 @@ WorkerOptions load_worker_options() {
   o.risk_slots = static_cast<std::size_t>(env_int("WORKER_RISK_SLOTS", 65536, 16, 1 << 24));
   o.max_connections = env_int("WORKER_MAX_CONNECTIONS", 0, 0, 10'000'000);
   o.geoip_db = env::get_or("WORKER_GEOIP_DB", "");
+  o.ready_wait_ms = env_int("WORKER_READY_WAIT_SEC", 5, 0, 300) * 1000;
   o.max_memory_mb = env_int("WORKER_MAX_MEMORY_MB", 0, 0, 1'000'000);
   return o;
 }
@@ -271,7 +273,6 @@ struct Worker::Impl {
         ec = error_code(errno, boost::system::system_category());
     }
     if (!ec) t.acceptor.bind(ep, ec);
-    if (!ec) t.acceptor.listen(4096, ec);
     if (ec)
       throw std::runtime_error("cannot listen on " + opts.listen_host + ":" + std::to_string(ep.port()) + ": " +
                                ec.message());
@@ -328,6 +329,17 @@ struct Worker::Impl {
       std::fclose(f);
     }
     std::int64_t rss_mb = static_cast<std::int64_t>(resident) * ::sysconf(_SC_PAGESIZE) / (1024 * 1024);
+    if (rss_mb >= t.opts.max_memory_mb && t.coarse_now_ns - t.last_trim_ns >= 1'000'000'000) {
+      // Freed memory may still be held by the allocator after a spike: hand it back and look
+      // again, so that shedding stops once the load that caused it is gone.
+      t.last_trim_ns = t.coarse_now_ns;
+      ::malloc_trim(0);
+      if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+        if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+        std::fclose(f);
+      }
+      rss_mb = static_cast<std::int64_t>(resident) * ::sysconf(_SC_PAGESIZE) / (1024 * 1024);
+    }
     t.memory_over->store(rss_mb >= t.opts.max_memory_mb, std::memory_order_relaxed);
   }
 
@@ -414,10 +426,7 @@ void Worker::start() {
   im.admin->listen();
 
   for (auto& r : im.redis) r->start();
-  for (auto& t : im.threads) {
-    asio::co_spawn(t->ioc, Impl::accept_loop(*t), asio::detached);
-    asio::co_spawn(t->ioc, Impl::sweep_loop(*t), asio::detached);
-  }
+  for (auto& t : im.threads) asio::co_spawn(t->ioc, Impl::sweep_loop(*t), asio::detached);
   for (auto& t : im.threads) {
     ThreadRuntime* rt = t.get();
     im.os_threads.emplace_back([rt] { rt->ioc.run(); });
@@ -466,6 +475,19 @@ void Worker::start() {
     spdlog::warn("no config source: set CONTROL_API_BASE_URL or --config; every request gets 503 until then");
   }
   if (im.source) im.source->start();
+  // The port is bound (so a conflict fails at once) but joins the accept group only once a config
+  // is in force, or after WORKER_READY_WAIT_SEC (then answering 503 until one arrives): a worker
+  // restarted beside others on the same SO_REUSEPORT port takes no connections it cannot serve.
+  auto wait_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(im.opts.ready_wait_ms);
+  while (!im.ready.load() && std::chrono::steady_clock::now() < wait_until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  if (!im.ready.load() && im.source) spdlog::warn("no config yet: listening anyway, every request gets 503 until one arrives");
+  for (auto& t : im.threads) {
+    error_code lec;
+    t->acceptor.listen(4096, lec);
+    if (lec) throw std::runtime_error("cannot listen on " + im.opts.listen_host + ":" + std::to_string(im.port) + ": " + lec.message());
+    asio::co_spawn(t->ioc, Impl::accept_loop(*t), asio::detached);
+  }
   im.health_thread = std::thread([this] { impl_->run_health_checks(); });
   if (!im.opts.control_url.empty() && im.opts.config_dir.empty() && im.opts.config_file.empty())
     im.usage_thread = std::thread([this] { impl_->run_usage_reports(); });

@@ -54,6 +54,8 @@ struct WorkerOptions {
   // Overload: new connections beyond these get 503 and are closed (existing ones keep working).
   std::int64_t max_connections = 0;  // 0 = derived from the open-file limit
   std::int64_t max_memory_mb = 0;    // resident memory; 0 = no limit
+  // How long start-up waits for the first config before accepting connections anyway.
+  std::int64_t ready_wait_ms = 5'000;
 };
 
 // Reads WORKER_* / CONTROL_* / REDIS_URL from the environment; throws std::runtime_error naming

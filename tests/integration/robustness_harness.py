@@ -15,6 +15,7 @@ test_secret_hygiene.py, test_authz_matrix.py).
 Standard library only.
 """
 
+import atexit
 import hashlib
 import http.client
 import os
@@ -119,6 +120,24 @@ def worker_metric(worker, name, label_filter=None):
     return metric_sum(worker.metrics(), name, label_filter)
 
 
+_worker_dirs = []
+
+
+def _cleanup_workers():
+    """At exit: stop the workers started here and remove their working directories."""
+    for worker in list(wh._live_workers):
+        try:
+            worker.stop()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    if os.environ.get("AG_TEST_KEEP") != "1":
+        for d in _worker_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+atexit.register(_cleanup_workers)
+
+
 def start_worker_at(port, config_path=None, control_url=None, secret=None, env_extra=None,
                     threads=2, timeout=wh.START_TIMEOUT_SEC):
     """Like worker_harness.start_worker, but the public listener is 127.0.0.1:`port` (0 = any).
@@ -135,6 +154,7 @@ def start_worker_at(port, config_path=None, control_url=None, secret=None, env_e
     if config_path is not None:
         cmd += ["--config", config_path]
     workdir = tempfile.mkdtemp(prefix="ag-rworker-")
+    _worker_dirs.append(workdir)
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = wh._Output(proc)

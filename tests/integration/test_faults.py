@@ -19,7 +19,9 @@ Every figure measured is printed with "[measured]".
 Run: /usr/bin/python3 tests/integration/test_faults.py
 Environment: see harness.py (AG_BIN, AG_TEST_KEEP). The Redis test needs redis-server on PATH;
 the disk-full test mounts a 64 KiB tmpfs (root) or, when not root, makes the snapshot directory
-read-only.
+read-only. AG_TEST_STRICT_REUSEPORT=1 also counts, in the rolling-restart test, the connection
+resets Linux sends for connections still queued on a closing SO_REUSEPORT listener (tolerated when
+net.ipv4.tcp_migrate_req is 0, since no worker can prevent them without it or a BPF program).
 """
 
 import errno
@@ -372,10 +374,14 @@ class UpstreamFailureTest(FaultTestCase):
     @classmethod
     def setUpClass(cls):
         cls.upstream = rh.QuietUpstream(wh.free_port())
+        cls.addClassCleanup(lambda: cls.upstream.stop())  # test_a replaces it
         cls.up_port = cls.upstream.port
         cls.raw = rh.RawUpstream("routes")
+        cls.addClassCleanup(cls.raw.stop)
         cls.blackhole = rh.RawUpstream("blackhole")
+        cls.addClassCleanup(cls.blackhole.stop)
         cls.workdir = tempfile.mkdtemp(prefix="ag-faults-up-")
+        cls.addClassCleanup(shutil.rmtree, cls.workdir, True)
         cls.config = os.path.join(cls.workdir, "worker-config.json")
         cls.key = wh.make_key()[0]
         cls.raw_key = wh.make_key()[0]
@@ -387,15 +393,8 @@ class UpstreamFailureTest(FaultTestCase):
         ])
         cls.worker = rh.start_worker_at(0, config_path=cls.config, env_extra={
             "WORKER_UPSTREAM_TIMEOUT_SEC": "1", "WORKER_SNAPSHOT_PATH": "off"})
+        cls.addClassCleanup(cls.worker.stop)
         rh.wait_ready(cls.worker)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.worker.stop()
-        cls.upstream.stop()
-        cls.raw.stop()
-        cls.blackhole.stop()
-        shutil.rmtree(cls.workdir, ignore_errors=True)
 
     def test_a_upstream_killed_fast_502_then_recovers(self):
         w = self.worker

@@ -9,10 +9,11 @@
   prompt 200s; the memory each idle connection costs is measured.
 - Pipelined requests with garbage in the middle: the valid ones before it are answered in order,
   then 400 and the connection is closed; nothing after the garbage reaches the upstream.
-- Overload: with WORKER_MAX_CONNECTIONS, connections beyond the limit get an immediate
-  `503 {"detail":"Server overloaded"}` with `Connection: close` while the existing connections keep
-  working. NOTE: WORKER_MAX_CONNECTIONS is not in docs/worker.md yet; the test states the contract
-  asked for ("when connections pass configured limits, shed with 503 instead of falling over").
+- Overload (docs/worker.md): past WORKER_MAX_CONNECTIONS, new connections get an immediate
+  `503 {"detail":"Server overloaded"}` with `Retry-After: 1` and `Connection: close` while the
+  existing connections keep working; past WORKER_MAX_MEMORY_MB (resident memory, driven up with
+  idle connections) new connections are shed the same way, and shedding stops once the memory's
+  users are gone.
 
 The worker's RSS (VmRSS) before and after each scenario is printed with "[measured]".
 
@@ -157,7 +158,9 @@ class HostileClientsTest(HostileTestCase):
     @classmethod
     def setUpClass(cls):
         cls.upstream = rh.QuietUpstream()
+        cls.addClassCleanup(cls.upstream.stop)
         cls.workdir = tempfile.mkdtemp(prefix="ag-hostile-")
+        cls.addClassCleanup(shutil.rmtree, cls.workdir, True)
         cls.config = os.path.join(cls.workdir, "worker-config.json")
         cls.key = wh.make_key()[0]
         cls.small_key = wh.make_key()[0]
@@ -171,13 +174,8 @@ class HostileClientsTest(HostileTestCase):
         ])
         cls.worker = rh.start_worker_at(0, config_path=cls.config, env_extra={
             "WORKER_HEADER_TIMEOUT_SEC": str(HEADER_TIMEOUT_SEC), "WORKER_SNAPSHOT_PATH": "off"})
+        cls.addClassCleanup(cls.worker.stop)
         rh.wait_ready(cls.worker)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.worker.stop()
-        cls.upstream.stop()
-        shutil.rmtree(cls.workdir, ignore_errors=True)
 
     # -- slowloris --------------------------------------------------------------------------
 
@@ -458,6 +456,13 @@ class HostileClientsTest(HostileTestCase):
 # =============================================================================================
 
 
+def restore_nofile(limits):
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    except (ValueError, OSError):
+        pass
+
+
 def raise_nofile():
     """Raises our RLIMIT_NOFILE soft limit to the hard limit (inherited by the worker)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -475,8 +480,11 @@ class ManyIdleConnectionsTest(HostileTestCase):
     def setUpClass(cls):
         cls.limits_before = resource.getrlimit(resource.RLIMIT_NOFILE)
         cls.limits = raise_nofile()
+        cls.addClassCleanup(restore_nofile, cls.limits_before)
         cls.upstream = rh.QuietUpstream()
+        cls.addClassCleanup(cls.upstream.stop)
         cls.workdir = tempfile.mkdtemp(prefix="ag-hostile-idle-")
+        cls.addClassCleanup(shutil.rmtree, cls.workdir, True)
         cls.config = os.path.join(cls.workdir, "worker-config.json")
         cls.key = wh.make_key()[0]
         wh.write_config(cls.config, [wh.project_entry(cls.upstream.url, [wh.key_entry(cls.key)],
@@ -488,17 +496,8 @@ class ManyIdleConnectionsTest(HostileTestCase):
             "WORKER_HEADER_TIMEOUT_SEC": "300", "WORKER_IDLE_TIMEOUT_SEC": "300",
             "WORKER_MAX_CONNECTIONS": str(cls.conn_limit), "WORKER_MAX_MEMORY_MB": None,
             "WORKER_SNAPSHOT_PATH": "off", "WORKER_ACCESS_LOG": "off"})
+        cls.addClassCleanup(cls.worker.stop)
         rh.wait_ready(cls.worker)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.worker.stop()
-        cls.upstream.stop()
-        shutil.rmtree(cls.workdir, ignore_errors=True)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, cls.limits_before)
-        except (ValueError, OSError):
-            pass
 
     def normal_requests(self, n=100):
         lat, bad = [], []
@@ -541,7 +540,8 @@ class ManyIdleConnectionsTest(HostileTestCase):
         report("RLIMIT_NOFILE: ours %d (was %d), hard %d, worker's %r; WORKER_MAX_CONNECTIONS=%d; "
                "opening %d idle connections", soft, self.limits_before[0], hard, worker_limit,
                self.conn_limit, target)
-        self.assertGreater(target, 1000, "file descriptor limit too low for this test")
+        if target < 1000:
+            self.skipTest("RLIMIT_NOFILE too low (%d) for 1,000 idle connections" % soft)
         base_active = self.active()
         before = self.rss()
         socks = []
@@ -619,7 +619,9 @@ class OverloadTest(HostileTestCase):
     @classmethod
     def setUpClass(cls):
         cls.upstream = rh.QuietUpstream()
+        cls.addClassCleanup(cls.upstream.stop)
         cls.workdir = tempfile.mkdtemp(prefix="ag-hostile-overload-")
+        cls.addClassCleanup(shutil.rmtree, cls.workdir, True)
         cls.config = os.path.join(cls.workdir, "worker-config.json")
         cls.key = wh.make_key()[0]
         wh.write_config(cls.config, [wh.project_entry(cls.upstream.url, [wh.key_entry(cls.key)],
@@ -627,13 +629,8 @@ class OverloadTest(HostileTestCase):
         cls.worker = rh.start_worker_at(0, config_path=cls.config, env_extra={
             "WORKER_MAX_CONNECTIONS": str(MAX_CONNECTIONS), "WORKER_HEADER_TIMEOUT_SEC": "60",
             "WORKER_SNAPSHOT_PATH": "off"})
+        cls.addClassCleanup(cls.worker.stop)
         rh.wait_ready(cls.worker)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.worker.stop()
-        cls.upstream.stop()
-        shutil.rmtree(cls.workdir, ignore_errors=True)
 
     def get(self, conn, path):
         conn.request("GET", path, headers={"X-API-Key": self.key})
@@ -721,8 +718,11 @@ class MemoryShedTest(HostileTestCase):
     def setUpClass(cls):
         cls.limits_before = resource.getrlimit(resource.RLIMIT_NOFILE)
         cls.limits = raise_nofile()
+        cls.addClassCleanup(restore_nofile, cls.limits_before)
         cls.upstream = rh.QuietUpstream()
+        cls.addClassCleanup(cls.upstream.stop)
         cls.workdir = tempfile.mkdtemp(prefix="ag-hostile-mem-")
+        cls.addClassCleanup(shutil.rmtree, cls.workdir, True)
         cls.config = os.path.join(cls.workdir, "worker-config.json")
         cls.key = wh.make_key()[0]
         wh.write_config(cls.config, [wh.project_entry(cls.upstream.url, [wh.key_entry(cls.key)],
@@ -738,17 +738,8 @@ class MemoryShedTest(HostileTestCase):
             "WORKER_MAX_MEMORY_MB": str(cls.limit_mb), "WORKER_MAX_CONNECTIONS": "19000",
             "WORKER_HEADER_TIMEOUT_SEC": "300", "WORKER_IDLE_TIMEOUT_SEC": "300",
             "WORKER_SNAPSHOT_PATH": "off", "WORKER_ACCESS_LOG": "off"})
+        cls.addClassCleanup(cls.worker.stop)
         rh.wait_ready(cls.worker)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.worker.stop()
-        cls.upstream.stop()
-        shutil.rmtree(cls.workdir, ignore_errors=True)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, cls.limits_before)
-        except (ValueError, OSError):
-            pass
 
     def probe(self):
         """One request on a new connection: (status, headers, body)."""
@@ -769,6 +760,8 @@ class MemoryShedTest(HostileTestCase):
             s.close()
 
     def test_memory_limit_sheds_then_recovers(self):
+        if self.limits[0] < 8000:
+            self.skipTest("RLIMIT_NOFILE too low (%d) to drive memory up with idle connections" % self.limits[0])
         before = self.rss()
         report("WORKER_MAX_MEMORY_MB=%d (baseline RSS %d MB + %d)", self.limit_mb, self.baseline_mb,
                self.HEADROOM_MB)
