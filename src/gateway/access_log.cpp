@@ -71,6 +71,9 @@ void AccessLog::flush() {
     }
     write_all(out);
     out.clear();
+    // A backlog (a slow disk) grows the buffers; give that memory back once it is written
+    // instead of keeping the high-water mark for the life of the process.
+    if (out.capacity() > 256 * 1024) std::string().swap(out);
   }
 }
 
