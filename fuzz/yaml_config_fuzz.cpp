@@ -25,17 +25,21 @@
 
 namespace {
 
+// The directory lives for the whole process (never destroyed: the exit handler removes it).
 const std::string& dir() {
-  static const std::string d = [] {
+  static const std::string* d = [] {
     spdlog::set_level(spdlog::level::off);
     ag::crypto::init();
     const char* base = std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
-    std::string tmpl = std::string(base) + "/ag-yaml-fuzz.XXXXXX";
-    if (!mkdtemp(tmpl.data())) __builtin_trap();
-    std::atexit([] { std::filesystem::remove_all(dir()); });
-    return tmpl;
+    auto* path = new std::string(std::string(base) + "/ag-yaml-fuzz.XXXXXX");
+    if (!mkdtemp(path->data())) __builtin_trap();
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(dir(), ec);
+    });
+    return path;
   }();
-  return d;
+  return *d;
 }
 
 bool names_key_file(const YAML::Node& n, int depth = 0) {

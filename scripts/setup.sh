@@ -7,6 +7,9 @@ set -euo pipefail
 PACKAGES=(
   # toolchain
   build-essential cmake ninja-build pkg-config git
+  # fuzzing (scripts/fuzz.sh): clang 14; libclang-rt-14-dev has the libFuzzer and sanitizer
+  # runtimes behind -fsanitize=fuzzer,address,undefined
+  clang-14 libclang-rt-14-dev
   # libraries
   libboost-dev libboost-system-dev libssl-dev libsodium-dev libsqlite3-dev libpq-dev
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libhiredis-dev libsimdjson-dev zlib1g-dev libyaml-cpp-dev libmaxminddb-dev

@@ -868,11 +868,19 @@ std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
     });
   std::string out;
   out.reserve(256 + s.key_count * 200);
+  // Control characters are escaped (\u00XX): dropping them would change ids and could empty them.
   auto str = [&](std::string_view v) {
+    static constexpr char kHex[] = "0123456789abcdef";
     out += '"';
     for (char c : v) {
       if (c == '"' || c == '\\') out += '\\';
-      if (static_cast<unsigned char>(c) >= 0x20) out += c;
+      if (static_cast<unsigned char>(c) >= 0x20) {
+        out += c;
+      } else {
+        out += "\\u00";
+        out += kHex[(c >> 4) & 0xf];
+        out += kHex[c & 0xf];
+      }
     }
     out += '"';
   };

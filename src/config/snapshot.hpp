@@ -152,6 +152,8 @@ class ShortId {
  public:
   void assign(std::string_view v) {
     len_ = static_cast<std::uint8_t>(std::min(v.size(), N));
+    // Never cut a UTF-8 sequence in two (the snapshot is written back as JSON).
+    while (len_ > 0 && len_ < v.size() && (static_cast<unsigned char>(v[len_]) & 0xC0) == 0x80) --len_;
     std::memcpy(data_, v.data(), len_);
   }
   std::string_view view() const { return {data_, len_}; }

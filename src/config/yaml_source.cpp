@@ -225,15 +225,17 @@ class YamlDirSource final : public ConfigSource {
     auto started = std::chrono::steady_clock::now();
     json doc = {{"schema", 1}, {"full", true}, {"version", version_ + 1}, {"projects", json::array()},
                 {"jwt_keys", json::array()}, {"revoked_tokens", json::array()}};
+    std::string text;
     try {
       std::unordered_map<std::string, std::string> slugs;
       for (const auto& [name, sig] : now.files) add_file(fs::path(dir_) / name, doc, slugs);
+      text = doc.dump();  // throws on text that is not UTF-8
     } catch (const std::exception& e) {
       stats.errors.fetch_add(1);
       spdlog::error("config dir {}: {}; keeping the previous config", dir_, e.what());
       return;
     }
-    auto built = build_snapshot(doc.dump());
+    auto built = build_snapshot(text);
     if (!built.snapshot) {
       stats.errors.fetch_add(1);
       spdlog::error("config dir {}: {}; keeping the previous config", dir_, built.error);

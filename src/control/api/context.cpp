@@ -47,7 +47,17 @@ json parse_object_body(const http::Request& req, bool allow_empty) {
     if (lower != "application/json" && !(lower.size() > 5 && lower.ends_with("+json")))
       throw ApiError(415, "Content-Type must be application/json");
   }
-  json j = json::parse(req.body, nullptr, false);
+  // Nesting is limited: handlers serialise parts of a body again (dump() recurses per level).
+  constexpr int kMaxDepth = 64;
+  bool too_deep = false;
+  json j = json::parse(
+      req.body,
+      [&](int depth, json::parse_event_t, json&) {
+        if (depth > kMaxDepth) too_deep = true;
+        return !too_deep;
+      },
+      false);
+  if (too_deep) throw ApiError(400, "JSON body nested too deeply (at most 64 levels)");
   if (j.is_discarded()) throw ApiError(400, "Malformed JSON body");
   if (!j.is_object()) throw ApiError(400, "Request body must be a JSON object");
   return j;

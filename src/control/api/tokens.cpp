@@ -11,7 +11,6 @@ namespace ag::control {
 
 namespace {
 
-constexpr std::int64_t kDayMs = 24LL * 3600 * 1000;
 
 // Private signing keys are sealed at rest with XChaCha20-Poly1305 under a key derived from
 // JWT_SECRET_KEY (BLAKE2b keyed hash with a fixed context), stored as base64url(nonce || box).

@@ -121,6 +121,8 @@ class PgConnection final : public Connection {
     if (PQstatus(conn_) != CONNECTION_OK) {
       // The message names the host and database, never the password.
       std::string msg = PQerrorMessage(conn_);
+      PQfinish(conn_);
+      conn_ = nullptr;
       while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
       throw DatabaseError("cannot connect to PostgreSQL: " + msg);
     }

@@ -79,8 +79,6 @@ std::string forge_hs_raw(std::string_view header, std::string_view payload) {
 std::string forge_hs(std::string_view header, const json& payload) { return forge_hs_raw(header, payload.dump()); }
 
 constexpr std::string_view kHsHeader = R"({"alg":"HS256","typ":"JWT"})";
-constexpr std::string_view kEsHeader = R"({"alg":"ES256","typ":"JWT","kid":"es-1"})";
-constexpr std::string_view kEdHeader = R"({"alg":"EdDSA","typ":"JWT","kid":"ed-1"})";
 
 std::vector<std::string> segments(const std::string& token) {
   std::vector<std::string> out;

@@ -109,3 +109,13 @@ TEST(Snapshot, RejectsBadDocumentsWithTheField) {
 
 }  // namespace
 }  // namespace ag::gateway
+
+namespace ag::gateway {
+namespace {
+TEST(AccessLogJson, InvalidUtf8BecomesReplacementCharacter) {
+  std::string out;
+  append_json_string(out, std::string("a\xff" "b\xc3\xa9" "c\xe2\x82" "d\xed\xa0\x80" "\xf0\x9f\x98\x80\x7f", 17));
+  EXPECT_EQ(out, "\"a\\ufffdb\xc3\xa9" "c\\ufffd\\ufffdd\\ufffd\\ufffd\\ufffd\xf0\x9f\x98\x80\\u007f\"");
+}
+}  // namespace
+}  // namespace ag::gateway
