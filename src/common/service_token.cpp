@@ -1,5 +1,7 @@
 #include "common/service_token.hpp"
 
+#include "common/slug.hpp"
+
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
@@ -731,13 +733,6 @@ bool header_alg_is(HeaderAlg h, KeyAlg k) {
   return false;
 }
 
-// ^[a-z0-9_-]{1,63}$
-bool valid_slug(std::string_view s) {
-  if (s.empty() || s.size() > 63) return false;
-  for (char c : s)
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return false;
-  return true;
-}
 
 std::int64_t sat_add(std::int64_t a, std::int64_t b) {
   std::int64_t r;

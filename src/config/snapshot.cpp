@@ -11,6 +11,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/slug.hpp"
 #include "common/time.hpp"
 
 namespace ag::config {
@@ -139,12 +140,6 @@ bool get_policy(simdjson::dom::element obj, const std::string& where, RatePolicy
   return true;
 }
 
-bool valid_slug(std::string_view s) {
-  if (s.empty() || s.size() > 63) return false;
-  for (char c : s)
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return false;
-  return true;
-}
 
 std::mutex g_targets_mutex;
 std::unordered_map<std::string, std::weak_ptr<TargetState>> g_targets;

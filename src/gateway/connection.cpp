@@ -480,8 +480,7 @@ Task<bool> Connection::handle(ReqParser& parser) {
     ok = false;
   }
   // Worker-wide IP lists first: a denied address gets no other work done.
-  if (ok && ((!rt_.ip_deny->empty() && cidr_contains(*rt_.ip_deny, ctx.client_ip)) ||
-             (!rt_.ip_allow->empty() && !cidr_contains(*rt_.ip_allow, ctx.client_ip)))) {
+  if (ok && cidr_refused(*rt_.ip_deny, *rt_.ip_allow, ctx.client_ip)) {
     reply = {403, Reason::kIpDenied, "Forbidden"};
     rt_.metrics.add(metrics::Counter::kRiskRuleIpDeny);
     ok = false;
@@ -538,8 +537,7 @@ Task<bool> Connection::handle(ReqParser& parser) {
 Task<bool> Connection::assess_risk(Context& ctx, std::string_view method, std::string_view path, std::string_view ua,
                                    ReqParser& parser, LocalReply& reply) {
   const config::RiskPolicy& p = *ctx.project->risk;
-  if ((!p.ip_deny.empty() && cidr_contains(p.ip_deny, ctx.client_ip)) ||
-      (!p.ip_allow.empty() && !cidr_contains(p.ip_allow, ctx.client_ip))) {
+  if (cidr_refused(p.ip_deny, p.ip_allow, ctx.client_ip)) {
     reply = {403, Reason::kIpDenied, "Forbidden by IP policy"};
     rt_.metrics.add(metrics::Counter::kRiskRuleIpDeny);
     co_return false;

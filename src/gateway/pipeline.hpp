@@ -87,6 +87,7 @@ bool valid_request_id(std::string_view id);
 
 using ag::Cidr;
 using ag::cidr_contains;
+using ag::cidr_refused;
 using ag::parse_cidrs;
 // The client address: `peer`, or when the peer is a trusted proxy, the right-most address in
 // X-Forwarded-For that is not itself trusted.

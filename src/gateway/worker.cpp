@@ -323,24 +323,23 @@ struct Worker::Impl {
   // Resident memory against WORKER_MAX_MEMORY_MB, read from /proc every sweep by thread 0.
   static void check_memory(ThreadRuntime& t) {
     if (t.index != 0 || t.opts.max_memory_mb <= 0) return;
-    long pages = 0, resident = 0;
-    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
-      if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
-      std::fclose(f);
-    }
-    std::int64_t rss_mb = static_cast<std::int64_t>(resident) * ::sysconf(_SC_PAGESIZE) / (1024 * 1024);
-    if (rss_mb >= t.opts.max_memory_mb && t.coarse_now_ns - t.last_trim_ns >= 1'000'000'000) {
-      // Freed memory may still be held by the allocator after a spike: hand it back and look
-      // again, so that shedding stops once the load that caused it is gone.
-      t.last_trim_ns = t.coarse_now_ns;
-      ::malloc_trim(0);
+    auto rss_mb = [] {
+      long pages = 0, resident = 0;
       if (FILE* f = std::fopen("/proc/self/statm", "r")) {
         if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
         std::fclose(f);
       }
-      rss_mb = static_cast<std::int64_t>(resident) * ::sysconf(_SC_PAGESIZE) / (1024 * 1024);
+      return static_cast<std::int64_t>(resident) * ::sysconf(_SC_PAGESIZE) / (1024 * 1024);
+    };
+    std::int64_t rss = rss_mb();
+    if (rss >= t.opts.max_memory_mb && t.coarse_now_ns - t.last_trim_ns >= 1'000'000'000) {
+      // Freed memory may still be held by the allocator after a spike: hand it back and look
+      // again, so that shedding stops once the load that caused it is gone.
+      t.last_trim_ns = t.coarse_now_ns;
+      ::malloc_trim(0);
+      rss = rss_mb();
     }
-    t.memory_over->store(rss_mb >= t.opts.max_memory_mb, std::memory_order_relaxed);
+    t.memory_over->store(rss >= t.opts.max_memory_mb, std::memory_order_relaxed);
   }
 
   static Task<void> sweep_loop(ThreadRuntime& t) {

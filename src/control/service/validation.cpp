@@ -89,11 +89,5 @@ std::string check_name(std::string& name, std::size_t max_len) {
   return {};
 }
 
-bool valid_slug(std::string_view s) {
-  if (s.empty() || s.size() > 63) return false;
-  for (char c : s)
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return false;
-  return true;
-}
 
 }  // namespace ag::control

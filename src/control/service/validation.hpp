@@ -4,6 +4,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/slug.hpp"
+
 namespace ag::control {
 
 std::string check_email(std::string_view email);
@@ -11,8 +13,7 @@ std::string check_email(std::string_view email);
 std::string check_upstream_url(std::string& url);
 // Trims; 1..100 characters, no control characters.
 std::string check_name(std::string& name, std::size_t max_len = 100);
-// Project slugs, service names and the token claims naming them: ^[a-z0-9_-]{1,63}$.
-bool valid_slug(std::string_view s);
+// Project slugs and service names: ag::valid_slug (common/slug.hpp).
 
 std::string lower_ascii(std::string_view s);
 
