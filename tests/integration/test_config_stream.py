@@ -1212,7 +1212,12 @@ class DeltaValidationTest(StreamWorkerTestCase):
         fake.scripted = {10: (compact, None), 30: (spaced, self.full(40, "C"))}
         w = self.start_worker(fake.url, self.secret, self.snapshot_path())
         v, _, _ = poll_until(lambda: ready_version(w), lambda v: v == 40, 5.0, 0.05)
+        # The request after since=30 is sent just after version 40 is in force: give it a moment.
+        deadline = time.monotonic() + 5.0
         seq, _ = self.sequence()
+        while 30 in seq and seq.index(30) + 1 >= len(seq) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            seq, _ = self.sequence()
         self.assertNextRequest(seq, 10, 30, "compact full document", w)
         self.assertNextRequest(seq, 30, 40, "full document with spaces", w)
         self.assertEqual(v, 40)
