@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
+#include <new>
 
 namespace ag::gateway {
 
@@ -27,6 +29,22 @@ std::uint64_t hash_sv(std::string_view s) { return std::hash<std::string_view>{}
 double over(double value, double limit) {
   if (limit <= 0 || value <= limit) return 0;
   return std::min(1.0, (value - limit) / limit);
+}
+
+template <class T>
+T load(const T& v) {
+  return std::atomic_ref<T>(const_cast<T&>(v)).load(std::memory_order_relaxed);
+}
+template <class T>
+void store(T& v, T x) {
+  std::atomic_ref<T>(v).store(x, std::memory_order_relaxed);
+}
+
+template <class T>
+T* zeroed(std::size_t n) {  // calloc: large blocks come from fresh (zero, unfaulted) pages
+  void* p = std::calloc(n, sizeof(T));
+  if (p == nullptr) throw std::bad_alloc();
+  return static_cast<T*>(p);
 }
 
 bool user_agent_malformed(std::string_view ua) {
@@ -56,46 +74,56 @@ std::string_view risk_rule_name(std::size_t i) {
 
 RiskEngine::RiskEngine(std::size_t slots, std::int64_t auth_failure_limit, std::int64_t auth_window_sec)
     : mask_(std::bit_ceil(std::max<std::size_t>(slots, 16)) - 1),
-      velocity_(new Counter[mask_ + 1]),
-      burst_(new Counter[mask_ + 1]),
-      auth_(new Counter[mask_ + 1]),
-      drift_(new Spread[mask_ + 1]),
+      velocity_(zeroed<Counter>(mask_ + 1)),
+      burst_(zeroed<Counter>(mask_ + 1)),
+      auth_(zeroed<Counter>(mask_ + 1)),
+      drift_(zeroed<Spread>(mask_ + 1)),
       auth_limit_(auth_failure_limit),
       auth_window_ns_(auth_window_sec * kSecond) {}
 
+void RiskEngine::FreeDeleter::operator()(void* p) const noexcept { std::free(p); }
+
 std::size_t RiskEngine::memory_bytes() const { return (mask_ + 1) * (3 * sizeof(Counter) + sizeof(Spread)); }
+
+// Brings a slot to window `w`: a newcomer takes the slot over; the previous window's value is kept
+// when it is the one just before. Racing threads may lose a count, never corrupt a slot.
+template <class W>
+void RiskEngine::roll(W& c, std::uint64_t tag, std::int64_t w) {
+  using T = decltype(c.cur);
+  if (load(c.tag) != tag) {
+    store(c.tag, tag);
+    store(c.window, w);
+    store(c.cur, T{0});
+    store(c.prev, T{0});
+  }
+  std::int64_t cw = load(c.window);
+  if (cw != w) {
+    store(c.prev, cw == w - 1 ? load(c.cur) : T{0});
+    store(c.cur, T{0});
+    store(c.window, w);
+  }
+}
 
 // The estimate over the last window: this window's count plus the previous window's, weighted by
 // how much of it still overlaps (the usual sliding-window approximation).
 double RiskEngine::bump(Counter& c, std::uint64_t tag, std::int64_t now_ns, std::int64_t window_ns, std::uint32_t add) {
   const std::int64_t w = now_ns / window_ns;
-  if (c.tag.load(std::memory_order_relaxed) != tag) {  // a newcomer takes the slot over
-    c.tag.store(tag, std::memory_order_relaxed);
-    c.window.store(w, std::memory_order_relaxed);
-    c.cur.store(0, std::memory_order_relaxed);
-    c.prev.store(0, std::memory_order_relaxed);
-  }
-  std::int64_t cw = c.window.load(std::memory_order_relaxed);
-  if (cw != w) {
-    c.prev.store(cw == w - 1 ? c.cur.load(std::memory_order_relaxed) : 0, std::memory_order_relaxed);
-    c.cur.store(0, std::memory_order_relaxed);
-    c.window.store(w, std::memory_order_relaxed);
-  }
-  std::uint32_t cur = c.cur.fetch_add(add, std::memory_order_relaxed) + add;
+  roll(c, tag, w);
+  std::uint32_t cur = std::atomic_ref<std::uint32_t>(c.cur).fetch_add(add, std::memory_order_relaxed) + add;
   double elapsed = static_cast<double>(now_ns - w * window_ns) / static_cast<double>(window_ns);
-  return cur + c.prev.load(std::memory_order_relaxed) * (1.0 - elapsed);
+  return cur + load(c.prev) * (1.0 - elapsed);
 }
 
 double RiskEngine::peek(const Counter& c, std::uint64_t tag, std::int64_t now_ns, std::int64_t window_ns) {
-  if (c.tag.load(std::memory_order_relaxed) != tag) return 0;
+  if (load(c.tag) != tag) return 0;
   const std::int64_t w = now_ns / window_ns;
-  std::int64_t cw = c.window.load(std::memory_order_relaxed);
+  std::int64_t cw = load(c.window);
   double cur = 0, prev = 0;
   if (cw == w) {
-    cur = c.cur.load(std::memory_order_relaxed);
-    prev = c.prev.load(std::memory_order_relaxed);
+    cur = load(c.cur);
+    prev = load(c.prev);
   } else if (cw == w - 1) {
-    prev = c.cur.load(std::memory_order_relaxed);
+    prev = load(c.cur);
   }
   double elapsed = static_cast<double>(now_ns - w * window_ns) / static_cast<double>(window_ns);
   return cur + prev * (1.0 - elapsed);
@@ -103,21 +131,9 @@ double RiskEngine::peek(const Counter& c, std::uint64_t tag, std::int64_t now_ns
 
 // Distinct items seen over the last two windows, by linear counting on a 64-bit sketch.
 double RiskEngine::spread(Spread& s, std::uint64_t tag, std::uint64_t item, std::int64_t now_ns, std::int64_t window_ns) {
-  const std::int64_t w = now_ns / window_ns;
-  if (s.tag.load(std::memory_order_relaxed) != tag) {
-    s.tag.store(tag, std::memory_order_relaxed);
-    s.window.store(w, std::memory_order_relaxed);
-    s.cur.store(0, std::memory_order_relaxed);
-    s.prev.store(0, std::memory_order_relaxed);
-  }
-  std::int64_t sw = s.window.load(std::memory_order_relaxed);
-  if (sw != w) {
-    s.prev.store(sw == w - 1 ? s.cur.load(std::memory_order_relaxed) : 0, std::memory_order_relaxed);
-    s.cur.store(0, std::memory_order_relaxed);
-    s.window.store(w, std::memory_order_relaxed);
-  }
+  roll(s, tag, now_ns / window_ns);
   std::uint64_t bit = 1ull << (mix(item) >> 58);
-  std::uint64_t bits = s.cur.fetch_or(bit, std::memory_order_relaxed) | bit | s.prev.load(std::memory_order_relaxed);
+  std::uint64_t bits = std::atomic_ref<std::uint64_t>(s.cur).fetch_or(bit, std::memory_order_relaxed) | bit | load(s.prev);
   int set = std::popcount(bits);
   if (set >= 64) return 64.0 * std::log(64.0);  // saturated: "very many"
   return -64.0 * std::log(1.0 - set / 64.0);

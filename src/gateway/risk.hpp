@@ -69,25 +69,29 @@ class RiskEngine {
   std::size_t memory_bytes() const;
 
  private:
-  struct Counter {  // a sliding-window counter: this window's count and the previous one's
-    std::atomic<std::uint64_t> tag{0};
-    std::atomic<std::int64_t> window{0};
-    std::atomic<std::uint32_t> cur{0};
-    std::atomic<std::uint32_t> prev{0};
+  // Slots are plain integers accessed through std::atomic_ref: the tables are calloc'd, so pages
+  // no caller has touched are never faulted in (an idle worker does not carry 6.8 MB of zeros).
+  template <class T>
+  struct Window {  // a sliding window: the slot's owner, the window number, this and the last value
+    std::uint64_t tag;
+    std::int64_t window;
+    T cur;
+    T prev;
   };
-  struct Spread {  // distinct endpoints: a 64-bit linear-counting sketch per window
-    std::atomic<std::uint64_t> tag{0};
-    std::atomic<std::int64_t> window{0};
-    std::atomic<std::uint64_t> cur{0};
-    std::atomic<std::uint64_t> prev{0};
+  using Counter = Window<std::uint32_t>;  // requests per window
+  using Spread = Window<std::uint64_t>;   // distinct endpoints: a 64-bit linear-counting sketch
+  struct FreeDeleter {
+    void operator()(void* p) const noexcept;
   };
+  template <class W>
+  static void roll(W& c, std::uint64_t tag, std::int64_t w);
   static double bump(Counter& c, std::uint64_t tag, std::int64_t now_ns, std::int64_t window_ns, std::uint32_t add);
   static double peek(const Counter& c, std::uint64_t tag, std::int64_t now_ns, std::int64_t window_ns);
   static double spread(Spread& s, std::uint64_t tag, std::uint64_t item, std::int64_t now_ns, std::int64_t window_ns);
 
   std::size_t mask_;
-  std::unique_ptr<Counter[]> velocity_, burst_, auth_;
-  std::unique_ptr<Spread[]> drift_;
+  std::unique_ptr<Counter[], FreeDeleter> velocity_, burst_, auth_;
+  std::unique_ptr<Spread[], FreeDeleter> drift_;
   std::int64_t auth_limit_;
   std::int64_t auth_window_ns_;
 };

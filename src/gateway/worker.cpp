@@ -9,6 +9,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <limits>
 #include <malloc.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -253,6 +254,7 @@ struct Worker::Impl {
   std::condition_variable bg_cv;
   bool bg_stop = false;
   std::shared_ptr<const config::Snapshot> current;  // the last published snapshot (under bg_mutex)
+  std::atomic<std::int64_t> last_trim_ns{std::numeric_limits<std::int64_t>::min() / 2};
   std::thread health_thread, usage_thread;
   void run_health_checks();
   void run_usage_reports();
@@ -620,6 +622,13 @@ void Worker::publish(std::shared_ptr<const config::Snapshot> snapshot) {
     asio::post(rt->ioc, [rt, snapshot] { rt->snapshot = snapshot; });
   }
   im.ready.store(true);
+  // Building a snapshot leaves the parser's freed memory in this thread's malloc arena (4.5 MB
+  // for 10,000 keys): give it back, at most once a second when deltas arrive in a burst.
+  std::int64_t now = steady_ns();
+  if (now - im.last_trim_ns.load(std::memory_order_relaxed) >= 1'000'000'000) {
+    im.last_trim_ns.store(now, std::memory_order_relaxed);
+    ::malloc_trim(0);
+  }
 }
 
 void Worker::shutdown() {
