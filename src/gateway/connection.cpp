@@ -32,6 +32,7 @@
 #include "common/crypto.hpp"
 #include "common/time.hpp"
 #include "gateway/arena.hpp"
+#include "gateway/http1.hpp"
 #include "gateway/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
 
@@ -40,6 +41,7 @@ namespace ag::gateway {
 namespace beast = boost::beast;
 namespace http = boost::beast::http;
 using error_code = boost::system::error_code;
+using namespace std::string_view_literals;
 
 namespace {
 
@@ -49,29 +51,7 @@ using ResParser = http::response_parser<http::buffer_body, ArenaAllocator<char>>
 
 enum class Phase : std::uint8_t { kFirstHeader, kIdle, kRequestBody, kConnect, kUpstreamWrite, kUpstreamWait, kResponseBody, kTunnel, kLocalWrite };
 
-bool ieq(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
-
-// True when `token` appears in the comma-separated `list` (case-insensitive).
-bool has_token(std::string_view list, std::string_view token) {
-  while (!list.empty()) {
-    auto comma = list.find(',');
-    std::string_view item = list.substr(0, comma);
-    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
-    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
-    if (ieq(item, token)) return true;
-    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
-  }
-  return false;
-}
+using http1::has_token;
 
 bool idempotent(http::verb v) {
   return v == http::verb::get || v == http::verb::head || v == http::verb::options || v == http::verb::put ||
@@ -116,12 +96,26 @@ inline std::size_t read_room(const beast::flat_buffer& b) {
 
 // Until the parser has the complete head. Errors as Beast's async_read_header reports them.
 // `limit`: bytes the head may take (Beast's own limit only applies to its composed reads).
+// `lean`: try the lean parser first (http1.hpp); it is cleared when the lean parser declines and
+// the head is left to Beast's. On return with no error and `lean` still set, `*lean` holds the
+// head and its bytes are consumed (the views stay valid until the buffer's next prepare()).
 template <class Parser>
-Task<void> read_head(Socket& s, beast::flat_buffer& b, Parser& p, error_code& ec, std::size_t limit) {
+Task<void> read_head(Socket& s, beast::flat_buffer& b, Parser& p, error_code& ec, std::size_t limit,
+                     http1::Head*& lean, bool request) {
   ec = {};
   std::size_t consumed = 0;
   for (;;) {
-    while (b.size() > 0) {
+    if (lean && b.size() > 0) {
+      std::string_view in(static_cast<const char*>(b.data().data()), b.size());
+      auto r = request ? http1::parse_request(in, *lean) : http1::parse_response(in, *lean);
+      if (r == http1::Result::kComplete && lean->size <= limit) {
+        b.consume(lean->size);
+        co_return;
+      }
+      // Declined, or over the limit (Beast's parser gives the error answer).
+      if (r != http1::Result::kIncomplete || b.size() > limit) lean = nullptr;
+    }
+    while (!lean && b.size() > 0) {
       std::size_t used = p.put(b.data(), ec);
       b.consume(used);
       consumed += used;
@@ -198,6 +192,48 @@ Task<void> read_body_some(Socket& s, beast::flat_buffer& b, Parser& p, error_cod
   }
 }
 
+// A message head as the pipeline reads it, from the lean parser or from Beast's (whose fields are
+// listed into `beast_fields`, views into its container).
+struct Message {
+  std::string_view method, target, reason;
+  http::verb verb = http::verb::unknown;
+  int status = 0;
+  unsigned version = 11;
+  const http1::Field* fields_begin = nullptr;
+  const http1::Field* fields_end = nullptr;
+  bool lean = false;  // parsed by the lean parser: no body (request) or a Content-Length body (response)
+  bool keep_alive = false, has_body = false, chunked = false, upgrade = false;
+  std::optional<std::uint64_t> content_length;
+
+  const http1::Field* begin() const { return fields_begin; }
+  const http1::Field* end() const { return fields_end; }
+};
+
+void list_fields(const auto& fields, std::vector<http1::Field>& out, Message& m) {
+  out.clear();
+  for (const auto& f : fields) out.push_back({f.name_string(), f.value()});
+  m.fields_begin = out.data();
+  m.fields_end = out.data() + out.size();
+}
+
+void from_lean(const http1::Head& h, Message& m) {
+  m.method = h.method;
+  m.target = h.target;
+  m.verb = h.method.empty() ? http::verb::unknown : http::string_to_verb(h.method);
+  m.status = h.status;
+  m.reason = h.reason;
+  m.version = h.version;
+  m.fields_begin = h.begin();
+  m.fields_end = h.end();
+  m.lean = true;
+  m.keep_alive = h.keep_alive;
+  m.has_body = h.status != 0 && h.content_length > 0;
+  m.chunked = false;
+  m.upgrade = false;
+  if (h.has_length) m.content_length = h.content_length;
+  else m.content_length.reset();
+}
+
 class Connection final : public Tracked {
  public:
   Connection(ThreadRuntime& rt, Socket socket)
@@ -251,14 +287,14 @@ class Connection final : public Tracked {
     deadline_ns = rt_.coarse_now_ns + timeout_ms * 1'000'000;
   }
 
-  Task<bool> handle(ReqParser& parser);
+  Task<bool> handle(ReqParser& parser, const Message& req);
   Task<bool> assess_risk(Context& ctx, std::string_view method, std::string_view path, std::string_view ua,
-                         ReqParser& parser, LocalReply& reply);
+                         const Message& req, LocalReply& reply);
   bool authenticate(Context& ctx, std::string_view target, LocalReply& reply);
   const config::ServiceTarget* pick_target(const config::Service& svc, const config::ServiceTarget* avoid);
   Task<bool> send_local(Context& ctx, const LocalReply& reply, unsigned version, bool keep_alive,
                         bool head_only = false);
-  Task<bool> proxy(Context& ctx, ReqParser& parser, bool keep_alive);
+  Task<bool> proxy(Context& ctx, ReqParser& parser, const Message& req, bool keep_alive);
   Task<bool> tunnel(Context& ctx);
   void finish(Context& ctx, std::string_view method, std::string_view path, std::string_view ua);
   void add_rate_headers(const Context& ctx, std::string& out) const;
@@ -274,7 +310,7 @@ class Connection final : public Tracked {
     bool has_user_agent = false, has_api_key = false;
   };
   Seen seen_;
-  void scan_headers(const ReqParser::value_type& req);
+  void scan_headers(const Message& req);
 
   ThreadRuntime& rt_;
   Socket sock_;
@@ -289,6 +325,9 @@ class Connection final : public Tracked {
   std::string up_head_;      // outgoing head to the upstream
   std::unique_ptr<char[]> chunk_;
   Arena arena_;  // header fields of the current exchange
+  // Heads from the lean parser, and Beast's fields listed as views (reused, no allocation).
+  http1::Head req_lean_, res_lean_;
+  std::vector<http1::Field> req_fields_, res_fields_;
 };
 
 Task<void> Connection::run() {
@@ -306,7 +345,8 @@ Task<void> Connection::run() {
     timed_out_ = false;
     const std::int64_t read_started_ns = rt_.coarse_now_ns;
     error_code ec;
-    co_await read_head(sock_, buf_, parser, ec, rt_.opts.max_header_bytes);
+    http1::Head* lean = &req_lean_;
+    co_await read_head(sock_, buf_, parser, ec, rt_.opts.max_header_bytes, lean, true);
     first = false;
     if (ec) {
       if (drained_) break;
@@ -332,7 +372,23 @@ Task<void> Connection::run() {
       finish(ctx, "", "", "");
       break;
     }
-    bool keep = co_await handle(parser);
+    Message req;
+    if (lean) {
+      from_lean(req_lean_, req);
+    } else {
+      const auto& m = parser.get();
+      req.method = m.method_string();
+      req.target = m.target();
+      req.verb = m.method();
+      req.version = m.version();
+      list_fields(m.base(), req_fields_, req);
+      req.keep_alive = parser.keep_alive();
+      req.has_body = !parser.is_done();
+      req.chunked = parser.chunked();
+      req.upgrade = parser.upgrade();
+      if (auto l = parser.content_length()) req.content_length = *l;
+    }
+    bool keep = co_await handle(parser, req);
     if (!keep) break;
   }
   deadline_ns = INT64_MAX;
@@ -344,17 +400,17 @@ Task<void> Connection::run() {
 void Connection::add_rate_headers(const Context& ctx, std::string& out) const {
   if (!ctx.limit_checked || !(ctx.key || ctx.jwt)) return;
   const auto& d = ctx.limit;
-  out += "RateLimit-Limit: ";
+  out += "RateLimit-Limit: "sv;
   append_num(out, static_cast<std::uint64_t>(ctx.policy.burst + 1));
-  out += "\r\nRateLimit-Remaining: ";
+  out += "\r\nRateLimit-Remaining: "sv;
   append_num(out, static_cast<std::uint64_t>(std::max<std::int64_t>(d.remaining, 0)));
-  out += "\r\nRateLimit-Reset: ";
+  out += "\r\nRateLimit-Reset: "sv;
   append_num(out, static_cast<std::uint64_t>((d.reset_ns + 999'999'999) / 1'000'000'000));
-  out += "\r\n";
+  out += "\r\n"sv;
   if (!d.allowed) {
-    out += "Retry-After: ";
+    out += "Retry-After: "sv;
     append_num(out, static_cast<std::uint64_t>(std::max<std::int64_t>(1, (d.retry_after_ns + 999'999'999) / 1'000'000'000)));
-    out += "\r\n";
+    out += "\r\n"sv;
   }
 }
 
@@ -365,33 +421,33 @@ Task<bool> Connection::send_local(Context& ctx, const LocalReply& reply, unsigne
   bool keep = keep_alive && !reply.close && !rt_.draining;
   std::string body = "{\"detail\":";
   append_json_string(body, reply.detail);
-  body += "}";
+  body += "}"sv;
   head_.clear();
   head_ += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
   append_num(head_, static_cast<std::uint64_t>(reply.status));
   head_ += ' ';
   auto phrase = http::obsolete_reason(static_cast<http::status>(reply.status));
   head_.append(phrase.data(), phrase.size());
-  head_ += "\r\nContent-Type: application/json\r\nContent-Length: ";
+  head_ += "\r\nContent-Type: application/json\r\nContent-Length: "sv;
   append_num(head_, body.size());
-  head_ += "\r\nX-Request-Id: ";
+  head_ += "\r\nX-Request-Id: "sv;
   head_ += ctx.request_id;
-  head_ += "\r\n";
+  head_ += "\r\n"sv;
   add_rate_headers(ctx, head_);
   if (reply.reason == Reason::kAuthFailures) {
-    head_ += "Retry-After: ";
+    head_ += "Retry-After: "sv;
     append_num(head_, static_cast<std::uint64_t>(rt_.opts.auth_failure_window_sec));
-    head_ += "\r\n";
+    head_ += "\r\n"sv;
   }
   if (reply.reason == Reason::kTokenInvalid || reply.reason == Reason::kTokenRevoked) {
-    head_ += "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n";
+    head_ += "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n"sv;
   } else if (reply.reason == Reason::kCredentialsMissing) {
-    head_ += "WWW-Authenticate: ApiKey header=\"X-API-Key\"\r\nWWW-Authenticate: Bearer\r\n";
+    head_ += "WWW-Authenticate: ApiKey header=\"X-API-Key\"\r\nWWW-Authenticate: Bearer\r\n"sv;
   } else if (reply.status == 401) {
-    head_ += "WWW-Authenticate: ApiKey header=\"X-API-Key\"\r\n";
+    head_ += "WWW-Authenticate: ApiKey header=\"X-API-Key\"\r\n"sv;
   }
   head_ += keep ? (version == 10 ? "Connection: keep-alive\r\n" : "") : "Connection: close\r\n";
-  head_ += "\r\n";
+  head_ += "\r\n"sv;
   if (!head_only) head_ += body;
   arm(Phase::kLocalWrite, rt_.opts.idle_timeout_ms);
   error_code ec;
@@ -414,46 +470,41 @@ void Connection::finish(Context& ctx, std::string_view method, std::string_view 
 }
 
 
-void Connection::scan_headers(const ReqParser::value_type& req) {
+void Connection::scan_headers(const Message& req) {
+  using http1::name_is;
   seen_ = Seen{};
   for (const auto& f : req) {
-    std::string_view v = f.value();
-    switch (f.name()) {
-      case http::field::user_agent:
-        if (!seen_.has_user_agent) seen_.user_agent = v, seen_.has_user_agent = true;
+    std::string_view n = f.name, v = f.value;
+    switch (n.size()) {
+      case 6:
+        if (seen_.expect.empty() && name_is(n, "expect")) seen_.expect = v;
         break;
-      case http::field::authorization:
-        if (seen_.authorization.empty()) seen_.authorization = v;
+      case 7:
+        if (seen_.upgrade.empty() && name_is(n, "upgrade")) seen_.upgrade = v;
         break;
-      case http::field::upgrade:
-        if (seen_.upgrade.empty()) seen_.upgrade = v;
+      case 9:
+        if (!seen_.has_api_key && name_is(n, "x-api-key")) seen_.api_key = v, seen_.has_api_key = true;
         break;
-      case http::field::connection:
-        if (seen_.connection.empty()) seen_.connection = v;
+      case 10:
+        if (!seen_.has_user_agent && name_is(n, "user-agent")) seen_.user_agent = v, seen_.has_user_agent = true;
+        else if (seen_.connection.empty() && name_is(n, "connection")) seen_.connection = v;
         break;
-      case http::field::expect:
-        if (seen_.expect.empty()) seen_.expect = v;
+      case 12:
+        if (seen_.request_id.empty() && name_is(n, "x-request-id")) seen_.request_id = v;
         break;
-      case http::field::unknown: {
-        std::string_view n = f.name_string();
-        if (n.size() == 9 && !seen_.has_api_key && ieq(n, "x-api-key")) {
-          seen_.api_key = v;
-          seen_.has_api_key = true;
-        } else if (n.size() == 12 && seen_.request_id.empty() && ieq(n, "x-request-id")) {
-          seen_.request_id = v;
-        } else if (n.size() == 15 && seen_.xff.empty() && ieq(n, "x-forwarded-for")) {
-          seen_.xff = v;
-        }
+      case 13:
+        if (seen_.authorization.empty() && name_is(n, "authorization")) seen_.authorization = v;
         break;
-      }
+      case 15:
+        if (seen_.xff.empty() && name_is(n, "x-forwarded-for")) seen_.xff = v;
+        break;
       default:
         break;
     }
   }
 }
 
-Task<bool> Connection::handle(ReqParser& parser) {
-  auto& req = parser.get();
+Task<bool> Connection::handle(ReqParser& parser, const Message& req) {
   Context ctx;
   ctx.start_ns = rt_.coarse_now_ns = steady_ns();
   ctx.snapshot = rt_.snapshot;  // pinned: a reload mid-request does not affect this request
@@ -461,14 +512,14 @@ Task<bool> Connection::handle(ReqParser& parser) {
   auto rid = seen_.request_id;
   ctx.request_id = valid_request_id(rid) ? std::string(rid) : rt_.next_request_id();
   ctx.client_ip = rt_.trusted.empty() ? peer_ip_ : client_ip(peer_ip_, seen_.xff, rt_.trusted);
-  std::string_view method = req.method_string();
-  std::string_view target = req.target();
+  std::string_view method = req.method;
+  std::string_view target = req.target;
   std::string_view path = target.substr(0, target.find('?'));
   std::string_view ua = seen_.user_agent;
-  bool keep_alive = parser.keep_alive();
-  bool has_body = !parser.is_done();
-  unsigned version = req.version();
-  bool head = req.method() == http::verb::head;
+  bool keep_alive = req.keep_alive;
+  bool has_body = req.has_body;
+  unsigned version = req.version;
+  bool head = req.verb == http::verb::head;
 
   LocalReply reply;
   bool ok = true;
@@ -497,7 +548,7 @@ Task<bool> Connection::handle(ReqParser& parser) {
                 reply.reason == Reason::kTokenRevoked))
       rt_.risk->auth_failed(ctx.client_ip, ctx.start_ns);
   }
-  if (ok) ok = co_await assess_risk(ctx, method, path, ua, parser, reply);
+  if (ok) ok = co_await assess_risk(ctx, method, path, ua, req, reply);
   if (ok) {
     const ratelimit::Policy& policy = ctx.policy;
     // The key's limiter slot is named by the first 8 bytes of its SHA-256 (computed by identify).
@@ -514,7 +565,7 @@ Task<bool> Connection::handle(ReqParser& parser) {
     }
   }
   if (ok && has_body) {
-    auto len = parser.content_length();
+    auto len = req.content_length;
     if (len && static_cast<std::int64_t>(*len) > ctx.project->max_body_bytes) {
       reply = {413, Reason::kBodyTooLarge, "Request body too large"};
       ok = false;
@@ -525,7 +576,7 @@ Task<bool> Connection::handle(ReqParser& parser) {
     // An unread request body would be taken for the next request: close instead.
     keep = co_await send_local(ctx, reply, version, keep_alive && !has_body, head);
   } else {
-    keep = co_await proxy(ctx, parser, keep_alive);
+    keep = co_await proxy(ctx, parser, req, keep_alive);
   }
   finish(ctx, method, path, ua);
   co_return keep;
@@ -535,7 +586,7 @@ Task<bool> Connection::handle(ReqParser& parser) {
 // The project's IP lists, then the risk score (docs/risk.md). In shadow mode the decision is
 // logged and counted but not applied; IP lists apply in both modes.
 Task<bool> Connection::assess_risk(Context& ctx, std::string_view method, std::string_view path, std::string_view ua,
-                                   ReqParser& parser, LocalReply& reply) {
+                                   const Message& req, LocalReply& reply) {
   const config::RiskPolicy& p = *ctx.project->risk;
   if (cidr_refused(p.ip_deny, p.ip_allow, ctx.client_ip)) {
     reply = {403, Reason::kIpDenied, "Forbidden by IP policy"};
@@ -563,7 +614,7 @@ Task<bool> Connection::assess_risk(Context& ctx, std::string_view method, std::s
   in.method = method;
   in.user_agent = ua;
   in.user_agent_present = seen_.has_user_agent;
-  if (auto len = parser.content_length()) in.content_length = static_cast<std::int64_t>(*len);
+  if (req.content_length) in.content_length = static_cast<std::int64_t>(*req.content_length);
   RiskResult r = rt_.risk->evaluate(p, in, ctx.start_ns);
   ctx.risk_evaluated = true;
   ctx.risk_score = r.score;
@@ -675,10 +726,9 @@ const config::ServiceTarget* Connection::pick_target(const config::Service& svc,
   return best ? best : fallback;
 }
 
-Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
-  auto& req = parser.get();
-  unsigned version = req.version();
-  bool head_req = req.method() == http::verb::head;
+Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req, bool keep_alive) {
+  unsigned version = req.version;
+  bool head_req = req.verb == http::verb::head;
   // A service's target is chosen per attempt; its health state learns from each exchange.
   const config::ServiceTarget* target = nullptr;
   struct InFlight {
@@ -705,24 +755,26 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
     target = pick_target(*svc, nullptr);
     if (!target)
       co_return co_await send_local(ctx, {503, Reason::kNoHealthyTarget, "No healthy upstream target"}, version,
-                                    keep_alive && parser.is_done());
+                                    keep_alive && !req.has_body);
     in_flight.set(target);
     ctx.target = target;
   }
   const config::Upstream* upp = target ? &target->upstream : &ctx.project->upstream;
-  if (!upp->supported) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnsupported, "Upstream scheme not supported by this worker"}, version, keep_alive && parser.is_done());
-  if (upp->endpoints.empty()) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, keep_alive && parser.is_done());
+  if (!upp->supported) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnsupported, "Upstream scheme not supported by this worker"}, version, keep_alive && !req.has_body);
+  if (upp->endpoints.empty()) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, keep_alive && !req.has_body);
 
-  bool has_body = !parser.is_done();
-  bool chunked_in = parser.chunked();
-  auto content_length = parser.content_length();
-  bool upgrade = parser.upgrade() && has_token(seen_.upgrade, "websocket");
+  bool has_body = req.has_body;
+  bool chunked_in = req.chunked;
+  auto content_length = req.content_length;
+  bool upgrade = req.upgrade && has_token(seen_.upgrade, "websocket");
+  // Connection names further hop-by-hop fields; "keep-alive" and "close" name none.
   auto conn_hdr = seen_.connection;
-  bool expect_continue = has_body && ieq(seen_.expect, "100-continue");
+  if (http1::name_is(conn_hdr, "keep-alive") || http1::name_is(conn_hdr, "close")) conn_hdr = {};
+  bool expect_continue = has_body && http1::name_is(seen_.expect, "100-continue");
 
   // --- the upstream request head -----------------------------------------------------------
   up_head_.clear();
-  up_head_.append(req.method_string().data(), req.method_string().size());
+  up_head_.append(req.method.data(), req.method.size());
   up_head_ += ' ';
   const std::size_t target_at = up_head_.size();  // where the request target starts (a retry may change the host)
   up_head_ += upp->base_path;
@@ -730,78 +782,78 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
     if (ctx.forward_target.empty() || ctx.forward_target.front() != '/') up_head_ += '/';
     up_head_.append(ctx.forward_target.data(), ctx.forward_target.size());
   } else {
-    up_head_.append(req.target().data(), req.target().size());
+    up_head_.append(req.target.data(), req.target.size());
   }
-  up_head_ += " HTTP/1.1\r\nHost: ";
+  up_head_ += " HTTP/1.1\r\nHost: "sv;
   const std::size_t host_at = up_head_.size();
   up_head_ += upp->host_header;
-  up_head_ += "\r\n";
+  up_head_ += "\r\n"sv;
   const std::size_t host_end = up_head_.size();
   std::string_view xff, client_host;
-  for (const auto& f : req.base()) {
-    std::string_view name = f.name_string();
+  for (const auto& f : req) {
+    std::string_view name = f.name;
     LowerName ln(name);
     std::string_view n = ln.view();
     if (is_hop_by_hop(n) || n == "host" || n == "content-length" || n == "x-forwarded-proto" ||
         n == "x-forwarded-host" || n == "x-request-id" || n.substr(0, 10) == "x-gateway-" || (expect_continue && n == "expect"))
       {
-        if (n == "host") client_host = f.value();
+        if (n == "host") client_host = f.value;
         continue;
       }
     if (n == "x-forwarded-for") {
-      xff = f.value();
+      xff = f.value;
       continue;
     }
     if (ctx.jwt && n == "authorization") continue;  // the gateway credential stays here
     if (!conn_hdr.empty() && has_token(conn_hdr, n)) continue;
     up_head_.append(name.data(), name.size());
-    up_head_ += ": ";
-    up_head_.append(f.value().data(), f.value().size());
-    up_head_ += "\r\n";
+    up_head_ += ": "sv;
+    up_head_.append(f.value.data(), f.value.size());
+    up_head_ += "\r\n"sv;
   }
-  up_head_ += "X-Forwarded-For: ";
+  up_head_ += "X-Forwarded-For: "sv;
   if (!xff.empty()) {
     up_head_.append(xff.data(), xff.size());
-    up_head_ += ", ";
+    up_head_ += ", "sv;
   }
   up_head_ += peer_ip_;
-  up_head_ += "\r\nX-Forwarded-Proto: http\r\n";
+  up_head_ += "\r\nX-Forwarded-Proto: http\r\n"sv;
   if (!client_host.empty()) {
-    up_head_ += "X-Forwarded-Host: ";
+    up_head_ += "X-Forwarded-Host: "sv;
     up_head_.append(client_host.data(), client_host.size());
-    up_head_ += "\r\n";
+    up_head_ += "\r\n"sv;
   }
-  up_head_ += "X-Request-Id: ";
+  up_head_ += "X-Request-Id: "sv;
   up_head_ += ctx.request_id;
-  up_head_ += "\r\nX-Gateway-Project: ";
+  up_head_ += "\r\nX-Gateway-Project: "sv;
   up_head_ += ctx.project->id;
-  up_head_ += "\r\n";
+  up_head_ += "\r\n"sv;
   if (ctx.key && !ctx.key->id.empty()) {
-    up_head_ += "X-Gateway-Key-Id: ";
+    up_head_ += "X-Gateway-Key-Id: "sv;
     up_head_ += ctx.key->id.view();
-    up_head_ += "\r\n";
+    up_head_ += "\r\n"sv;
   }
   if (svc) {
-    up_head_ += "X-Gateway-Service: ";
+    up_head_ += "X-Gateway-Service: "sv;
     up_head_ += svc->name;
-    up_head_ += "\r\n";
+    up_head_ += "\r\n"sv;
   }
   if (ctx.jwt) {
-    up_head_ += "X-Gateway-JTI: ";
+    up_head_ += "X-Gateway-JTI: "sv;
     up_head_ += ctx.jti;
-    up_head_ += "\r\n";
+    up_head_ += "\r\n"sv;
   }
-  if (upgrade) up_head_ += "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+  if (upgrade) up_head_ += "Connection: Upgrade\r\nUpgrade: websocket\r\n"sv;
   if (has_body) {
     if (chunked_in || !content_length) {
-      up_head_ += "Transfer-Encoding: chunked\r\n";
+      up_head_ += "Transfer-Encoding: chunked\r\n"sv;
     } else {
-      up_head_ += "Content-Length: ";
+      up_head_ += "Content-Length: "sv;
       append_num(up_head_, *content_length);
-      up_head_ += "\r\n";
+      up_head_ += "\r\n"sv;
     }
   }
-  up_head_ += "\r\n";
+  up_head_ += "\r\n"sv;
   bool send_chunked = has_body && (chunked_in || !content_length);
 
   if (expect_continue) {
@@ -822,6 +874,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   };
   bool retried = false;
   bool body_started = false;
+  http1::Head* res_lean = nullptr;
   std::int64_t sent_ns = 0;
   // Moves a retry to another target of the service (its host and base path in the head).
   auto switch_target = [&] {
@@ -858,7 +911,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
         rt_.metrics.add(metrics::Counter::kUpstreamConnectErrors);
         upstream_.reset();
         target_failed();
-        if (!retried && !has_body && idempotent(req.method())) {
+        if (!retried && !has_body && idempotent(req.verb)) {
           retried = true;
           rt_.metrics.add(metrics::Counter::kUpstreamRetries);
           switch_target();
@@ -877,7 +930,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
       body_started = true;
       std::uint64_t total = 0;
       while (!parser.is_done()) {
-        auto& body = req.body();
+        auto& body = parser.get().body();
         body.data = chunk();
         body.size = kChunk;
         arm(Phase::kRequestBody, rt_.opts.idle_timeout_ms);
@@ -902,7 +955,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
           std::string& framing = head_;
           framing.clear();
           append_hex(framing, got);
-          framing += "\r\n";
+          framing += "\r\n"sv;
           std::array<asio::const_buffer, 3> bufs{asio::buffer(framing), asio::buffer(chunk(), got), asio::buffer("\r\n", 2)};
           co_await asio::async_write(upstream_->socket, bufs, asio::redirect_error(use_task, ec));
         } else {
@@ -917,19 +970,21 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
       auto& rp = *rpo;
       arm(Phase::kUpstreamWait, rt_.opts.upstream_timeout_ms);
       timed_out_ = false;
-      co_await read_head(upstream_->socket, ubuf_, rp, ec, 64 * 1024);
+      // A HEAD answer's Content-Length describes no body: left to Beast's parser (skip mode).
+      res_lean = head_req ? nullptr : &res_lean_;
+      co_await read_head(upstream_->socket, ubuf_, rp, ec, 64 * 1024, res_lean, false);
       // 1xx informational answers (other than 101) are passed on; then the real head follows.
-      while (!ec && rpo->get().result_int() >= 100 && rpo->get().result_int() < 200 && rpo->get().result_int() != 101) {
+      while (!ec && !res_lean && rpo->get().result_int() >= 100 && rpo->get().result_int() < 200 && rpo->get().result_int() != 101) {
         head_.clear();
-        head_ += "HTTP/1.1 ";
+        head_ += "HTTP/1.1 "sv;
         append_num(head_, rpo->get().result_int());
-        head_ += " Continue\r\n\r\n";
+        head_ += " Continue\r\n\r\n"sv;
         if (rpo->get().result_int() != 100 || !expect_continue) {
           error_code wec;
           co_await asio::async_write(sock_, asio::buffer(head_), asio::redirect_error(use_task, wec));
         }
         fresh_parser();
-        co_await read_head(upstream_->socket, ubuf_, *rpo, ec, 64 * 1024);
+        co_await read_head(upstream_->socket, ubuf_, *rpo, ec, 64 * 1024, res_lean, false);
       }
     }
     if (!ec) break;
@@ -942,7 +997,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
       co_return co_await send_local(ctx, {504, Reason::kUpstreamTimeout, "Upstream timed out"}, version, false);
     }
     // A pooled connection the upstream had already closed: try once more on a fresh one.
-    if (!retried && !body_started && (idempotent(req.method()) || pooled)) {
+    if (!retried && !body_started && (idempotent(req.verb) || pooled)) {
       retried = true;
       rt_.metrics.add(metrics::Counter::kUpstreamRetries);
       continue;
@@ -955,10 +1010,22 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   }
   ctx.upstream_ns = (rt_.coarse_now_ns = steady_ns()) - sent_ns;
   auto& rp = *rpo;
+  Message res;
+  if (res_lean) {
+    from_lean(res_lean_, res);
+  } else {
+    const auto& m = rp.get();
+    res.status = static_cast<int>(m.result_int());
+    res.reason = m.reason();
+    res.version = m.version();
+    list_fields(m.base(), res_fields_, res);
+    res.keep_alive = rp.keep_alive();
+    res.chunked = rp.chunked();
+    if (auto l = rp.content_length()) res.content_length = *l;
+  }
 
   // --- the response head to the client -----------------------------------------------------
-  auto& res = rp.get();
-  int status = static_cast<int>(res.result_int());
+  int status = res.status;
   ctx.status = status;
   if (target) {
     if (status >= 502 && status <= 504) target_failed();
@@ -966,8 +1033,8 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   }
   bool switching = status == 101 && upgrade;
   bool no_body = head_req || status == 204 || status == 304 || (status >= 100 && status < 200);
-  bool up_chunked = rp.chunked();
-  auto up_len = rp.content_length();
+  bool up_chunked = res.chunked;
+  auto up_len = res.content_length;
   bool until_eof = !no_body && !up_chunked && !up_len;
   bool keep = keep_alive && !rt_.draining;
   bool chunk_out = !no_body && (up_chunked || until_eof) && version >= 11;
@@ -977,11 +1044,17 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
   head_ += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
   append_num(head_, static_cast<std::uint64_t>(status));
   head_ += ' ';
-  head_.append(res.reason().data(), res.reason().size());
-  head_ += "\r\n";
-  auto res_conn = res[http::field::connection];
-  for (const auto& f : res.base()) {
-    LowerName ln(f.name_string());
+  head_.append(res.reason.data(), res.reason.size());
+  head_ += "\r\n"sv;
+  std::string_view res_conn;
+  for (const auto& f : res)
+    if (http1::name_is(f.name, "connection")) {
+      res_conn = f.value;
+      break;
+    }
+  if (http1::name_is(res_conn, "keep-alive") || http1::name_is(res_conn, "close")) res_conn = {};
+  for (const auto& f : res) {
+    LowerName ln(f.name);
     std::string_view n = ln.view();
     if (switching && (n == "connection" || n == "upgrade")) {
       // keep them: they are the handshake
@@ -989,29 +1062,29 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
                (!res_conn.empty() && has_token(res_conn, n))) {
       continue;
     }
-    head_.append(f.name_string().data(), f.name_string().size());
-    head_ += ": ";
-    head_.append(f.value().data(), f.value().size());
-    head_ += "\r\n";
+    head_.append(f.name.data(), f.name.size());
+    head_ += ": "sv;
+    head_.append(f.value.data(), f.value.size());
+    head_ += "\r\n"sv;
   }
-  head_ += "X-Request-Id: ";
+  head_ += "X-Request-Id: "sv;
   head_ += ctx.request_id;
-  head_ += "\r\n";
+  head_ += "\r\n"sv;
   add_rate_headers(ctx, head_);
   if (!no_body && !head_req) {
     if (up_len && !up_chunked) {
-      head_ += "Content-Length: ";
+      head_ += "Content-Length: "sv;
       append_num(head_, *up_len);
-      head_ += "\r\n";
+      head_ += "\r\n"sv;
     } else if (chunk_out) {
-      head_ += "Transfer-Encoding: chunked\r\n";
+      head_ += "Transfer-Encoding: chunked\r\n"sv;
     }
   }
   if (!switching) {
-    if (!keep) head_ += "Connection: close\r\n";
-    else if (version == 10) head_ += "Connection: keep-alive\r\n";
+    if (!keep) head_ += "Connection: close\r\n"sv;
+    else if (version == 10) head_ += "Connection: keep-alive\r\n"sv;
   }
-  head_ += "\r\n";
+  head_ += "\r\n"sv;
 
   error_code ec;
   if (switching) {
@@ -1024,13 +1097,49 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
 
   // --- the response body --------------------------------------------------------------------
   bool head_sent = false;
-  if (no_body || rp.is_done()) {
+  bool body_done = false;  // a lean response's body was read to its end
+  if (res.lean) {
+    // A Content-Length body, forwarded as it is: what arrived with the head goes out with the
+    // response head in one write straight from the read buffer, the rest as it arrives.
+    std::uint64_t remaining = *res.content_length;
+    for (;;) {
+      std::array<asio::const_buffer, 2> bufs{};
+      std::size_t nb = 0;
+      if (!head_sent) bufs[nb++] = asio::buffer(head_);
+      std::size_t have = static_cast<std::size_t>(std::min<std::uint64_t>(remaining, ubuf_.size()));
+      if (have > 0) bufs[nb++] = asio::buffer(ubuf_.data().data(), have);
+      if (nb > 0) {
+        arm(Phase::kResponseBody, rt_.opts.idle_timeout_ms);
+        ctx.bytes_out += co_await asio::async_write(sock_, bufs, asio::redirect_error(use_task, ec));
+        head_sent = true;
+        if (ec) {
+          upstream_.reset();
+          co_return false;
+        }
+      }
+      ubuf_.consume(have);
+      remaining -= have;
+      if (remaining == 0) break;
+      arm(Phase::kResponseBody, rt_.opts.upstream_timeout_ms);
+      error_code rec;
+      std::size_t n = co_await upstream_->socket.async_read_some(
+          ubuf_.prepare(static_cast<std::size_t>(std::min<std::uint64_t>(remaining, kChunk))),
+          asio::redirect_error(use_task, rec));
+      if (rec) {  // the head is out: closing the client connection is the only signal left
+        ctx.reason = timed_out_ ? Reason::kUpstreamTimeout : Reason::kUpstreamUnreachable;
+        upstream_.reset();
+        co_return false;
+      }
+      ubuf_.commit(n);
+    }
+    body_done = true;
+  } else if (no_body || rp.is_done()) {
     arm(Phase::kResponseBody, rt_.opts.idle_timeout_ms);
     ctx.bytes_out += co_await asio::async_write(sock_, asio::buffer(head_), asio::redirect_error(use_task, ec));
     head_sent = true;
   } else {
     for (;;) {
-      auto& body = res.body();
+      auto& body = rp.get().body();
       body.data = chunk();
       body.size = kChunk;
       arm(Phase::kResponseBody, rt_.opts.upstream_timeout_ms);
@@ -1061,7 +1170,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
       framing.clear();
       if (got > 0 && chunk_out) {
         append_hex(framing, got);
-        framing += "\r\n";
+        framing += "\r\n"sv;
       }
       if (!framing.empty()) bufs[nb++] = asio::buffer(framing);
       if (got > 0) bufs[nb++] = asio::buffer(chunk(), got);
@@ -1083,7 +1192,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, bool keep_alive) {
     }
   }
   // Back to the pool only when the exchange ended cleanly and the upstream will keep it open.
-  if (upstream_ && rp.is_done() && !until_eof && rp.keep_alive() && ubuf_.size() == 0) {
+  if (upstream_ && (res.lean ? body_done : rp.is_done()) && !until_eof && res.keep_alive && ubuf_.size() == 0) {
     rt_.give_back(std::move(upstream_));
   } else {
     upstream_.reset();
