@@ -92,11 +92,18 @@ bool parse_version(std::string_view v, unsigned& out) {
   return true;
 }
 
-// Connection: a list of tokens separated by commas and optional whitespace.
+// Connection: tokens separated by commas, with optional whitespace around each (empty elements
+// allowed); "a b" is not a list.
 bool token_list(std::string_view v) {
-  for (char c : v)
-    if (!kToken[static_cast<unsigned char>(c)] && c != ',' && c != ' ' && c != '\t') return false;
-  return true;
+  std::size_t i = 0;
+  for (;;) {
+    while (i < v.size() && (v[i] == ' ' || v[i] == '\t')) ++i;
+    while (i < v.size() && kToken[static_cast<unsigned char>(v[i])]) ++i;
+    while (i < v.size() && (v[i] == ' ' || v[i] == '\t')) ++i;
+    if (i == v.size()) return true;
+    if (v[i] != ',') return false;
+    ++i;
+  }
 }
 
 enum class Kind { kRequest, kResponse };
@@ -248,10 +255,9 @@ Result parse_response(std::string_view in, Head& h) {
     status = status * 10 + (line[k] - '0');
   }
   if (status < 200 || status == 204 || status == 304) return Result::kDecline;
-  std::string_view reason = line.substr(13);
+  std::string_view reason = line.substr(13);  // as sent, trailing whitespace included
   for (char c : reason)
     if (!kText[static_cast<unsigned char>(c)]) return Result::kDecline;
-  while (!reason.empty() && (reason.back() == ' ' || reason.back() == '\t')) reason.remove_suffix(1);
   h.status = status;
   h.reason = reason;
   h.method = {};
