@@ -8,14 +8,28 @@
 //
 // Input: byte 0 chooses how the bytes arrive (read size 1..256, or the worker's 8 KiB reads);
 // the rest is what the client sends, up to end of stream.
+//
+// The lean head parser (gateway/http1.hpp), which read_head() tries before Beast's, is checked
+// against Beast on the same bytes: the client's bytes at the start of every request on the
+// connection go to http1::parse_request, and the whole input also to http1::parse_response (the
+// corpus has response heads too). Whenever the lean parser completes a head, Beast's parser
+// (empty_body, no header or body limit) must complete it without error and agree on the head's
+// size, method, target, version, status, reason, keep-alive, Content-Length and fields; the lean
+// parser must also give the same answer on the head alone and kIncomplete on shorter prefixes (the
+// ones read_head() would see with this input's read size). A disagreement prints what differs and
+// traps. (The pipeline checks below still run on Beast's parse of the head.)
+#include <boost/asio/buffer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/status.hpp>
 #include <simdjson.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <cstddef>
 #include <cstdint>
@@ -29,6 +43,7 @@
 #include "config/snapshot.hpp"
 #include "control/service/api_key.hpp"
 #include "gateway/arena.hpp"
+#include "gateway/http1.hpp"
 #include "gateway/pipeline.hpp"
 
 namespace {
@@ -39,6 +54,7 @@ using ag::gateway::Arena;
 using ag::gateway::ArenaAllocator;
 using ReqParser = http::request_parser<http::buffer_body, ArenaAllocator<char>>;
 using error_code = boost::system::error_code;
+namespace net = boost::asio;
 
 constexpr std::size_t kMaxHeaderBytes = 16 * 1024;  // WorkerOptions::max_header_bytes default
 constexpr std::size_t kReadSize = 8 * 1024;          // connection.cpp kReadSize
@@ -158,6 +174,111 @@ void read_body(std::string_view& src, std::size_t step, beast::flat_buffer& b, R
   if (auto len = p.content_length(); len && !p.chunked() && total > *len) __builtin_trap();
 }
 
+// --- the lean parser against Beast's ---------------------------------------------------------
+namespace http1 = ag::gateway::http1;
+
+[[noreturn]] void disagree(const char* what, std::string_view in) {
+  std::fprintf(stderr, "http1 differential: %s (input %zu bytes:", what, in.size());
+  for (unsigned char c : in.substr(0, 512)) std::fprintf(stderr, c >= 0x20 && c < 0x7f && c != '\\' ? "%c" : "\\x%02x", c);
+  std::fprintf(stderr, ")\n");
+  __builtin_trap();
+}
+
+bool iequal(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+template <bool isRequest>
+void lean_differential(std::string_view in, std::size_t step) {
+  static http1::Head h;  // reused, as the connection reuses its heads: nothing may leak from the last one
+  const auto r = isRequest ? http1::parse_request(in, h) : http1::parse_response(in, h);
+
+  http::parser<isRequest, http::empty_body> p;
+  p.header_limit(std::numeric_limits<std::uint32_t>::max());
+  p.body_limit(std::numeric_limits<std::uint64_t>::max());
+  error_code ec;
+  std::size_t used = 0;
+  while (!p.is_header_done()) {
+    std::size_t n = p.put(net::const_buffer(in.data() + used, in.size() - used), ec);
+    used += n;
+    if (ec || n == 0) break;
+  }
+  const bool beast_done = !ec && p.is_header_done();
+
+  if (r != http1::Result::kComplete) {
+    // A head Beast has all of is not "incomplete": read_head() would wait for bytes that never come.
+    if (r == http1::Result::kIncomplete && beast_done) disagree("lean kIncomplete, Beast complete", in);
+    return;
+  }
+  if (ec && ec != http::error::need_more) disagree("lean kComplete, Beast error", in);
+  if (!beast_done) disagree("lean kComplete, Beast needs more", in);
+  if (h.size != used || h.size > in.size()) disagree("head size", in);
+  const auto& m = p.get();
+  if (h.version != m.version()) disagree("version", in);
+  if (h.keep_alive != p.keep_alive()) disagree("keep_alive", in);
+  const auto len = p.content_length();
+  if (h.has_length != len.has_value() || (len && *len != h.content_length)) disagree("content_length", in);
+  // Framing: no body after a request head; a response's body is its Content-Length.
+  const bool lean_body = !isRequest && h.content_length > 0;
+  if (p.is_done() == lean_body || p.chunked()) disagree("body framing", in);
+  if constexpr (isRequest) {
+    if (h.method != m.method_string()) disagree("method", in);
+    if (h.target != m.target()) disagree("target", in);
+    if (h.content_length != 0) disagree("request with a body", in);
+  } else {
+    if (h.status != static_cast<int>(m.result_int())) disagree("status", in);
+    // Beast's header::reason() gives the standard phrase for an empty one.
+    const std::string_view want = h.reason.empty() ? http::obsolete_reason(m.result()) : h.reason;
+    if (want != m.reason()) disagree("reason", in);
+    if (!h.has_length) disagree("response without Content-Length", in);
+  }
+  // Fields: Beast's container keeps a repeated name next to its previous occurrence; apply that
+  // rule to the lean parser's wire order, then compare the lists exactly.
+  std::vector<http1::Field> order;
+  for (const auto& f : h) {
+    std::size_t at = order.size();
+    for (std::size_t j = order.size(); j-- > 0;)
+      if (iequal(order[j].name, f.name)) {
+        at = j + 1;
+        break;
+      }
+    order.insert(order.begin() + static_cast<std::ptrdiff_t>(at), f);
+  }
+  std::size_t i = 0;
+  for (const auto& f : m) {
+    if (i == order.size() || f.name_string() != order[i].name || f.value() != order[i].value) disagree("fields", in);
+    ++i;
+  }
+  if (i != order.size()) disagree("field count", in);
+  const char* lo = in.data();
+  const char* hi = in.data() + h.size;
+  auto inside = [&](std::string_view v) { return v.empty() || (v.data() >= lo && v.data() + v.size() <= hi); };
+  for (const auto& f : h)
+    if (!inside(f.name) || !inside(f.value)) disagree("field view outside the head", in);
+  if (!inside(h.method) || !inside(h.target) || !inside(h.reason)) disagree("start line view outside the head", in);
+
+  // The same answer from the head alone, and kIncomplete from the prefixes read_head() would see.
+  http1::Head again;
+  const std::string_view head = in.substr(0, h.size);
+  auto r2 = isRequest ? http1::parse_request(head, again) : http1::parse_response(head, again);
+  if (r2 != http1::Result::kComplete || again.size != h.size || again.field_count != h.field_count)
+    disagree("head alone parsed differently", in);
+  auto incomplete = [&](std::size_t k) {
+    http1::Head ph;
+    auto rp = isRequest ? http1::parse_request(in.substr(0, k), ph) : http1::parse_response(in.substr(0, k), ph);
+    if (rp != http1::Result::kIncomplete) disagree("prefix of a complete head not kIncomplete", in);
+  };
+  incomplete(h.size - 1);
+  for (std::size_t k = step, n = 0; k < h.size && n < 64; k += step, ++n) incomplete(k);
+}
+
 bool has_edge_blank(std::string_view v) {
   return !v.empty() && (v.front() == ' ' || v.back() == ' ' || v.back() == '\t');
 }
@@ -184,8 +305,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Arena arena;
   beast::flat_buffer buf(std::max<std::size_t>(64 * 1024, kMaxHeaderBytes + 8192));
   static char window[kChunk];
+  lean_differential<false>(src, step);
   // Keep-alive: requests follow one another on the connection until one fails or the input ends.
+  std::string rest;
   for (int request = 0; request < 8; ++request) {
+    // What the connection has for this request: bytes already read, then the rest of the stream.
+    rest.assign(static_cast<const char*>(buf.data().data()), buf.size());
+    rest.append(src.data(), src.size());
+    lean_differential<true>(rest, step);
     arena.reset();
     ReqParser parser(std::piecewise_construct, std::make_tuple(), std::make_tuple(ArenaAllocator<char>(arena)));
     parser.header_limit(static_cast<std::uint32_t>(kMaxHeaderBytes));

@@ -1044,7 +1044,9 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
   head_ += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
   append_num(head_, static_cast<std::uint64_t>(status));
   head_ += ' ';
-  head_.append(res.reason.data(), res.reason.size());
+  // An empty reason phrase gets the standard one (as Beast's parser reports it).
+  std::string_view phrase = res.reason.empty() ? http::obsolete_reason(static_cast<http::status>(status)) : res.reason;
+  head_.append(phrase.data(), phrase.size());
   head_ += "\r\n"sv;
   std::string_view res_conn;
   for (const auto& f : res)

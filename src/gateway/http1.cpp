@@ -66,6 +66,10 @@ char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' +
 // The next line (without its CRLF) starting at `at`; false when no complete line is buffered
 // (`incomplete` set) or the line ends in a bare LF (decline).
 bool next_line(std::string_view in, std::size_t& at, std::string_view& line, bool& incomplete) {
+  if (at >= in.size()) {  // (memchr must not see a null pointer, even for zero bytes)
+    incomplete = true;
+    return false;
+  }
   const void* nl = std::memchr(in.data() + at, '\n', in.size() - at);
   if (nl == nullptr) {
     incomplete = true;
