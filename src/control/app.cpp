@@ -2,7 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include <libpq-fe.h>
+#include "control/store/pq.hpp"
 #include <sys/select.h>
 
 #include <atomic>
@@ -146,31 +146,31 @@ class PgConfigListener {
  private:
   void run() {
     while (!stop_) {
-      PGconn* conn = PQconnectdb(conninfo_.c_str());
-      if (PQstatus(conn) == CONNECTION_OK) {
-        PGresult* r = PQexec(conn, "LISTEN ag_config");
-        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        PQclear(r);
+      PGconn* conn = ag::pq::api().PQconnectdb(conninfo_.c_str());
+      if (ag::pq::api().PQstatus(conn) == CONNECTION_OK) {
+        PGresult* r = ag::pq::api().PQexec(conn, "LISTEN ag_config");
+        bool ok = ag::pq::api().PQresultStatus(r) == PGRES_COMMAND_OK;
+        ag::pq::api().PQclear(r);
         if (ok) {
           wake_();  // anything committed while we were not listening
-          while (!stop_ && PQstatus(conn) == CONNECTION_OK) {
-            int fd = PQsocket(conn);
+          while (!stop_ && ag::pq::api().PQstatus(conn) == CONNECTION_OK) {
+            int fd = ag::pq::api().PQsocket(conn);
             fd_set set;
             FD_ZERO(&set);
             FD_SET(fd, &set);
             timeval tv{1, 0};
             if (select(fd + 1, &set, nullptr, nullptr, &tv) < 0) break;
-            if (!PQconsumeInput(conn)) break;
+            if (!ag::pq::api().PQconsumeInput(conn)) break;
             bool any = false;
-            while (PGnotify* n = PQnotifies(conn)) {
+            while (PGnotify* n = ag::pq::api().PQnotifies(conn)) {
               any = true;
-              PQfreemem(n);
+              ag::pq::api().PQfreemem(n);
             }
             if (any) wake_();
           }
         }
       }
-      PQfinish(conn);
+      ag::pq::api().PQfinish(conn);
       for (int i = 0; i < 10 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }

@@ -1,7 +1,7 @@
 // PostgreSQL behind the store interface through libpq: a fixed pool of connections, each with
 // its own cache of server-side prepared statements (PQprepare once, PQexecPrepared after).
 // A broken connection is re-opened on its next use.
-#include <libpq-fe.h>
+#include "control/store/pq.hpp"
 
 #include <condition_variable>
 #include <mutex>
@@ -17,15 +17,15 @@ class PgConnection final : public Connection {
  public:
   explicit PgConnection(std::string conninfo) : conninfo_(std::move(conninfo)) { connect(); }
   ~PgConnection() override {
-    if (conn_) PQfinish(conn_);
+    if (conn_) ag::pq::api().PQfinish(conn_);
   }
 
   void ensure_open() {
-    if (conn_ && PQstatus(conn_) == CONNECTION_OK) return;
+    if (conn_ && ag::pq::api().PQstatus(conn_) == CONNECTION_OK) return;
     if (conn_) {
-      PQreset(conn_);
+      ag::pq::api().PQreset(conn_);
       statements_.clear();
-      if (PQstatus(conn_) == CONNECTION_OK) return;
+      if (ag::pq::api().PQstatus(conn_) == CONNECTION_OK) return;
     }
     connect();
   }
@@ -33,43 +33,43 @@ class PgConnection final : public Connection {
   void exec_each(std::string_view sql, const Params& params, const std::function<void(const Row&)>& fn) override {
     PGresult* r = run(sql, params);
     Row row;
-    int nrows = PQntuples(r), ncols = PQnfields(r);
+    int nrows = ag::pq::api().PQntuples(r), ncols = ag::pq::api().PQnfields(r);
     row.resize(static_cast<std::size_t>(ncols));
     try {
       for (int i = 0; i < nrows; ++i) {
         for (int c = 0; c < ncols; ++c) {
-          if (PQgetisnull(r, i, c)) row.set_null(static_cast<std::size_t>(c));
-          else row.set(static_cast<std::size_t>(c), PQgetvalue(r, i, c), static_cast<std::size_t>(PQgetlength(r, i, c)));
+          if (ag::pq::api().PQgetisnull(r, i, c)) row.set_null(static_cast<std::size_t>(c));
+          else row.set(static_cast<std::size_t>(c), ag::pq::api().PQgetvalue(r, i, c), static_cast<std::size_t>(ag::pq::api().PQgetlength(r, i, c)));
         }
         fn(row);
       }
     } catch (...) {
-      PQclear(r);
+      ag::pq::api().PQclear(r);
       throw;
     }
-    PQclear(r);
+    ag::pq::api().PQclear(r);
   }
 
   Result exec(std::string_view sql, const Params& params) override {
     PGresult* r = run(sql, params);
     Result result;
-    int nrows = PQntuples(r), ncols = PQnfields(r);
+    int nrows = ag::pq::api().PQntuples(r), ncols = ag::pq::api().PQnfields(r);
     result.rows.reserve(nrows);
     for (int row = 0; row < nrows; ++row) {
       std::vector<std::optional<std::string>> cols;
       cols.reserve(ncols);
       for (int c = 0; c < ncols; ++c) {
-        if (PQgetisnull(r, row, c)) {
+        if (ag::pq::api().PQgetisnull(r, row, c)) {
           cols.emplace_back(std::nullopt);
         } else {
-          cols.emplace_back(std::string(PQgetvalue(r, row, c), PQgetlength(r, row, c)));
+          cols.emplace_back(std::string(ag::pq::api().PQgetvalue(r, row, c), ag::pq::api().PQgetlength(r, row, c)));
         }
       }
       result.rows.emplace_back(std::move(cols));
     }
-    const char* affected = PQcmdTuples(r);
+    const char* affected = ag::pq::api().PQcmdTuples(r);
     if (affected && *affected) result.affected = std::stoll(affected);
-    PQclear(r);
+    ag::pq::api().PQclear(r);
     return result;
   }
 
@@ -79,9 +79,9 @@ class PgConnection final : public Connection {
     auto it = statements_.find(key);
     if (it == statements_.end()) {
       std::string name = "s" + std::to_string(statements_.size() + 1);
-      PGresult* r = PQprepare(conn_, name.c_str(), key.c_str(), 0, nullptr);
+      PGresult* r = ag::pq::api().PQprepare(conn_, name.c_str(), key.c_str(), 0, nullptr);
       check(r, "prepare");
-      PQclear(r);
+      ag::pq::api().PQclear(r);
       it = statements_.emplace(std::move(key), std::move(name)).first;
     }
     std::vector<std::string> storage(params.size());
@@ -94,7 +94,7 @@ class PgConnection final : public Connection {
         values[i] = s->c_str();
       }
     }
-    PGresult* r = PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(values.size()),
+    PGresult* r = ag::pq::api().PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(values.size()),
                                  values.data(), nullptr, nullptr, 0);
     check(r, "query");
     return r;
@@ -102,9 +102,9 @@ class PgConnection final : public Connection {
 
   void exec_script(std::string_view sql) override {
     std::string s(sql);
-    PGresult* r = PQexec(conn_, s.c_str());
+    PGresult* r = ag::pq::api().PQexec(conn_, s.c_str());
     check(r, "script");
-    PQclear(r);
+    ag::pq::api().PQclear(r);
   }
   void begin() override {
     ensure_open();
@@ -115,31 +115,31 @@ class PgConnection final : public Connection {
 
  private:
   void connect() {
-    if (conn_) PQfinish(conn_);
+    if (conn_) ag::pq::api().PQfinish(conn_);
     statements_.clear();
-    conn_ = PQconnectdb(conninfo_.c_str());
-    if (PQstatus(conn_) != CONNECTION_OK) {
+    conn_ = ag::pq::api().PQconnectdb(conninfo_.c_str());
+    if (ag::pq::api().PQstatus(conn_) != CONNECTION_OK) {
       // The message names the host and database, never the password.
-      std::string msg = PQerrorMessage(conn_);
-      PQfinish(conn_);
+      std::string msg = ag::pq::api().PQerrorMessage(conn_);
+      ag::pq::api().PQfinish(conn_);
       conn_ = nullptr;
       while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
       throw DatabaseError("cannot connect to PostgreSQL: " + msg);
     }
-    PGresult* r = PQexec(conn_, "SET client_min_messages TO warning");
-    PQclear(r);
+    PGresult* r = ag::pq::api().PQexec(conn_, "SET client_min_messages TO warning");
+    ag::pq::api().PQclear(r);
   }
 
   void check(PGresult* r, const char* what) {
-    auto st = PQresultStatus(r);
+    auto st = ag::pq::api().PQresultStatus(r);
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return;
-    const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char* state = ag::pq::api().PQresultErrorField(r, PG_DIAG_SQLSTATE);
     std::string code = state ? state : "";
-    std::string msg = PQresultErrorMessage(r);
-    PQclear(r);
+    std::string msg = ag::pq::api().PQresultErrorMessage(r);
+    ag::pq::api().PQclear(r);
     while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
     if (code == "23505") throw UniqueViolation(msg);
-    if (PQstatus(conn_) != CONNECTION_OK) statements_.clear();
+    if (ag::pq::api().PQstatus(conn_) != CONNECTION_OK) statements_.clear();
     throw DatabaseError(std::string("PostgreSQL ") + what + ": " + msg);
   }
 
