@@ -25,6 +25,8 @@ PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
 BIN="${AG_BIN:-$ROOT/build/antigravity}"
 UPSTREAM_PORT="${UPSTREAM_PORT:-18080}"
 WORKER_PORT="${WORKER_PORT:-18083}"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$ROOT/bench/load/lib.sh"   # wait_listen, to_ms, ticks, median_of
 [[ -x "$PEERS_DIR/run-peers.sh" ]] || { echo "peers not found in $PEERS_DIR (set PEERS_DIR)" >&2; exit 1; }
 [[ -x "$BIN" ]] || { echo "build the binary first (scripts/build.sh)" >&2; exit 1; }
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -38,9 +40,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-wait_listen() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-to_ms() { awk -v v="$1" 'BEGIN{ n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-  f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : -1; if (f < 0) { print "NaN"; exit } printf "%.3f", n * f }'; }
 
 run_peer() {  # nginx|haproxy -> "NAME rps p50 p99"
   "$PEERS_DIR/run-peers.sh" -c "$CONNS" -d "$DUR" -k "$NKEYS" "$1" 2>"$WORK/$1.err" || { cat "$WORK/$1.err" >&2; exit 1; }
@@ -70,7 +69,6 @@ done
 [[ $code == 200 ]] || { echo "worker: valid key -> $code" >&2; cat "$WORK/worker.err" >&2; exit 1; }
 bad="$(curl -s -o /dev/null -w '%{http_code}' -H 'X-API-Key: k_not_a_valid_key' "http://127.0.0.1:$WORKER_PORT/")"
 [[ $bad == 401 ]] || { echo "worker: invalid key -> $bad" >&2; exit 1; }
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run_worker() {
 t0="$(ticks "$WPID")"
 out="$(timeout $((DUR + 30)) wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -H "$AUTH_HEADER" "http://127.0.0.1:$WORKER_PORT$WPATH")"
@@ -97,12 +95,13 @@ for round in $(seq 1 "$ROUNDS"); do
   r="$(awk -v w="$(echo "$w" | awk '{print $2}')" -v n="$(echo "$n" | awk '{print $2}')" -v h="$(echo "$h" | awk '{print $2}')" \
         -v wp="$(echo "$w" | awk '{print $4}')" -v np="$(echo "$n" | awk '{print $4}')" \
         'BEGIN{printf "%.2f %.2f %.2f", w/n, w/h, wp/np}')"
+  # shellcheck disable=SC2086  # split on purpose: three ratios
   set -- $r
   echo "round $round: req/s $1x nginx, $2x haproxy; p99 $3x nginx"
   ratios+=("$1")
 done
 rss="$(awk '/VmRSS/{print $2}' "/proc/$WPID/status")"
 echo "antigravity RSS after the runs: ${rss} kB (access log: $LOG, auth: $AUTH, risk engine: $RISK)" >&2
-median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')"
+median="$(printf '%s\n' "${ratios[@]}" | median_of)"
 echo "median ratio req/s over $ROUNDS round(s): ${median}x nginx"
 

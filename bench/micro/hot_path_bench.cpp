@@ -1,5 +1,7 @@
 // Google Benchmark for the worker's per-request functions (run: build/bench/micro/ag_micro_bench).
 #include <benchmark/benchmark.h>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
 
 #include <cstdio>
 #include <ctime>
@@ -11,6 +13,7 @@
 #include "common/service_token.hpp"
 #include "config/snapshot.hpp"
 #include "control/service/api_key.hpp"
+#include "gateway/http1.hpp"
 #include "gateway/pipeline.hpp"
 #include "gateway/risk.hpp"
 #include "ratelimit/local_store.hpp"
@@ -241,3 +244,49 @@ void BM_RiskFloodDistinctIps(benchmark::State& state) {
 BENCHMARK(BM_RiskFloodDistinctIps)->Iterations(1000000);
 
 }  // namespace
+
+// ---- HTTP/1 heads: Beast's parser (with its field container) against the lean parser, on the
+// request and the upstream response the load benchmark exchanges.
+namespace {
+constexpr std::string_view kRequestHead =
+    "GET /v1/orders?limit=10 HTTP/1.1\r\nHost: 127.0.0.1:18083\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n"
+    "X-API-Key: agk_Ab3dEf7h_0123456789abcdefghijABCDEFGHIJklmnopqrstuvw1A2b3C\r\n\r\n";
+constexpr std::string_view kResponseHead =
+    "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 00:22:40 GMT\r\nContent-Type: text/plain\r\n"
+    "Content-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n";
+
+template <bool isRequest>
+void beast_head(benchmark::State& state, std::string_view head) {
+  namespace http = boost::beast::http;
+  for (auto _ : state) {
+    http::parser<isRequest, http::empty_body> p;
+    p.eager(false);
+    boost::system::error_code ec;
+    p.put(boost::asio::buffer(head.data(), head.size()), ec);
+    if (ec || !p.is_header_done()) state.SkipWithError("beast did not parse the head");
+    std::size_t n = 0;
+    for (const auto& f : p.get()) n += f.value().size();
+    benchmark::DoNotOptimize(n);
+  }
+}
+template <bool isRequest>
+void lean_head(benchmark::State& state, std::string_view head) {
+  ag::gateway::http1::Head h;
+  for (auto _ : state) {
+    auto r = isRequest ? ag::gateway::http1::parse_request(head, h) : ag::gateway::http1::parse_response(head, h);
+    if (r != ag::gateway::http1::Result::kComplete) state.SkipWithError("lean parser did not complete the head");
+    std::size_t n = 0;
+    for (const auto& f : h) n += f.value.size();
+    benchmark::DoNotOptimize(n);
+  }
+}
+}  // namespace
+
+static void BM_ParseRequestHeadBeast(benchmark::State& s) { beast_head<true>(s, kRequestHead); }
+static void BM_ParseRequestHeadLean(benchmark::State& s) { lean_head<true>(s, kRequestHead); }
+static void BM_ParseResponseHeadBeast(benchmark::State& s) { beast_head<false>(s, kResponseHead); }
+static void BM_ParseResponseHeadLean(benchmark::State& s) { lean_head<false>(s, kResponseHead); }
+BENCHMARK(BM_ParseRequestHeadBeast);
+BENCHMARK(BM_ParseRequestHeadLean);
+BENCHMARK(BM_ParseResponseHeadBeast);
+BENCHMARK(BM_ParseResponseHeadLean);
