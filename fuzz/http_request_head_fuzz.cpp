@@ -43,6 +43,7 @@
 #include "config/snapshot.hpp"
 #include "control/service/api_key.hpp"
 #include "gateway/arena.hpp"
+#include "common/ascii.hpp"
 #include "gateway/http1.hpp"
 #include "gateway/pipeline.hpp"
 
@@ -184,17 +185,6 @@ namespace http1 = ag::gateway::http1;
   __builtin_trap();
 }
 
-bool iequal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
-
 template <bool isRequest>
 void lean_differential(std::string_view in, std::size_t step) {
   static http1::Head h;  // reused, as the connection reuses its heads: nothing may leak from the last one
@@ -245,7 +235,7 @@ void lean_differential(std::string_view in, std::size_t step) {
   for (const auto& f : h) {
     std::size_t at = order.size();
     for (std::size_t j = order.size(); j-- > 0;)
-      if (iequal(order[j].name, f.name)) {
+      if (ag::iequals_ascii(order[j].name, f.name)) {
         at = j + 1;
         break;
       }

@@ -1,5 +1,7 @@
 #include "common/service_token.hpp"
 
+#include "common/ascii.hpp"
+
 #include "common/slug.hpp"
 
 #include <openssl/bio.h>
@@ -670,17 +672,6 @@ simdjson::dom::parser& thread_parser() {
   };
   thread_local Holder h;
   return h.parser;
-}
-
-bool iequals_ascii(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
 }
 
 enum class HeaderAlg { kHS256, kES256, kEdDSA, kOther };

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "common/ascii.hpp"
+
 namespace ag::gateway::http1 {
 
 namespace {
@@ -60,8 +62,6 @@ Result scan_value(std::string_view in, std::size_t at, std::size_t& end) {
     return Result::kComplete;
   }
 }
-
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
 // The next line (without its CRLF) starting at `at`; false when no complete line is buffered
 // (`incomplete` set) or the line ends in a bare LF (decline).
@@ -213,11 +213,7 @@ bool has_token(std::string_view list, std::string_view token) {
     std::string_view item = list.substr(0, comma);
     while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
     while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
-    if (item.size() == token.size()) {
-      bool same = true;
-      for (std::size_t i = 0; i < item.size() && same; ++i) same = lower(item[i]) == lower(token[i]);
-      if (same) return true;
-    }
+    if (iequals_ascii(item, token)) return true;
     list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
   }
   return false;

@@ -1,5 +1,7 @@
 #include "http/router.hpp"
 
+#include "common/ascii.hpp"
+
 #include <cctype>
 
 namespace ag::http {
@@ -20,13 +22,6 @@ std::vector<std::string_view> split_path(std::string_view path) {
   }
   return out;
 }
-bool iequal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
-      return false;
-  return true;
-}
 }  // namespace
 
 std::string_view Request::header(std::string_view lower_name) const {
@@ -43,7 +38,7 @@ bool Request::has_header(std::string_view lower_name) const {
 
 void Response::set_header(std::string name, std::string value) {
   for (auto& h : headers)
-    if (iequal(h.name, name)) {
+    if (iequals_ascii(h.name, name)) {
       h.value = std::move(value);
       return;
     }
@@ -52,7 +47,7 @@ void Response::set_header(std::string name, std::string value) {
 
 std::string_view Response::header(std::string_view name) const {
   for (const auto& h : headers)
-    if (iequal(h.name, name)) return h.value;
+    if (iequals_ascii(h.name, name)) return h.value;
   return {};
 }
 
