@@ -53,6 +53,12 @@ enum class Phase : std::uint8_t { kFirstHeader, kIdle, kRequestBody, kConnect, k
 
 using http1::has_token;
 
+// The field names a Connection value lists as further hop-by-hop fields; "keep-alive" and
+// "close" (the common values) name none, which spares a token search per forwarded field.
+std::string_view connection_options(std::string_view connection) {
+  return http1::name_is(connection, "keep-alive") || http1::name_is(connection, "close") ? std::string_view{} : connection;
+}
+
 bool idempotent(http::verb v) {
   return v == http::verb::get || v == http::verb::head || v == http::verb::options || v == http::verb::put ||
          v == http::verb::delete_ || v == http::verb::trace;
@@ -193,9 +199,10 @@ Task<void> read_body_some(Socket& s, beast::flat_buffer& b, Parser& p, error_cod
 }
 
 // A message head as the pipeline reads it, from the lean parser or from Beast's (whose fields are
-// listed into `beast_fields`, views into its container).
+// listed into a reused vector of views into its container).
 struct Message {
   std::string_view method, target, reason;
+  std::string_view connection;  // the first Connection header's value
   http::verb verb = http::verb::unknown;
   int status = 0;
   unsigned version = 11;
@@ -209,11 +216,28 @@ struct Message {
   const http1::Field* end() const { return fields_end; }
 };
 
-void list_fields(const auto& fields, std::vector<http1::Field>& out, Message& m) {
-  out.clear();
-  for (const auto& f : fields) out.push_back({f.name_string(), f.value()});
-  m.fields_begin = out.data();
-  m.fields_end = out.data() + out.size();
+template <bool isRequest, class Body, class Allocator>
+void from_beast(const http::parser<isRequest, Body, Allocator>& p, std::vector<http1::Field>& fields, Message& m) {
+  const auto& h = p.get();
+  if constexpr (isRequest) {
+    m.method = h.method_string();
+    m.target = h.target();
+    m.verb = h.method();
+  } else {
+    m.status = static_cast<int>(h.result_int());
+    m.reason = h.reason();
+  }
+  m.version = h.version();
+  m.connection = h[http::field::connection];
+  fields.clear();
+  for (const auto& f : h) fields.push_back({f.name_string(), f.value()});
+  m.fields_begin = fields.data();
+  m.fields_end = fields.data() + fields.size();
+  m.keep_alive = p.keep_alive();
+  m.has_body = !p.is_done();
+  m.chunked = p.chunked();
+  m.upgrade = p.upgrade();
+  if (auto l = p.content_length()) m.content_length = *l;
 }
 
 void from_lean(const http1::Head& h, Message& m) {
@@ -222,6 +246,7 @@ void from_lean(const http1::Head& h, Message& m) {
   m.verb = h.method.empty() ? http::verb::unknown : http::string_to_verb(h.method);
   m.status = h.status;
   m.reason = h.reason;
+  m.connection = h.connection;
   m.version = h.version;
   m.fields_begin = h.begin();
   m.fields_end = h.end();
@@ -373,21 +398,8 @@ Task<void> Connection::run() {
       break;
     }
     Message req;
-    if (lean) {
-      from_lean(req_lean_, req);
-    } else {
-      const auto& m = parser.get();
-      req.method = m.method_string();
-      req.target = m.target();
-      req.verb = m.method();
-      req.version = m.version();
-      list_fields(m.base(), req_fields_, req);
-      req.keep_alive = parser.keep_alive();
-      req.has_body = !parser.is_done();
-      req.chunked = parser.chunked();
-      req.upgrade = parser.upgrade();
-      if (auto l = parser.content_length()) req.content_length = *l;
-    }
+    if (lean) from_lean(req_lean_, req);
+    else from_beast(parser, req_fields_, req);
     bool keep = co_await handle(parser, req);
     if (!keep) break;
   }
@@ -767,9 +779,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
   bool chunked_in = req.chunked;
   auto content_length = req.content_length;
   bool upgrade = req.upgrade && has_token(seen_.upgrade, "websocket");
-  // Connection names further hop-by-hop fields; "keep-alive" and "close" name none.
-  auto conn_hdr = seen_.connection;
-  if (http1::name_is(conn_hdr, "keep-alive") || http1::name_is(conn_hdr, "close")) conn_hdr = {};
+  auto conn_hdr = connection_options(seen_.connection);
   bool expect_continue = has_body && http1::name_is(seen_.expect, "100-continue");
 
   // --- the upstream request head -----------------------------------------------------------
@@ -1011,18 +1021,8 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
   ctx.upstream_ns = (rt_.coarse_now_ns = steady_ns()) - sent_ns;
   auto& rp = *rpo;
   Message res;
-  if (res_lean) {
-    from_lean(res_lean_, res);
-  } else {
-    const auto& m = rp.get();
-    res.status = static_cast<int>(m.result_int());
-    res.reason = m.reason();
-    res.version = m.version();
-    list_fields(m.base(), res_fields_, res);
-    res.keep_alive = rp.keep_alive();
-    res.chunked = rp.chunked();
-    if (auto l = rp.content_length()) res.content_length = *l;
-  }
+  if (res_lean) from_lean(res_lean_, res);
+  else from_beast(rp, res_fields_, res);
 
   // --- the response head to the client -----------------------------------------------------
   int status = res.status;
@@ -1048,13 +1048,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
   std::string_view phrase = res.reason.empty() ? http::obsolete_reason(static_cast<http::status>(status)) : res.reason;
   head_.append(phrase.data(), phrase.size());
   head_ += "\r\n"sv;
-  std::string_view res_conn;
-  for (const auto& f : res)
-    if (http1::name_is(f.name, "connection")) {
-      res_conn = f.value;
-      break;
-    }
-  if (http1::name_is(res_conn, "keep-alive") || http1::name_is(res_conn, "close")) res_conn = {};
+  std::string_view res_conn = connection_options(res.connection);
   for (const auto& f : res) {
     LowerName ln(f.name);
     std::string_view n = ln.view();

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "common/ascii.hpp"
+#include "common/swar.hpp"
 
 namespace ag::gateway::http1 {
 
@@ -27,40 +28,21 @@ constexpr std::array<bool, 256> kText = [] {
   return t;
 }();
 
-// Eight bytes at a time: the lowest byte below 0x20 or above 0x7e is flagged exactly (borrows
-// and carries only disturb the bytes above it). Field values are most of a head's bytes.
-inline std::uint64_t special_bytes(std::uint64_t w) {
-  constexpr std::uint64_t k01 = 0x0101010101010101ull, k80 = 0x8080808080808080ull;
-  std::uint64_t below = (w - k01 * 0x20) & ~w & k80;
-  std::uint64_t above = ((w + k01) | w) & k80;
-  return below | above;
-}
-
 // From `at` (inside a field line) to the line's CR: every byte text; `end` is the CR's position.
 // kIncomplete when the buffer ends first; kDecline on a byte that is not text or a bare CR/LF.
+// Field values are most of a head's bytes: whole words of printable ASCII are skipped at once.
 Result scan_value(std::string_view in, std::size_t at, std::size_t& end) {
   const char* d = in.data();
   const std::size_t n = in.size();
-  for (;;) {
-    while (at + 8 <= n) {
-      std::uint64_t w;
-      std::memcpy(&w, d + at, 8);
-      std::uint64_t m = special_bytes(w);
-      if (m != 0) {
-        at += static_cast<std::size_t>(__builtin_ctzll(m)) / 8;
-        break;
-      }
-      at += 8;
-    }
-    // Byte by byte from the first special byte (or for the last few bytes).
-    while (at < n && kText[static_cast<unsigned char>(d[at])]) ++at;
-    if (at >= n) return Result::kIncomplete;
-    if (d[at] != '\r') return Result::kDecline;
-    if (at + 1 >= n) return Result::kIncomplete;
-    if (d[at + 1] != '\n') return Result::kDecline;
-    end = at;
-    return Result::kComplete;
-  }
+  at = swar::skip(d, at, n, swar::not_printable);
+  // Byte by byte from the first byte that is not printable (a tab, the CR) or for the last few.
+  while (at < n && kText[static_cast<unsigned char>(d[at])]) ++at;
+  if (at >= n) return Result::kIncomplete;
+  if (d[at] != '\r') return Result::kDecline;
+  if (at + 1 >= n) return Result::kIncomplete;
+  if (d[at + 1] != '\n') return Result::kDecline;
+  end = at;
+  return Result::kComplete;
 }
 
 // The next line (without its CRLF) starting at `at`; false when no complete line is buffered
@@ -114,7 +96,7 @@ enum class Kind { kRequest, kResponse };
 
 // The fields after the start line, up to and including the empty line.
 Result parse_fields(std::string_view in, std::size_t at, Head& h, Kind kind) {
-  bool close = false, keep = false, has_length = false;
+  bool close = false, keep = false, has_length = false, has_connection = false;
   h.field_count = 0;
   h.connection = {};
   const char* d = in.data();
@@ -150,7 +132,7 @@ Result parse_fields(std::string_view in, std::size_t at, Head& h, Kind kind) {
       case 10:
         if (name_is(name, "connection")) {
           if (!token_list(value)) return Result::kDecline;
-          if (h.connection.empty()) h.connection = value;
+          if (!has_connection) h.connection = value, has_connection = true;
           if (name_is(value, "keep-alive")) {
             keep = true;
           } else if (name_is(value, "close")) {

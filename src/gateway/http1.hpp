@@ -41,7 +41,7 @@ struct Head {
   bool keep_alive = false;       // as HTTP/1.x defines it from the version and Connection
   bool has_length = false;           // a Content-Length header was present
   std::uint64_t content_length = 0;  // its value (a request's is always 0)
-  std::string_view connection;   // the first non-empty Connection value
+  std::string_view connection;   // the first Connection header's value
 
   const Field* begin() const { return fields.data(); }
   const Field* end() const { return fields.data() + field_count; }

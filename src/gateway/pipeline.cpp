@@ -9,6 +9,7 @@
 
 #include "common/crypto.hpp"
 #include "common/request_id.hpp"
+#include "common/swar.hpp"
 #include "common/time.hpp"
 #include "control/service/api_key.hpp"
 #include "gateway/risk.hpp"
@@ -264,17 +265,6 @@ std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
 }
 }  // namespace
 
-namespace {
-// The lowest byte of `w` that JSON needs escaped or checked (controls, '"', '\\', DEL and
-// everything from 0x80) is flagged exactly; borrows and carries only disturb the bytes above it.
-inline std::uint64_t json_special(std::uint64_t w) {
-  constexpr std::uint64_t k01 = 0x0101010101010101ull, k80 = 0x8080808080808080ull;
-  auto zero_byte = [](std::uint64_t x) { return (x - k01) & ~x & k80; };
-  return ((w - k01 * 0x20) & ~w & k80) | (((w + k01) | w) & k80) | zero_byte(w ^ (k01 * '"')) |
-         zero_byte(w ^ (k01 * '\\'));
-}
-}  // namespace
-
 void append_json_string(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   out.push_back('"');
@@ -284,15 +274,10 @@ void append_json_string(std::string& out, std::string_view s) {
   const std::size_t n = s.size();
   std::size_t i = 0;
   while (i < n) {
-    while (i + 8 <= n) {
-      std::uint64_t w;
-      std::memcpy(&w, s.data() + i, 8);
-      if (std::uint64_t m = json_special(w); m != 0) {
-        i += static_cast<std::size_t>(__builtin_ctzll(m)) / 8;
-        break;
-      }
-      i += 8;
-    }
+    // Controls, '"', '\\', DEL and everything from 0x80 need escaping or checking.
+    i = swar::skip(s.data(), i, n, [](std::uint64_t w) {
+      return swar::not_printable(w) | swar::equal_to(w, '"') | swar::equal_to(w, '\\');
+    });
     if (i >= n) break;
     unsigned char c = static_cast<unsigned char>(s[i]);
     if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
