@@ -14,7 +14,9 @@ PACKAGES=(
   libboost-dev libboost-system-dev libssl-dev libsodium-dev libsqlite3-dev libpq-dev
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libhiredis-dev libsimdjson-dev zlib1g-dev libyaml-cpp-dev libmaxminddb-dev
   # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev python3 python3-jwt python3-cryptography curl wrk
+  libgtest-dev libgmock-dev libbenchmark-dev python3 python3-jwt python3-cryptography curl wrk openssl
+  # the system trust store https:// upstreams are verified against
+  ca-certificates
   # servers used by tests
   postgresql redis-server
 )

@@ -150,6 +150,9 @@ int main(int argc, char** argv) {
   worker->add_option("--config", config_file, "load config from this JSON file instead of the control plane (env WORKER_CONFIG_FILE)");
   worker->add_option("--config-dir", config_dir,
                      "load config from the *.yml/*.yaml files in this directory, reloaded on change (env WORKER_CONFIG_DIR)");
+  worker->footer(
+      "Other settings come from the environment (docs/worker.md): timeouts, limits, REDIS_URL, the risk engine,\n"
+      "and WORKER_UPSTREAM_CA_FILE, a PEM bundle trusted for https:// upstreams besides the system store.");
 
   std::string demo = "127.0.0.1:9000";
   auto* up = app.add_subcommand("up", "Run control plane + worker (+ a demo upstream) on embedded defaults (SQLite file, local limits).");

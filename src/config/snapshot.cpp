@@ -60,11 +60,10 @@ std::string parse_upstream(std::string_view url, Upstream& u) {
   if (url.substr(0, 7) == "http://") {
     rest = url.substr(7);
     u.port = 80;
-    u.supported = true;
   } else if (url.substr(0, 8) == "https://") {
     rest = url.substr(8);
     u.port = 443;
-    u.supported = false;
+    u.tls = true;
   } else {
     return "must start with http:// or https://";
   }
@@ -97,7 +96,9 @@ std::string parse_upstream(std::string_view url, Upstream& u) {
   }
   u.host = std::string(host);
   u.host_header = std::string(authority);
-  u.pool_key = std::string(authority);
+  // The scheme is part of the pool's key: an https:// and an http:// upstream on the same
+  // authority never share connections.
+  u.pool_key = (u.tls ? "https://" : "http://") + std::string(authority);
   return {};
 }
 
@@ -314,7 +315,6 @@ bool parse_service(simdjson::dom::object so, const std::string& where, const std
     if (te.get_string().get(sv)) return p.fail(tw, "must be a string");
     ServiceTarget t;
     if (auto e = parse_upstream(sv, t.upstream); !e.empty()) return p.fail(tw, e);
-    if (!t.upstream.supported) return p.fail(tw, "must be an http:// URL");
     t.state = target_state(project_id + "/" + svc.name + "|" + t.upstream.url);
     svc.targets.push_back(std::move(t));
   }
@@ -431,7 +431,7 @@ bool parse_key(simdjson::dom::object ko, const std::string& where, std::uint32_t
 void resolve_all(std::vector<Project*>& projects, const Snapshot* previous) {
   std::unordered_map<std::string, std::vector<Endpoint>> resolved;
   auto remember = [&](const Upstream& u) {
-    if (u.supported && !u.endpoints.empty()) resolved.emplace(u.pool_key, u.endpoints);
+    if (!u.endpoints.empty()) resolved.emplace(u.pool_key, u.endpoints);
   };
   if (previous)
     for (const auto& pp : previous->projects) {
@@ -441,7 +441,7 @@ void resolve_all(std::vector<Project*>& projects, const Snapshot* previous) {
         for (const auto& t : svc.targets) remember(t.upstream);
     }
   auto one = [&](Upstream& u) {
-    if (!u.supported || !u.endpoints.empty()) return;
+    if (!u.endpoints.empty()) return;
     auto it = resolved.find(u.pool_key);
     if (it == resolved.end()) {
       resolve(u);

@@ -48,13 +48,13 @@ struct Endpoint {
 
 struct Upstream {
   std::string url;          // as configured
-  bool supported = false;   // false for schemes the worker cannot proxy to (https today)
+  bool tls = false;         // https://: TLS with certificate and host name verification
   std::string host_header;  // "host" or "host:port", sent as Host
   std::string base_path;    // "" or "/api" (no trailing slash)
   std::string host;
   std::uint16_t port = 80;
   std::vector<Endpoint> endpoints;  // resolved at build time; empty = unresolvable
-  std::string pool_key;             // identifies the keep-alive pool ("host:port")
+  std::string pool_key;             // identifies the keep-alive pool ("http://host:port")
 };
 
 // Health of one target of a service, shared by every snapshot that has the same target (so a

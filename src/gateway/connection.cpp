@@ -10,6 +10,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/buffer_body.hpp>
@@ -35,6 +37,7 @@
 #include "gateway/http1.hpp"
 #include "gateway/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
+#include "net/tls_client.hpp"
 
 namespace ag::gateway {
 
@@ -43,9 +46,68 @@ namespace http = boost::beast::http;
 using error_code = boost::system::error_code;
 using namespace std::string_view_literals;
 
+struct TlsStream {
+  explicit TlsStream(Socket& s) : stream(s, tls::client_context()) {}
+  asio::ssl::stream<Socket&> stream;
+};
+void TlsStreamDelete::operator()(TlsStream* s) const noexcept { delete s; }
+
 namespace {
 
 constexpr std::size_t kChunk = 16 * 1024;
+
+// The upstream end of an exchange, as an Asio stream: the TCP socket, or TLS over it for an
+// https:// upstream. It names the Connection's current upstream connection (which changes
+// between attempts and requests), so one object serves them all; a plain upstream costs one
+// branch per operation.
+class UpstreamStream {
+ public:
+  using executor_type = Executor;
+  explicit UpstreamStream(std::unique_ptr<UpstreamConn>& c) : c_(&c) {}
+  executor_type get_executor() { return (*c_)->socket.get_executor(); }
+
+  template <class Buffers, class Token>
+  auto async_read_some(const Buffers& b, Token&& token) {
+    return asio::async_initiate<Token, void(error_code, std::size_t)>(
+        [](auto handler, UpstreamConn* c, const Buffers& b) {
+          if (c->tls) c->tls->stream.async_read_some(b, std::move(handler));
+          else c->socket.async_read_some(b, std::move(handler));
+        },
+        token, c_->get(), b);
+  }
+  template <class Buffers, class Token>
+  auto async_write_some(const Buffers& b, Token&& token) {
+    return asio::async_initiate<Token, void(error_code, std::size_t)>(
+        [](auto handler, UpstreamConn* c, const Buffers& b) {
+          if (c->tls) c->tls->stream.async_write_some(b, std::move(handler));
+          else c->socket.async_write_some(b, std::move(handler));
+        },
+        token, c_->get(), b);
+  }
+  // On the TCP socket underneath (a TLS close_notify is not sent: the socket closes next).
+  void shutdown(tcp::socket::shutdown_type what, error_code& ec) { (*c_)->socket.shutdown(what, ec); }
+  void cancel(error_code& ec) { (*c_)->socket.cancel(ec); }
+
+ private:
+  std::unique_ptr<UpstreamConn>* c_;
+};
+
+// Why a handshake with an upstream failed, at most once a second per thread (a misconfigured
+// upstream fails every request; the access log still has each one).
+void warn_tls_failure(const config::Upstream& up, const error_code& ec, SSL* ssl) {
+  thread_local std::int64_t last_ns = 0;
+  std::int64_t now = steady_ns();
+  if (now - last_ns < 1'000'000'000) return;
+  last_ns = now;
+  long verify = SSL_get_verify_result(ssl);
+  spdlog::warn("TLS handshake with upstream {} failed: {}{}", up.url, ec.message(),
+               verify != X509_V_OK ? std::string(" (certificate: ") + X509_verify_cert_error_string(verify) + ")" : std::string());
+}
+
+// The end of a stream. A TLS peer that closes without close_notify ends it too: HTTP's own
+// framing (Content-Length, chunked) is what tells a complete message from a cut one, and a body
+// delimited by the close is accepted from such peers as common clients do.
+bool is_eof(const error_code& ec) { return ec == asio::error::eof || ec == asio::ssl::error::stream_truncated; }
 using ReqParser = http::request_parser<http::buffer_body, ArenaAllocator<char>>;
 using ResParser = http::response_parser<http::buffer_body, ArenaAllocator<char>>;
 
@@ -105,8 +167,8 @@ inline std::size_t read_room(const beast::flat_buffer& b) {
 // `lean`: try the lean parser first (http1.hpp); it is cleared when the lean parser declines and
 // the head is left to Beast's. On return with no error and `lean` still set, `*lean` holds the
 // head and its bytes are consumed (the views stay valid until the buffer's next prepare()).
-template <class Parser>
-Task<void> read_head(Socket& s, beast::flat_buffer& b, Parser& p, error_code& ec, std::size_t limit,
+template <class Stream, class Parser>
+Task<void> read_head(Stream& s, beast::flat_buffer& b, Parser& p, error_code& ec, std::size_t limit,
                      http1::Head*& lean, bool request) {
   ec = {};
   std::size_t consumed = 0;
@@ -148,7 +210,7 @@ Task<void> read_head(Socket& s, beast::flat_buffer& b, Parser& p, error_code& ec
     }
     std::size_t n = co_await s.async_read_some(b.prepare(room), asio::redirect_error(use_task, ec));
     if (ec) {
-      if (ec == asio::error::eof) ec = b.size() == 0 && !p.got_some() ? http::error::end_of_stream : http::error::partial_message;
+      if (is_eof(ec)) ec = b.size() == 0 && !p.got_some() ? http::error::end_of_stream : http::error::partial_message;
       co_return;
     }
     b.commit(n);
@@ -157,8 +219,8 @@ Task<void> read_head(Socket& s, beast::flat_buffer& b, Parser& p, error_code& ec
 
 // Reads body bytes into the parser's buffer_body window until some arrive or the body ends.
 // `eof_ends_body`: a response delimited by the connection closing.
-template <class Parser>
-Task<void> read_body_some(Socket& s, beast::flat_buffer& b, Parser& p, error_code& ec) {
+template <class Stream, class Parser>
+Task<void> read_body_some(Stream& s, beast::flat_buffer& b, Parser& p, error_code& ec) {
   ec = {};
   auto& body = p.get().body();
   const std::size_t window = body.size;
@@ -187,7 +249,7 @@ Task<void> read_body_some(Socket& s, beast::flat_buffer& b, Parser& p, error_cod
     }
     std::size_t n = co_await s.async_read_some(b.prepare(room), asio::redirect_error(use_task, ec));
     if (ec) {
-      if (ec == asio::error::eof) {
+      if (is_eof(ec)) {
         error_code eec;
         p.put_eof(eec);
         ec = eec ? error_code(http::error::partial_message) : error_code();
@@ -345,6 +407,7 @@ class Connection final : public Tracked {
   bool timed_out_ = false;
   bool drained_ = false;
   std::unique_ptr<UpstreamConn> upstream_;
+  UpstreamStream up_io_{upstream_};  // I/O on upstream_, plain or TLS
   beast::flat_buffer ubuf_;  // upstream read buffer (for the current upstream connection)
   std::string head_;         // outgoing head to the client
   std::string up_head_;      // outgoing head to the upstream
@@ -772,7 +835,6 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
     ctx.target = target;
   }
   const config::Upstream* upp = target ? &target->upstream : &ctx.project->upstream;
-  if (!upp->supported) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnsupported, "Upstream scheme not supported by this worker"}, version, keep_alive && !req.has_body);
   if (upp->endpoints.empty()) co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, keep_alive && !req.has_body);
 
   bool has_body = req.has_body;
@@ -917,6 +979,18 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
       timed_out_ = false;
       co_await upstream_->socket.async_connect(ep, asio::redirect_error(use_task, ec));
       if (!ec) upstream_->socket.set_option(tcp::no_delay(true), ec);
+      bool tls_failed = false;
+      if (!ec && up.tls) {  // under the same connect deadline
+        upstream_->tls.reset(new TlsStream(upstream_->socket));
+        if (!tls::prepare_client(upstream_->tls->stream.native_handle(), up.host))
+          ec = asio::error::invalid_argument;
+        else
+          co_await upstream_->tls->stream.async_handshake(asio::ssl::stream_base::client, asio::redirect_error(use_task, ec));
+        if (ec) {
+          tls_failed = true;
+          warn_tls_failure(up, ec, upstream_->tls->stream.native_handle());
+        }
+      }
       if (ec) {
         rt_.metrics.add(metrics::Counter::kUpstreamConnectErrors);
         upstream_.reset();
@@ -927,14 +1001,16 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
           switch_target();
           continue;
         }
-        co_return co_await send_local(ctx, {502, Reason::kUpstreamUnreachable, "Upstream service unreachable"}, version, keep_alive && !has_body);
+        co_return co_await send_local(ctx, tls_failed ? LocalReply{502, Reason::kUpstreamTls, "Upstream TLS handshake failed"}
+                                                      : LocalReply{502, Reason::kUpstreamUnreachable, "Upstream service unreachable"},
+                                      version, keep_alive && !has_body);
       }
     }
     ubuf_.clear();
     arm(Phase::kUpstreamWrite, rt_.opts.upstream_timeout_ms);
     timed_out_ = false;
     sent_ns = steady_ns();
-    co_await asio::async_write(upstream_->socket, asio::buffer(up_head_), asio::redirect_error(use_task, ec));
+    co_await asio::async_write(up_io_, asio::buffer(up_head_), asio::redirect_error(use_task, ec));
     // Stream the request body.
     if (!ec && has_body) {
       body_started = true;
@@ -967,13 +1043,13 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
           append_hex(framing, got);
           framing += "\r\n"sv;
           std::array<asio::const_buffer, 3> bufs{asio::buffer(framing), asio::buffer(chunk(), got), asio::buffer("\r\n", 2)};
-          co_await asio::async_write(upstream_->socket, bufs, asio::redirect_error(use_task, ec));
+          co_await asio::async_write(up_io_, bufs, asio::redirect_error(use_task, ec));
         } else {
-          co_await asio::async_write(upstream_->socket, asio::buffer(chunk(), got), asio::redirect_error(use_task, ec));
+          co_await asio::async_write(up_io_, asio::buffer(chunk(), got), asio::redirect_error(use_task, ec));
         }
         if (ec) break;
       }
-      if (!ec && send_chunked) co_await asio::async_write(upstream_->socket, asio::buffer("0\r\n\r\n", 5), asio::redirect_error(use_task, ec));
+      if (!ec && send_chunked) co_await asio::async_write(up_io_, asio::buffer("0\r\n\r\n", 5), asio::redirect_error(use_task, ec));
     }
     if (!ec) {
       fresh_parser();
@@ -982,7 +1058,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
       timed_out_ = false;
       // A HEAD answer's Content-Length describes no body: left to Beast's parser (skip mode).
       res_lean = head_req ? nullptr : &res_lean_;
-      co_await read_head(upstream_->socket, ubuf_, rp, ec, 64 * 1024, res_lean, false);
+      co_await read_head(up_io_, ubuf_, rp, ec, 64 * 1024, res_lean, false);
       // 1xx informational answers (other than 101) are passed on; then the real head follows.
       while (!ec && !res_lean && rpo->get().result_int() >= 100 && rpo->get().result_int() < 200 && rpo->get().result_int() != 101) {
         head_.clear();
@@ -994,7 +1070,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
           co_await asio::async_write(sock_, asio::buffer(head_), asio::redirect_error(use_task, wec));
         }
         fresh_parser();
-        co_await read_head(upstream_->socket, ubuf_, *rpo, ec, 64 * 1024, res_lean, false);
+        co_await read_head(up_io_, ubuf_, *rpo, ec, 64 * 1024, res_lean, false);
       }
     }
     if (!ec) break;
@@ -1118,7 +1194,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
       if (remaining == 0) break;
       arm(Phase::kResponseBody, rt_.opts.upstream_timeout_ms);
       error_code rec;
-      std::size_t n = co_await upstream_->socket.async_read_some(
+      std::size_t n = co_await up_io_.async_read_some(
           ubuf_.prepare(static_cast<std::size_t>(std::min<std::uint64_t>(remaining, kChunk))),
           asio::redirect_error(use_task, rec));
       if (rec) {  // the head is out: closing the client connection is the only signal left
@@ -1140,9 +1216,9 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
       body.size = kChunk;
       arm(Phase::kResponseBody, rt_.opts.upstream_timeout_ms);
       error_code rec;
-      co_await read_body_some(upstream_->socket, ubuf_, rp, rec);
+      co_await read_body_some(up_io_, ubuf_, rp, rec);
       if (rec == http::error::need_buffer) rec = {};
-      bool eof_done = until_eof && (rec == http::error::end_of_stream || rec == asio::error::eof);
+      bool eof_done = until_eof && (rec == http::error::end_of_stream || is_eof(rec));
       if (rec && !eof_done) {
         // The upstream failed mid-body. If nothing was sent yet, answer properly; otherwise the
         // only honest signal left is to close the client connection.
@@ -1199,7 +1275,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
 Task<bool> Connection::tunnel(Context& ctx) {
   // Bytes already buffered on either side go first, then both directions are pumped until one
   // side closes. The connection's deadline is refreshed on every transfer.
-  auto pump = [this, &ctx](Socket& from, beast::flat_buffer& pending, Socket& to, bool upstream_to_client) -> Task<void> {
+  auto pump = [this, &ctx](auto& from, beast::flat_buffer& pending, auto& to, bool upstream_to_client) -> Task<void> {
     std::array<char, 8192> data;
     error_code ec;
     if (pending.size() > 0) {
@@ -1221,7 +1297,7 @@ Task<bool> Connection::tunnel(Context& ctx) {
     from.cancel(ignore);
     to.cancel(ignore);
   };
-  auto& up = upstream_->socket;
+  auto& up = up_io_;
   // Run client->upstream as a separate coroutine and upstream->client here; each ends the other.
   bool other_done = false;
   Timer done_signal(rt_.ioc.get_executor());

@@ -31,7 +31,7 @@ std::string_view reason_name(Reason r) {
     case Reason::kBadRequest: return "bad_request";
     case Reason::kUpstreamUnreachable: return "upstream_unreachable";
     case Reason::kUpstreamTimeout: return "upstream_timeout";
-    case Reason::kUpstreamUnsupported: return "upstream_unsupported";
+    case Reason::kUpstreamTls: return "upstream_tls";
     case Reason::kCredentialsMissing: return "credentials_missing";
     case Reason::kTokenInvalid: return "token_invalid";
     case Reason::kTokenRevoked: return "token_revoked";

@@ -31,7 +31,7 @@ enum class Reason : std::uint8_t {
   kBadRequest,
   kUpstreamUnreachable,
   kUpstreamTimeout,
-  kUpstreamUnsupported,
+  kUpstreamTls,         // the TLS handshake with an https:// upstream failed (certificate, protocol)
   kCredentialsMissing,  // a service route with neither an API key nor a bearer token
   kTokenInvalid,        // the log line names the token error (token_expired, ...)
   kTokenRevoked,

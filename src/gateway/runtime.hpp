@@ -59,9 +59,17 @@ class Tracked {
   Tracked* next = nullptr;
 };
 
+// TLS over an upstream's socket (https:// upstreams); the type lives where TLS is used
+// (connection.cpp), so the TLS headers stay out of this one.
+struct TlsStream;
+struct TlsStreamDelete {
+  void operator()(TlsStream* s) const noexcept;
+};
+
 struct UpstreamConn {
   explicit UpstreamConn(asio::io_context& ioc) : socket(ioc.get_executor()) {}
   Socket socket;
+  std::unique_ptr<TlsStream, TlsStreamDelete> tls;  // set for https://; declared after `socket`, so destroyed first
   std::int64_t idle_since_ns = 0;
   std::string pool_key;
 };

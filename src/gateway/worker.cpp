@@ -30,6 +30,7 @@
 #include "control/settings.hpp"
 #include "gateway/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
+#include "net/tls_client.hpp"
 #include "http/client.hpp"
 #include "http/server.hpp"
 
@@ -190,6 +191,7 @@ WorkerOptions load_worker_options() {
   o.geoip_db = env::get_or("WORKER_GEOIP_DB", "");
   o.ready_wait_ms = env_int("WORKER_READY_WAIT_SEC", 5, 0, 300) * 1000;
   o.max_memory_mb = env_int("WORKER_MAX_MEMORY_MB", 0, 0, 1'000'000);
+  o.upstream_ca_file = env::get_or("WORKER_UPSTREAM_CA_FILE", "");
   return o;
 }
 
@@ -210,6 +212,8 @@ struct Worker::Impl {
     ip_allow = parse_cidrs(opts.ip_allow);
     risk = std::make_unique<RiskEngine>(opts.risk_slots, opts.auth_failure_limit, opts.auth_failure_window_sec);
     if (!opts.geoip_db.empty()) geoip = std::make_unique<GeoIp>(opts.geoip_db);
+    // A bad bundle stops the start; without one the TLS context is built on first https:// use.
+    if (!opts.upstream_ca_file.empty()) tls::configure_client(opts.upstream_ca_file, "WORKER_UPSTREAM_CA_FILE");
     registry = std::make_unique<metrics::Registry>(static_cast<std::size_t>(opts.threads));
     log = std::make_unique<AccessLog>(opts.access_log, static_cast<std::size_t>(opts.threads));
     for (int i = 0; i < opts.threads; ++i)
@@ -527,7 +531,7 @@ void Worker::Impl::run_health_checks() {
           auto it = next_due.find(t.state.get());
           std::int64_t due_at = it == next_due.end() ? now : it->second;
           if (due_at <= now) {
-            std::string url = "http://" + t.upstream.host_header + t.upstream.base_path + svc.health_path;
+            std::string url = (t.upstream.tls ? "https://" : "http://") + t.upstream.host_header + t.upstream.base_path + svc.health_path;
             due.push_back({t.state, std::move(url), proj->slug + "/" + svc.name + " " + t.upstream.url, svc.health_timeout_ms});
             due_at = now + svc.health_interval_ms;
           }

@@ -24,6 +24,8 @@ struct WorkerOptions {
   std::int64_t upstream_connect_timeout_ms = 3'000;
   std::int64_t upstream_timeout_ms = 30'000;
   std::int64_t upstream_idle_ms = 30'000;  // pooled upstream connections older than this are closed
+  // https:// upstreams are verified against the system trust store plus this PEM bundle (if set).
+  std::string upstream_ca_file;
   std::int64_t drain_ms = 15'000;
   std::size_t max_header_bytes = 16 * 1024;
   std::string access_log = "stdout";

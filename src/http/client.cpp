@@ -3,9 +3,14 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <memory>
+
+#include "net/tls_client.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -37,15 +42,16 @@ ClientResult fetch(const std::string& method, const std::string& url, const std:
                    const std::string& body, std::chrono::milliseconds timeout, std::size_t max_body,
                    FetchCancel* cancel) {
   ClientResult out;
-  if (url.rfind("http://", 0) != 0) {
-    out.error = "only http:// URLs are supported";
+  const bool tls = url.rfind("https://", 0) == 0;
+  if (!tls && url.rfind("http://", 0) != 0) {
+    out.error = "only http:// and https:// URLs are supported";
     return out;
   }
-  std::string rest = url.substr(7);
+  std::string rest = url.substr(tls ? 8 : 7);
   auto slash = rest.find('/');
   std::string authority = rest.substr(0, slash);
   std::string target = slash == std::string::npos ? "/" : rest.substr(slash);
-  std::string host = authority, port = "80";
+  std::string host = authority, port = tls ? "443" : "80";
   if (!authority.empty() && authority.front() == '[') {
     auto close = authority.find(']');
     host = authority.substr(1, close - 1);
@@ -75,26 +81,47 @@ ClientResult fetch(const std::string& method, const std::string& url, const std:
   auto fail = [&](const char* what, boost::system::error_code ec) {
     out.error = std::string(what) + ": " + ec.message();
   };
+  // The exchange once connected (and, for https://, after the handshake), on either stream.
+  auto exchange = [&](auto& s) {
+    bhttp::async_write(s, req, [&](boost::system::error_code ec, std::size_t) {
+      if (ec) return fail("write", ec);
+      bhttp::async_read(s, buffer, parser, [&](boost::system::error_code ec, std::size_t) {
+        if (ec == asio::ssl::error::stream_truncated) {  // a close without close_notify ends a close-delimited body
+          boost::system::error_code eof_ec;
+          parser.put_eof(eof_ec);
+          if (!eof_ec && parser.is_done()) ec = {};
+        }
+        if (ec) return fail("read", ec);
+        auto& res = parser.get();
+        out.ok = true;
+        out.status = static_cast<int>(res.result_int());
+        for (const auto& f : res) {
+          std::string name(f.name_string());
+          std::transform(name.begin(), name.end(), name.begin(),
+                         [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+          out.headers.push_back({std::move(name), std::string(f.value())});
+        }
+        out.body = std::move(res.body());
+      });
+    });
+  };
+  std::unique_ptr<asio::ssl::stream<beast::tcp_stream&>> tls_stream;
+  if (tls) {
+    tls_stream = std::make_unique<asio::ssl::stream<beast::tcp_stream&>>(stream, tls::client_context());
+    if (!tls::prepare_client(tls_stream->native_handle(), host)) {
+      out.error = "TLS: invalid host " + host;
+      return out;
+    }
+  }
   stream.expires_after(timeout);
   resolver.async_resolve(host, port, [&](boost::system::error_code ec, asio::ip::tcp::resolver::results_type results) {
     if (ec) return fail("resolve", ec);
     stream.async_connect(results, [&](boost::system::error_code ec, const asio::ip::tcp::endpoint&) {
       if (ec) return fail("connect", ec);
-      bhttp::async_write(stream, req, [&](boost::system::error_code ec, std::size_t) {
-        if (ec) return fail("write", ec);
-        bhttp::async_read(stream, buffer, parser, [&](boost::system::error_code ec, std::size_t) {
-          if (ec) return fail("read", ec);
-          auto& res = parser.get();
-          out.ok = true;
-          out.status = static_cast<int>(res.result_int());
-          for (const auto& f : res) {
-            std::string name(f.name_string());
-            std::transform(name.begin(), name.end(), name.begin(),
-                           [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-            out.headers.push_back({std::move(name), std::string(f.value())});
-          }
-          out.body = std::move(res.body());
-        });
+      if (!tls_stream) return exchange(stream);
+      tls_stream->async_handshake(asio::ssl::stream_base::client, [&](boost::system::error_code ec) {
+        if (ec) return fail("TLS handshake", ec);
+        exchange(*tls_stream);
       });
     });
   });

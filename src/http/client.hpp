@@ -33,7 +33,8 @@ class FetchCancel {
   bool cancelled_ = false;
 };
 
-// `url`: http://host[:port]/path?query. `max_body`: larger responses fail.
+// `url`: http[s]://host[:port]/path?query (https:// verified as net/tls_client.hpp describes).
+// `max_body`: larger responses fail.
 ClientResult fetch(const std::string& method, const std::string& url, const std::vector<Header>& headers,
                    const std::string& body, std::chrono::milliseconds timeout,
                    std::size_t max_body = 512 * 1024 * 1024, FetchCancel* cancel = nullptr);

@@ -657,6 +657,7 @@ class ServicesApiTest(GatewayTestCase):
                       "ejection": {"failures": 100, "cooldown_sec": 3600}},
             "a" * 63: {"targets": [self.T]},
             "x_y-0": {"targets": [self.T + "/with/base"]},
+            "tls": {"targets": ["https://api.example.com", "https://127.0.0.1:8443/v1", self.T]},
         }
         for name, body in cases.items():
             with self.subTest(name=name):
@@ -681,7 +682,7 @@ class ServicesApiTest(GatewayTestCase):
             ("no targets", {}),
             ("empty targets", {"targets": []}),
             ("17 targets", {"targets": ["http://127.0.0.1:%d" % (4000 + i) for i in range(17)]}),
-            ("https target", {"targets": ["https://127.0.0.1:4200"]}),
+            ("https target without host", {"targets": ["https:///x"]}),
             ("ftp target", {"targets": ["ftp://127.0.0.1:4200"]}),
             ("no scheme", {"targets": ["127.0.0.1:4200"]}),
             ("not a url", {"targets": ["not a url"]}),

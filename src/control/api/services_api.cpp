@@ -14,14 +14,13 @@ json parse_spec(const std::string& name, const json& body) {
   reject_unknown_fields(body, {"targets", "balancer", "health_check", "ejection"});
   auto t = body.find("targets");
   if (t == body.end() || !t->is_array() || t->empty() || t->size() > 16)
-    throw validation_error("targets", "must be an array of 1 to 16 http:// URLs");
+    throw validation_error("targets", "must be an array of 1 to 16 http:// or https:// URLs");
   json targets = json::array();
   for (std::size_t i = 0; i < t->size(); ++i) {
     const auto& v = (*t)[i];
     std::string field = "targets[" + std::to_string(i) + "]";
     if (!v.is_string()) throw validation_error(field, "must be a string");
     std::string url = v.get<std::string>();
-    if (url.rfind("http://", 0) != 0) throw validation_error(field, "must be an http:// URL");
     if (auto e = check_upstream_url(url); !e.empty()) throw validation_error(field, e);
     targets.push_back(url);
   }

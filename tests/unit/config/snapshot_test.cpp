@@ -181,4 +181,28 @@ TEST(KeyTable, BehavesLikeAMap) {
 }
 
 }  // namespace
+TEST(Snapshot, HttpsUpstreams) {
+  auto r = build_snapshot(R"({"version":1,"projects":[
+      {"id":"p-tls","upstream_base_url":"https://127.0.0.1/v1","keys":[]},
+      {"id":"p-tls-port","upstream_base_url":"https://127.0.0.1:8443","keys":[]},
+      {"id":"p-plain","upstream_base_url":"http://127.0.0.1:8443","keys":[]}]})");
+  ASSERT_TRUE(r.snapshot) << r.error;
+  std::map<std::string, const Upstream*> up;
+  for (const auto& p : r.snapshot->projects)
+    if (p) up[p->id] = &p->upstream;
+  ASSERT_EQ(up.size(), 3u);
+  EXPECT_TRUE(up["p-tls"]->tls);
+  EXPECT_EQ(up["p-tls"]->port, 443);
+  EXPECT_EQ(up["p-tls"]->host, "127.0.0.1");
+  EXPECT_EQ(up["p-tls"]->base_path, "/v1");
+  EXPECT_EQ(up["p-tls"]->host_header, "127.0.0.1");
+  EXPECT_FALSE(up["p-tls"]->endpoints.empty());
+  EXPECT_TRUE(up["p-tls-port"]->tls);
+  EXPECT_EQ(up["p-tls-port"]->port, 8443);
+  EXPECT_FALSE(up["p-plain"]->tls);
+  // Same authority, different scheme: never the same keep-alive pool.
+  EXPECT_NE(up["p-tls-port"]->pool_key, up["p-plain"]->pool_key);
+  EXPECT_FALSE(build_snapshot(R"({"version":1,"projects":[{"id":"x","upstream_base_url":"ftp://h","keys":[]}]})").snapshot);
+}
+
 }  // namespace ag::config

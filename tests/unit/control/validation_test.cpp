@@ -13,6 +13,9 @@ TEST(Validation, UpstreamUrl) {
   EXPECT_EQ(u, "http://127.0.0.1:9000/api");
   u = "https://example.com";
   EXPECT_EQ(check_upstream_url(u), "");
+  u = "HTTPS://Example.com/V1";  // the scheme is stored in lower case; host and path as given
+  EXPECT_EQ(check_upstream_url(u), "");
+  EXPECT_EQ(u, "https://Example.com/V1");
   u = "http://[::1]:8080";
   EXPECT_EQ(check_upstream_url(u), "");
   for (std::string bad : {"ftp://x.com", "http://", "http:///path", "example.com", "http://a b.com",
