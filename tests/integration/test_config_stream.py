@@ -81,16 +81,7 @@ def current_version(server):
 
 
 def poll_until(fn, ok, timeout, interval=0.01):
-    """Calls fn() until ok(result) or `timeout` seconds pass; returns (result, elapsed, ok)."""
-    start = time.monotonic()
-    while True:
-        result = fn()
-        elapsed = time.monotonic() - start
-        if ok(result):
-            return result, elapsed, True
-        if elapsed > timeout:
-            return result, elapsed, False
-        time.sleep(interval)
+    return wh.poll_until(fn, ok, timeout, interval)
 
 
 def key_status(worker, api_key, path="/cs", timeout=5.0):

@@ -62,16 +62,7 @@ def status_of(worker, api_key, path="/probe", timeout=5.0):
 
 
 def poll_until(fn, ok, timeout, interval=0.02):
-    """Calls fn() until ok(result) or `timeout` seconds pass; returns (result, elapsed, ok)."""
-    start = time.monotonic()
-    while True:
-        result = fn()
-        elapsed = time.monotonic() - start
-        if ok(result):
-            return result, elapsed, True
-        if elapsed > timeout:
-            return result, elapsed, False
-        time.sleep(interval)
+    return wh.poll_until(fn, ok, timeout, interval)
 
 
 def ready_version(worker):

@@ -98,16 +98,7 @@ def new_slug(prefix="p"):
 
 
 def poll_until(fn, ok, timeout, interval=0.05):
-    """Calls fn() until ok(result) or `timeout` seconds pass; returns (result, elapsed, ok)."""
-    start = time.monotonic()
-    while True:
-        result = fn()
-        elapsed = time.monotonic() - start
-        if ok(result):
-            return result, elapsed, True
-        if elapsed > timeout:
-            return result, elapsed, False
-        time.sleep(interval)
+    return wh.poll_until(fn, ok, timeout, interval)
 
 
 def rfc3339(epoch):

@@ -147,29 +147,6 @@ def raw_exchange(worker, data, timeout=5.0):
         sock.close()
 
 
-def stream_request(worker, method, path, chunks, key=None, content_length=None, headers=None,
-                   timeout=60):
-    """Sends `chunks` (an iterable of bytes) as the body: with Content-Length when given, chunked
-    otherwise. Returns a harness.Response."""
-    hdrs = dict(headers or {})
-    if key is not None:
-        hdrs["X-API-Key"] = key
-    if content_length is not None:
-        hdrs["Content-Length"] = str(content_length)
-    conn = http.client.HTTPConnection(worker.host, worker.port, timeout=timeout)
-    try:
-        try:
-            conn.request(method, path, body=chunks, headers=hdrs,
-                         encode_chunked=content_length is None)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        resp = conn.getresponse()
-        payload = resp.read()
-        return h.Response(resp.status, h.Headers(resp.getheaders()), payload, method, path)
-    finally:
-        conn.close()
-
-
 def data_chunks(total, chunk=MB, seed=b"ag"):
     """Deterministic pseudo-random chunks of `total` bytes; returns (generator, sha256 hex)."""
     block = hashlib.sha256(seed).digest() * (chunk // 32 + 1)
@@ -461,13 +438,13 @@ class FileModeTest(WorkerTestCase):
     def test_body_limit_chunked(self):
         m = marker("chunked")
         gen = (b"y" * 500 for _ in range(6))
-        resp = stream_request(self.worker, "POST", "/upload?" + m, gen, key=self.key_c)
+        resp = wh.stream_request(self.worker, "POST", "/upload?" + m, gen, key=self.key_c)
         self.assertError(resp, 413)
         complete = [r for r in self.upstream.matching(m) if r["complete"] and r["body_len"] >= 3000]
         self.assertEqual(complete, [], "an over-limit chunked body reached the upstream whole")
         # a chunked body under the limit goes through
         gen = (b"z" * 300 for _ in range(3))
-        resp = stream_request(self.worker, "POST", "/upload-ok?" + m, gen, key=self.key_c)
+        resp = wh.stream_request(self.worker, "POST", "/upload-ok?" + m, gen, key=self.key_c)
         echo = self.assertProxied(resp)
         self.assertEqual(echo["body_len"], 900)
         self.assertEqual(echo["sha256"], hashlib.sha256(b"z" * 900).hexdigest())
@@ -478,7 +455,7 @@ class FileModeTest(WorkerTestCase):
         before = self.worker.rss_kb()
         sampler = RssSampler(self.worker)
         try:
-            resp = stream_request(self.worker, "POST", route + ("&" if "?" in route else "?") + m, gen, key=self.key_e,
+            resp = wh.stream_request(self.worker, "POST", route + ("&" if "?" in route else "?") + m, gen, key=self.key_e,
                                   content_length=total if content_length else None)
         finally:
             peak = sampler.stop()

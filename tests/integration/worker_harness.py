@@ -4,6 +4,7 @@
   (method, target, headers, body length and SHA-256, hashed while streaming) and answers JSON.
 - `start_worker`: runs `antigravity worker` on 127.0.0.1 with port 0 for both listeners, drains
   its output in background threads, and parses the access log (JSON lines on stdout).
+- `poll_until`, `stream_request`: waiting for a condition; a request with a streamed body.
 - `make_key`, `key_entry`, `project_entry`, `write_config`: valid API keys and worker config
   documents (docs/api.md, "API keys" and "Worker config").
 
@@ -861,3 +862,39 @@ def read_http_response(f, method="GET"):
     if headers.get("Content-Length") is not None:
         return status, headers, f.read(int(headers["Content-Length"]))
     return status, headers, f.read()
+
+
+def poll_until(fn, ok, timeout, interval=0.05):
+    """Calls fn() until ok(result) or `timeout` seconds pass; returns (result, elapsed, ok)."""
+    start = time.monotonic()
+    while True:
+        result = fn()
+        elapsed = time.monotonic() - start
+        if ok(result):
+            return result, elapsed, True
+        if elapsed > timeout:
+            return result, elapsed, False
+        time.sleep(interval)
+
+
+def stream_request(worker, method, path, chunks, key=None, content_length=None, headers=None,
+                   timeout=60):
+    """Sends `chunks` (an iterable of bytes) as the body: with Content-Length when given, chunked
+    otherwise. Returns a harness.Response."""
+    hdrs = dict(headers or {})
+    if key is not None:
+        hdrs["X-API-Key"] = key
+    if content_length is not None:
+        hdrs["Content-Length"] = str(content_length)
+    conn = http.client.HTTPConnection(worker.host, worker.port, timeout=timeout)
+    try:
+        try:
+            conn.request(method, path, body=chunks, headers=hdrs,
+                         encode_chunked=content_length is None)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        resp = conn.getresponse()
+        payload = resp.read()
+        return harness.Response(resp.status, harness.Headers(resp.getheaders()), payload, method, path)
+    finally:
+        conn.close()
