@@ -739,7 +739,7 @@ class FileModeTest(WorkerTestCase):
             self.assertEqual(status, 101, "handshake answer: %r %r" % (headers, rest[:300]))
             self.assertEqual(headers.get("Sec-WebSocket-Accept"), expected_accept, headers)
             self.assertEqual((headers.get("Upgrade") or "").lower(), "websocket", headers)
-            reader = _SockReader(sock, rest)
+            reader = wh.SockReader(sock, rest)
             for text in ("hello through the gateway " + tag, "second frame", "x" * 300):
                 sock.sendall(wh.ws_frame(text, opcode=0x1, mask=True))
                 frame = wh.ws_read_frame(reader)
@@ -871,26 +871,6 @@ class FileModeTest(WorkerTestCase):
             self.assertNotIn(key, out, "an API key appears in the worker's output")
             if len(key) >= 62:
                 self.assertNotIn(key[13:55], out, "an API key's secret part appears in the output")
-
-
-class _SockReader:
-    """File-like read(n) over a socket with some bytes already received."""
-
-    def __init__(self, sock, initial=b""):
-        self.sock = sock
-        self.buf = initial
-
-    def read(self, n):
-        while not self.buf:
-            try:
-                chunk = self.sock.recv(65536)
-            except (socket.timeout, ConnectionResetError):
-                return b""
-            if not chunk:
-                return b""
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
 
 
 # =============================================================================================

@@ -391,6 +391,26 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
+class SockReader:
+    """File-like read(n) over a socket with some bytes already received."""
+
+    def __init__(self, sock, initial=b""):
+        self.sock = sock
+        self.buf = initial
+
+    def read(self, n):
+        while not self.buf:
+            try:
+                chunk = self.sock.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                return b""
+            if not chunk:
+                return b""
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
 def ws_frame(payload, opcode=0x1, mask=True):
     """One final WebSocket frame; client frames are masked, server frames are not."""
     if isinstance(payload, str):
