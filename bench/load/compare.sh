@@ -11,7 +11,10 @@
 #   3. threads: wrk -t2 against nginx with worker_processes 1 and 2 and the worker with
 #      --threads 1 and 2 (all four measured again in this phase, back to back)
 #   4. (-I) user-space instructions per request under valgrind's callgrind: (Ir(N) - Ir(0)) / N
-#   5. the worker's idle RSS (10,000-key config, before any load) and its RSS after phases 1-2
+#   5. (-p 5) an https:// upstream: the same nginx upstream behind TLS (a certificate from a CA
+#      made here with openssl), nginx proxying with proxy_ssl_verify and the worker with
+#      WORKER_UPSTREAM_CA_FILE, keep-alive on both; wrk -t1 in alternating rounds
+#   the worker's idle RSS (10,000-key config, before any load) and its RSS after phases 1-2
 # Ends with a summary block. Everything binds 127.0.0.1; every run is bounded in time; only the
 # processes this script started are stopped (also on Ctrl-C and on failure).
 #
@@ -26,14 +29,15 @@
 #   -I: also phase 4, instructions per request (slow: four runs under valgrind)
 #   -N: requests per instruction-count run (default 20000)
 #   -k: API keys (default 10000)
-#   -p: the phases to run, digits of 1234 (default 123, or 1234 with -I); RSS is always reported
+#   -p: the phases to run, digits of 12345 (default 123, or 1234 with -I); RSS is always reported
 # Env: PEERS_DIR (default ../shared/bench/peers beside the repo), AG_BIN, PORT_BASE (18080: the
-#      upstream; +1 nginx, +2 HAProxy, +3 worker, +4 worker admin, +10 the peers' own upstream),
-#      or UPSTREAM_PORT, NGINX_PORT, HAPROXY_PORT, WORKER_PORT, ADMIN_PORT, PEER_UPSTREAM_PORT
+#      upstream; +1 nginx, +2 HAProxy, +3 worker, +4 worker admin, +5 the TLS upstream, +10 the
+#      peers' own upstream), or UPSTREAM_PORT, NGINX_PORT, HAPROXY_PORT, WORKER_PORT, ADMIN_PORT,
+#      TLS_UPSTREAM_PORT, PEER_UPSTREAM_PORT
 #      one by one; KEEP_WORKDIR=1 keeps the work dir (logs, wrk/h2load output, callgrind files)
 set -euo pipefail
 CONNS=64 DUR=8 ROUNDS=3 FRATE=20000 FDUR=5 FPROCS=8 INSTR=0 NREQ=20000 NKEYS=10000 PHASES=""
-usage() { sed -n '2,33p' "$0"; exit 2; }
+usage() { sed -n '2,37p' "$0"; exit 2; }
 while getopts "c:d:r:F:D:P:IN:k:p:h" o; do
   case "$o" in
     c) CONNS="$OPTARG" ;; d) DUR="$OPTARG" ;; r) ROUNDS="$OPTARG" ;; F) FRATE="$OPTARG" ;;
@@ -47,7 +51,7 @@ shift $((OPTIND - 1))
 int_in() { if ! [[ $2 =~ ^[0-9]+$ ]] || (( $2 < $3 || $2 > $4 )); then echo "$1 must be $3..$4" >&2; exit 2; fi; }
 int_in -c "$CONNS" 1 10000; int_in -d "$DUR" 1 300; int_in -r "$ROUNDS" 1 50; int_in -F "$FRATE" 1 10000000
 int_in -D "$FDUR" 1 300; int_in -P "$FPROCS" 1 "$CONNS"; int_in -N "$NREQ" 1 100000000; int_in -k "$NKEYS" 1 10000000
-[[ $PHASES =~ ^[1-4]+$ ]] || { echo "-p takes digits of 1234" >&2; exit 2; }
+[[ $PHASES =~ ^[1-5]+$ ]] || { echo "-p takes digits of 12345" >&2; exit 2; }
 has_phase() { [[ $PHASES == *"$1"* ]]; }
 (( CONNS >= 2 )) || ! has_phase 3 || { echo "phase 3 needs -c >= 2 (wrk -t2)" >&2; exit 2; }
 
@@ -62,6 +66,7 @@ NGINX_PORT="${NGINX_PORT:-$((PORT_BASE + 1))}"
 HAPROXY_PORT="${HAPROXY_PORT:-$((PORT_BASE + 2))}"
 WORKER_PORT="${WORKER_PORT:-$((PORT_BASE + 3))}"
 ADMIN_PORT="${ADMIN_PORT:-$((PORT_BASE + 4))}"
+TLS_UPSTREAM_PORT="${TLS_UPSTREAM_PORT:-$((PORT_BASE + 5))}"
 PEER_UPSTREAM_PORT="${PEER_UPSTREAM_PORT:-$((UPSTREAM_PORT + 10))}"
 export PATH="$PATH:/usr/sbin:/sbin"
 log() { echo "compare: $*" >&2; }
@@ -69,6 +74,7 @@ die() { log "$*"; exit 1; }
 
 [[ -x "$PEERS_DIR/run-peers.sh" ]] || die "peers not found in $PEERS_DIR (set PEERS_DIR)"
 [[ -x "$BIN" ]] || die "build the binary first (scripts/build.sh)"
+! has_phase 5 || command -v openssl >/dev/null || die "phase 5 needs openssl: apt-get install openssl"
 for tool in wrk nginx haproxy curl; do command -v "$tool" >/dev/null || die "$tool missing: apt-get install wrk nginx-light haproxy curl"; done
 /usr/bin/python3 -c 'import jwt, cryptography' 2>/dev/null || die "the token needs python3-jwt and python3-cryptography (apt-get install python3-jwt)"
 # h2load (fixed rate, fixed request counts) and valgrind (-I) come from Debian; installed when missing.
@@ -82,7 +88,7 @@ if (( ${#need[@]} )); then
     timeout 600 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2; } ||
     die "apt-get install ${need[*]} failed"
 fi
-for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$HAPROXY_PORT" "$WORKER_PORT" "$ADMIN_PORT" "$PEER_UPSTREAM_PORT"; do
+for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$HAPROXY_PORT" "$WORKER_PORT" "$ADMIN_PORT" "$TLS_UPSTREAM_PORT" "$PEER_UPSTREAM_PORT"; do
   port_free "$p" || die "127.0.0.1:$p is already in use (set PORT_BASE)"
 done
 
@@ -161,6 +167,7 @@ UPS_PID=$!; track "$UPS_PID"
 wait_listen "$UPSTREAM_PORT" "$UPS_PID" || { cat "$WORK/upstream.out" "$WORK/upstream.stderr.log" >&2; die "upstream did not start"; }
 
 WPID="" IDLE_RSS="" IDLE_RSS2=""
+WCONFIG="$WORK/config.json"   # phase 5 switches it to the https:// upstream's config
 # start_worker THREADS [WRAPPER...]: starts the worker (access log to $WORK/access.log, risk
 # engine on), waits until it listens and is ready, records its idle RSS in IDLE_RSS, checks it.
 start_worker() {
@@ -168,7 +175,7 @@ start_worker() {
   shift
   (( $# )) && tries=1200   # under valgrind: slow start
   WORKER_ACCESS_LOG="$WORK/access.log" "$@" "$BIN" --log-level warn worker --listen "127.0.0.1:$WORKER_PORT" \
-    --admin-listen "127.0.0.1:$ADMIN_PORT" --threads "$threads" --config "$WORK/config.json" \
+    --admin-listen "127.0.0.1:$ADMIN_PORT" --threads "$threads" --config "$WCONFIG" \
     >"$WORK/worker.out" 2>"$WORK/worker.err" &
   WPID=$!; track "$WPID"
   wait_listen "$WORKER_PORT" "$WPID" "$tries" || { cat "$WORK/worker.err" >&2; die "the worker did not start"; }
@@ -442,6 +449,57 @@ if has_phase 4; then
   fi
 fi
 
+# ---------------------------------------------------------------- 5. https upstream
+if has_phase 5; then
+  hr "5. https:// upstream: wrk -t1 -c$CONNS -d${DUR}s, one process / one thread each, keep-alive to a TLS nginx upstream, $ROUNDS round(s)"
+  T="$WORK/tls"; mkdir -p "$T"
+  { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=compare CA" \
+      -keyout "$T/ca.key" -out "$T/ca.pem" &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" -keyout "$T/up.key" -out "$T/up.csr" &&
+    printf 'subjectAltName=IP:127.0.0.1\n' >"$T/ext.cnf" &&
+    openssl x509 -req -in "$T/up.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 \
+      -extfile "$T/ext.cnf" -out "$T/up.pem"; } >"$T/openssl.log" 2>&1 || { cat "$T/openssl.log" >&2; die "openssl failed"; }
+  # The upstream of phase 1 with TLS on its listener (own pid and log files).
+  sed -e "s#listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;#listen 127.0.0.1:$TLS_UPSTREAM_PORT ssl backlog=4096; ssl_certificate $T/up.pem; ssl_certificate_key $T/up.key;#" \
+      -e "s#nginx-upstream\.pid#nginx-upstream-tls.pid#; s#nginx-upstream\.error\.log#nginx-upstream-tls.error.log#" \
+      "$WORK/upstream.conf" >"$WORK/upstream-tls.conf"
+  grep -q " ssl backlog" "$WORK/upstream-tls.conf" || die "upstream.conf: no listen line to change"
+  nginx -e "$WORK/upstream-tls.stderr.log" -c "$WORK/upstream-tls.conf" -g 'daemon off;' >"$WORK/upstream-tls.out" 2>&1 &
+  TUPS_PID=$!; track "$TUPS_PID"
+  wait_listen "$TLS_UPSTREAM_PORT" "$TUPS_PID" || { cat "$WORK/upstream-tls.out" "$WORK/upstream-tls.stderr.log" >&2; die "TLS upstream did not start"; }
+  # nginx: the proxy config of phase 1 pointed at it, verifying its certificate, sessions reused.
+  sed -e "s#server 127.0.0.1:$UPSTREAM_PORT;#server 127.0.0.1:$TLS_UPSTREAM_PORT;#" \
+      -e "s#proxy_pass http://backend;#proxy_pass https://backend; proxy_ssl_verify on; proxy_ssl_trusted_certificate $T/ca.pem; proxy_ssl_name 127.0.0.1; proxy_ssl_session_reuse on;#" \
+      "$WORK/nginx-proxy-1.conf" >"$WORK/nginx-proxy-tls.conf"
+  grep -q "proxy_pass https" "$WORK/nginx-proxy-tls.conf" || die "nginx-proxy.conf: no proxy_pass line to change"
+  /usr/bin/python3 "$ROOT/bench/load/gen_worker_config.py" "$NKEYS" "https://127.0.0.1:$TLS_UPSTREAM_PORT" \
+    "$WORK/config-tls.json" "$WORK/worker-keys-tls.txt" --jwt "$WORK/token-tls.txt" >/dev/null
+  WCONFIG="$WORK/config-tls.json"
+  WORKER_KEY="$(sed -n "$(( (NKEYS + 1) / 2 ))p" "$WORK/worker-keys-tls.txt")"
+  KEY_HEADER="X-API-Key: $WORKER_KEY"; JWT_HEADER="Authorization: Bearer $(cat "$WORK/token-tls.txt")"
+  export WORKER_UPSTREAM_CA_FILE="$T/ca.pem"
+  start_worker 1
+  row "" "req/s" "p50 ms" "p99 ms" "CPU-us/req"
+  TN_RPS=() TW_RPS=() TN_CPU=() TW_CPU=() TR=()
+  for round in $(seq 1 "$ROUNDS"); do
+    start_nginx "$WORK/nginx-proxy-tls.conf"
+    NW="$(nginx_workers)"
+    # shellcheck disable=SC2086  # one PID a word
+    load_wrk "nginx.tls.$round" 1 "$NGINX_URL" "$NGINX_HEADER" $NW
+    stop_pid "$NPID" || true
+    TN_RPS+=("$L_RPS"); TN_CPU+=("$L_CPU")
+    row "nginx https" "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
+    load_wrk "worker.tls.$round" 1 "$WORKER_URL" "$KEY_HEADER" "$WPID"
+    TW_RPS+=("$L_RPS"); TW_CPU+=("$L_CPU")
+    row "worker https" "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
+    TR+=("$(ratio "${TW_RPS[-1]}" "${TN_RPS[-1]}")")
+    echo "  round $round: worker/nginx ${TR[-1]}x"
+  done
+  stop_pid "$WPID" 30 || log "WARNING: the worker exited with status $?"
+  unset WORKER_UPSTREAM_CA_FILE
+  S_TLS="https:// upstream (median of $ROUNDS round(s), wrk -t1): worker $(fmt "$(med "${TW_RPS[@]}")" 0) req/s, nginx $(fmt "$(med "${TN_RPS[@]}")" 0) req/s, per-round ratio $(med "${TR[@]}")x; CPU-us/request worker $(med "${TW_CPU[@]}"), nginx $(med "${TN_CPU[@]}")"
+fi
+
 # ---------------------------------------------------------------- summary
 echo
 echo "==== summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $NKEYS keys, worker: access log on, risk engine on) ===="
@@ -450,4 +508,5 @@ echo "${S_THROUGHPUT:-throughput: not run (-p)}"
 echo "${S_FIXED:-fixed rate: not run (-p)}"
 echo "${S_THREADS:-threads: not run (-p)}"
 echo "${S_INSTR:-instructions/request: not run (-I)}"
+[[ -n ${S_TLS:-} ]] && echo "$S_TLS"
 echo "idle RSS: worker $IDLE_RSS1 kB (1 thread; after $AFTER_WHAT: $AFTER_RSS kB${IDLE_RSS2:+; idle with 2 threads: $IDLE_RSS2 kB})"
