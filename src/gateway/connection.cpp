@@ -988,6 +988,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
           co_await upstream_->tls->stream.async_handshake(asio::ssl::stream_base::client, asio::redirect_error(use_task, ec));
         if (ec) {
           tls_failed = true;
+          rt_.metrics.add(metrics::Counter::kUpstreamTlsErrors);
           warn_tls_failure(up, ec, upstream_->tls->stream.native_handle());
         }
       }

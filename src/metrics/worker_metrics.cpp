@@ -18,6 +18,7 @@ constexpr const char* kCounterNames[] = {
     "ag_ratelimit_fallback_total",
     "ag_redis_errors_total",
     "ag_upstream_connect_errors_total",
+    "ag_upstream_tls_errors_total",
     "ag_upstream_timeouts_total",
     "ag_upstream_retries_total",
     "ag_upstream_pool_reuse_total",

@@ -23,6 +23,7 @@ enum class Counter : std::uint8_t {
   kRateLimitFallback,
   kRedisErrors,
   kUpstreamConnectErrors,
+  kUpstreamTlsErrors,  // of those, failed TLS handshakes (https:// upstreams)
   kUpstreamTimeouts,
   kUpstreamRetries,
   kUpstreamPoolReuse,

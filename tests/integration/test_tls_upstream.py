@@ -806,10 +806,18 @@ class TlsProxyTest(TlsTestCase):
                               "leaf sent without its intermediate")
         self.assertStillServing()
 
+    def tls_errors(self):
+        m = re.search(r"(?m)^ag_upstream_tls_errors_total (\S+)$", self.worker.metrics())
+        self.assertIsNotNone(m, "no ag_upstream_tls_errors_total in /metrics")
+        return float(m.group(1))
+
     def test_untrusted_certificate_502(self):
+        before = self.tls_errors()
         for project in ("untrusted_ip", "untrusted_name"):
             self.assertTlsFailure(self.worker, [self.untrusted], "/u", self.keys[project],
                                   "self-signed certificate (%s)" % project)
+        # 2 projects x (GET: first try + its retry, POST: no retry) = 6 failed handshakes
+        self.assertEqual(self.tls_errors() - before, 6)
         _, handshakes, _ = self.untrusted.counts()
         self.assertEqual(handshakes, 0, "a handshake with the untrusted upstream completed")
         self.assertEqual(self.untrusted.requests, [])
