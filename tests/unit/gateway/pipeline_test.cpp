@@ -2,9 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <nlohmann/json.hpp>
+
 #include "common/crypto.hpp"
 #include "config/snapshot.hpp"
 #include "control/service/api_key.hpp"
+#include "gateway/risk.hpp"
 
 namespace ag::gateway {
 namespace {
@@ -90,6 +94,81 @@ TEST(Pipeline, LogLineIsOneJsonLineWithoutTheKey) {
   EXPECT_NE(out.find(R"("reason":"key_invalid")"), std::string::npos);
   EXPECT_NE(out.find(R"("decision":"block")"), std::string::npos);
   EXPECT_NE(out.find(R"(\u0001)"), std::string::npos);
+}
+
+TEST(Pipeline, LogLineWorstCaseFitsAndParses) {
+  // Every string at its longest and made of bytes that expand most when escaped, every optional
+  // part present, every number at its widest: the line must fit the room reserved for it (the
+  // sanitizer build checks the writes) and parse back to the same values.
+  config::Project proj;
+  proj.id = std::string(36, '\x7f');
+  config::Service svc;
+  svc.name = std::string(63, '"');
+  Context ctx;
+  ctx.project = &proj;
+  ctx.service = &svc;
+  ctx.jwt = true;
+  ctx.request_id = std::string(128, '\x01');
+  ctx.client_ip = std::string(45, '\\');
+  ctx.jti = std::string(200, '\xff');
+  ctx.status = 504;
+  ctx.reason = Reason::kUpstreamTimeout;
+  ctx.risk_evaluated = true;
+  ctx.risk_shadow = true;
+  ctx.risk_rules = (1u << kRiskRuleCount) - 1;
+  ctx.risk_decision = 2;
+  ctx.risk_score = 1e9;
+  ctx.upstream_ns = std::numeric_limits<std::int64_t>::max();
+  ctx.bytes_in = ctx.bytes_out = std::numeric_limits<std::uint64_t>::max();
+  const std::string method(20, '\t'), path(3000, '\x02'), ua(600, '\n');
+  std::string out = "before";
+  append_log_line(out, ctx, LogFields{method, path, ua}, std::numeric_limits<std::int64_t>::max());
+  ASSERT_EQ(out.rfind("before", 0), 0u);
+  ASSERT_EQ(out.back(), '\n');
+  ASSERT_EQ(out.find('\n'), out.size() - 1);
+  auto j = nlohmann::json::parse(out.substr(6));
+  EXPECT_EQ(j["request_id"], ctx.request_id);
+  EXPECT_EQ(j["project_id"], proj.id);
+  EXPECT_EQ(j["service"], svc.name);
+  EXPECT_EQ(j["ip"], ctx.client_ip);
+  EXPECT_EQ(j["method"], method);
+  EXPECT_EQ(j["path"], path.substr(0, 2048));
+  EXPECT_EQ(j["user_agent"], ua.substr(0, 512));
+  std::string replacement;
+  for (int i = 0; i < 200; ++i) replacement += "\xef\xbf\xbd";  // U+FFFD for each byte that is not UTF-8
+  EXPECT_EQ(j["jti"], replacement);
+  EXPECT_EQ(j["reason"], "upstream_timeout");
+  EXPECT_EQ(j["rules"].size(), kRiskRuleCount);
+  EXPECT_EQ(j["shadow"], true);
+  EXPECT_EQ(j["status"], 504);
+  EXPECT_EQ(j["bytes_in"].get<std::uint64_t>(), std::numeric_limits<std::uint64_t>::max());
+  EXPECT_EQ(j["bytes_out"].get<std::uint64_t>(), std::numeric_limits<std::uint64_t>::max());
+  EXPECT_DOUBLE_EQ(j["risk_score"].get<double>(), 1e9);
+}
+
+TEST(Pipeline, LogLineTypicalRequest) {
+  config::Project proj;
+  proj.id = "p-1";
+  Context ctx;
+  ctx.project = &proj;
+  ctx.request_id = "req-1";
+  ctx.client_ip = "10.0.0.1";
+  ctx.status = 200;
+  ctx.start_ns = 1'000'000;
+  ctx.upstream_ns = 1'234'567;
+  ctx.bytes_in = 0;
+  ctx.bytes_out = 3;
+  std::string out;
+  // No User-Agent: an empty view with no data behind it (the sanitizer build checks the copy).
+  append_log_line(out, ctx, LogFields{"GET", "/users/42/orders", std::string_view{}}, 3'500'000);
+  // Everything after the timestamp ("2026-11-23T03:50:00.123Z"), byte for byte.
+  ASSERT_GT(out.size(), 32u);
+  EXPECT_EQ(out.substr(0, 7), "{\"ts\":\"");
+  EXPECT_EQ(out.substr(32),
+            R"(,"request_id":"req-1","project_id":"p-1","key_id":null,"method":"GET","path":"/users/42/orders",)"
+            R"("endpoint":"/users/:id/orders","ip":"10.0.0.1","user_agent":"","decision":"allow","reason":"",)"
+            R"("risk_score":0.000,"status":200,"latency_ms":2.500,"upstream_latency_ms":1.234,"bytes_in":0,"bytes_out":3})"
+            "\n");
 }
 
 TEST(Snapshot, RejectsBadDocumentsWithTheField) {
