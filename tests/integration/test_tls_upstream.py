@@ -18,7 +18,6 @@ the certificate directory)
 """
 
 import atexit
-import base64
 import hashlib
 import http.client
 import os
@@ -608,29 +607,9 @@ class TlsProxyTest(TlsTestCase):
         self.assertIn(rec.get("tls_version"), ("TLSv1.2", "TLSv1.3"), rec)
 
     def test_websocket_over_tls(self):
-        # The upgrade goes out on a new TLS connection; frames then flow both ways through it.
-        ws_key = base64.b64encode(os.urandom(16)).decode()
-        expected_accept = base64.b64encode(hashlib.sha1((ws_key + wh.WS_GUID).encode()).digest()).decode()
-        head = ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nX-API-Key: %s\r\n\r\n"
-                % (self.worker.port, ws_key, self.keys["ip"]))
-        sock = self.worker.connect()
-        try:
-            sock.sendall(head.encode())
-            status, headers, rest = wh.read_http_head(sock, 5)
-            self.assertEqual(status, 101, "handshake answer: %r %r" % (headers, rest[:300]))
-            self.assertEqual(headers.get("Sec-WebSocket-Accept"), expected_accept, headers)
-            reader = wh.SockReader(sock, rest)
-            for text in ("over tls " + marker("ws"), "y" * 70000):  # one frame larger than a TLS record
-                sock.sendall(wh.ws_frame(text, opcode=0x1, mask=True))
-                frame = wh.ws_read_frame(reader)
-                self.assertIsNotNone(frame, "tunnel closed before the echo")
-                self.assertEqual(frame, (0x1, text.encode()))
-            sock.sendall(wh.ws_frame(b"\x03\xe8", opcode=0x8, mask=True))
-            frame = wh.ws_read_frame(reader)
-            self.assertEqual(frame[0] if frame else None, 0x8)
-        finally:
-            sock.close()
+        # The upgrade goes out on a new TLS connection; frames then flow both ways through it
+        # (one larger than a TLS record).
+        wh.websocket_echo(self, self.worker, self.keys["ip"], ("over tls " + marker("ws"), "y" * 70000))
         rec = [r for r in self.good.requests if r["route"] == "/base/ws"]
         self.assertTrue(rec, "the upstream never saw the upgrade")
         self.assertNotIn("x-api-key", rec[-1]["header_dict"])

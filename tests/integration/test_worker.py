@@ -727,29 +727,7 @@ class FileModeTest(WorkerTestCase):
 
     def test_websocket_echo(self):
         tag = h.random_string(16)
-        ws_key = base64.b64encode(os.urandom(16)).decode()
-        expected_accept = base64.b64encode(hashlib.sha1((ws_key + wh.WS_GUID).encode()).digest()).decode()
-        head = ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nX-API-Key: %s\r\n\r\n"
-                % (self.worker.port, ws_key, self.key_a))
-        sock = self.worker.connect()
-        try:
-            sock.sendall(head.encode())
-            status, headers, rest = wh.read_http_head(sock, 5)
-            self.assertEqual(status, 101, "handshake answer: %r %r" % (headers, rest[:300]))
-            self.assertEqual(headers.get("Sec-WebSocket-Accept"), expected_accept, headers)
-            self.assertEqual((headers.get("Upgrade") or "").lower(), "websocket", headers)
-            reader = wh.SockReader(sock, rest)
-            for text in ("hello through the gateway " + tag, "second frame", "x" * 300):
-                sock.sendall(wh.ws_frame(text, opcode=0x1, mask=True))
-                frame = wh.ws_read_frame(reader)
-                self.assertIsNotNone(frame, "tunnel closed before the echo")
-                self.assertEqual(frame, (0x1, text.encode()))
-            sock.sendall(wh.ws_frame(b"\x03\xe8", opcode=0x8, mask=True))
-            frame = wh.ws_read_frame(reader)
-            self.assertEqual(frame[0] if frame else None, 0x8)
-        finally:
-            sock.close()
+        head = wh.websocket_echo(self, self.worker, self.key_a, ("hello through the gateway " + tag, "second frame", "x" * 300))
         rec = [r for r in self.upstream.requests if r["route"] == "/base/ws"]
         self.assertTrue(rec, "upstream never saw the upgrade")
         self.assertNotIn("x-api-key", rec[-1]["header_dict"])

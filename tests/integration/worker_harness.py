@@ -411,6 +411,36 @@ class SockReader:
         return out
 
 
+def websocket_echo(test, worker, key, texts, path="/ws"):
+    """Upgrades `path` through the worker with `key`, checks the 101 and its
+    Sec-WebSocket-Accept, sends each text as a masked frame and checks the upstream's echo, then
+    closes with 1000 and checks the close answer. `test`: the unittest.TestCase asserting."""
+    ws_key = base64.b64encode(os.urandom(16)).decode()
+    expected_accept = base64.b64encode(hashlib.sha1((ws_key + WS_GUID).encode()).digest()).decode()
+    head = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nX-API-Key: %s\r\n\r\n"
+            % (path, worker.port, ws_key, key))
+    sock = worker.connect()
+    try:
+        sock.sendall(head.encode())
+        status, headers, rest = read_http_head(sock, 5)
+        test.assertEqual(status, 101, "handshake answer: %r %r" % (headers, rest[:300]))
+        test.assertEqual(headers.get("Sec-WebSocket-Accept"), expected_accept, headers)
+        test.assertEqual((headers.get("Upgrade") or "").lower(), "websocket", headers)
+        reader = SockReader(sock, rest)
+        for text in texts:
+            sock.sendall(ws_frame(text, opcode=0x1, mask=True))
+            frame = ws_read_frame(reader)
+            test.assertIsNotNone(frame, "tunnel closed before the echo")
+            test.assertEqual(frame, (0x1, text.encode()))
+        sock.sendall(ws_frame(b"\x03\xe8", opcode=0x8, mask=True))
+        frame = ws_read_frame(reader)
+        test.assertEqual(frame[0] if frame else None, 0x8)
+    finally:
+        sock.close()
+    return head
+
+
 def ws_frame(payload, opcode=0x1, mask=True):
     """One final WebSocket frame; client frames are masked, server frames are not."""
     if isinstance(payload, str):
