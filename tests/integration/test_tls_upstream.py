@@ -39,7 +39,6 @@ import harness as h  # noqa: E402
 import worker_harness as wh  # noqa: E402
 
 MB = 1024 * 1024
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 UNREACHABLE = "Upstream service unreachable"
 HEALTH_PATH = "/healthz"
 # A failed handshake must be answered quickly (no hang until a request timeout).
@@ -445,41 +444,13 @@ def download(worker, path, key, timeout=60):
         conn.close()
 
 
-class TlsTestCase(unittest.TestCase):
+class TlsTestCase(wh.WorkerTestCase):
     maxDiff = 4000
     worker = None
 
     def setUp(self):
         if self.worker is not None:
             self.assertTrue(self.worker.alive(), "worker died:\n" + self.worker.stderr[-3000:])
-
-    def assertRequestId(self, resp):
-        rid = resp.headers.get("X-Request-Id")
-        self.assertTrue(rid, "missing X-Request-Id: %r" % (resp,))
-        self.assertRegex(rid, REQUEST_ID_RE, repr(resp))
-        return rid
-
-    def assertProxied(self, resp, status=200):
-        """A response that came from the upstream (it sets X-Upstream: yes)."""
-        self.assertEqual(resp.status, status, "unexpected status: %r\nworker log tail:\n%s"
-                         % (resp, self.worker.stderr[-2000:] if self.worker else ""))
-        self.assertRequestId(resp)
-        self.assertEqual(resp.headers.get("X-Upstream"), "yes", "not answered by the upstream: %r" % (resp,))
-        return resp
-
-    def assertWorkerError(self, resp, status):
-        """A worker-made error: status, JSON {"detail": str}, X-Request-Id."""
-        self.assertEqual(resp.status, status, "unexpected status: %r" % (resp,))
-        self.assertRequestId(resp)
-        self.assertNotIn("X-Upstream", resp.headers, "answered by the upstream: %r" % (resp,))
-        self.assertIn("application/json", resp.headers.get("Content-Type", ""), repr(resp))
-        try:
-            data = resp.json()
-        except ValueError:
-            self.fail("error body is not JSON: %r" % (resp,))
-        self.assertIsInstance(data, dict, repr(resp))
-        self.assertIsInstance(data.get("detail"), str, repr(resp))
-        return data
 
     def assertTlsFailure(self, worker, upstreams, path, key, what):
         """GET and POST `path`: 502 within FAIL_FAST_SEC with a detail naming TLS, one access-log
@@ -493,7 +464,7 @@ class TlsTestCase(unittest.TestCase):
                                   content_type="application/json" if method == "POST" else None,
                                   timeout=30)
             elapsed = time.monotonic() - start
-            data = self.assertWorkerError(resp, 502)
+            data = self.assertError(resp, 502)
             self.assertIn("TLS", data["detail"], "%s (%s): %r" % (what, method, resp))
             self.assertLess(elapsed, FAIL_FAST_SEC, "%s (%s): answered after %.1fs" % (what, method, elapsed))
             rid = resp.headers["X-Request-Id"]
@@ -817,7 +788,7 @@ class TlsProxyTest(TlsTestCase):
     def test_connection_refused_is_unreachable_502(self):
         start = time.monotonic()
         resp = self.get("refused", "/down")
-        data = self.assertWorkerError(resp, 502)
+        data = self.assertError(resp, 502)
         self.assertEqual(data["detail"], UNREACHABLE, repr(resp))
         self.assertLess(time.monotonic() - start, FAIL_FAST_SEC)
         rid = resp.headers["X-Request-Id"]

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import worker_harness as wh  # noqa: E402
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+REQUEST_ID_RE = wh.REQUEST_ID_RE
 ACCESS_LOG_FIELDS = ("ts", "request_id", "project_id", "key_id", "method", "path", "endpoint", "ip",
                      "user_agent", "decision", "reason", "risk_score", "status", "latency_ms",
                      "upstream_latency_ms", "bytes_in", "bytes_out")
@@ -83,55 +83,7 @@ class RssSampler:
         return self.peak
 
 
-class WorkerTestCase(unittest.TestCase):
-    """Shared assertions."""
-
-    def assertRequestId(self, resp):
-        rid = resp.headers.get("X-Request-Id")
-        self.assertTrue(rid, "missing X-Request-Id: %r" % (resp,))
-        self.assertRegex(rid, REQUEST_ID_RE, repr(resp))
-        return rid
-
-    def assertStatus(self, resp, status):
-        self.assertEqual(resp.status, status, "unexpected status: %r" % (resp,))
-        self.assertRequestId(resp)
-
-    def assertError(self, resp, status, detail=None):
-        """A worker-made error: status, JSON {"detail": str}, X-Request-Id."""
-        self.assertStatus(resp, status)
-        self.assertIn("application/json", resp.headers.get("Content-Type", ""), repr(resp))
-        self.assertNotIn("X-Upstream", resp.headers, "error answered by the upstream: %r" % (resp,))
-        try:
-            data = resp.json()
-        except ValueError:
-            self.fail("error body is not JSON: %r" % (resp,))
-        self.assertIsInstance(data, dict, repr(resp))
-        self.assertIsInstance(data.get("detail"), str, repr(resp))
-        self.assertTrue(data["detail"], repr(resp))
-        if detail is not None:
-            self.assertEqual(data["detail"], detail, repr(resp))
-        return data
-
-    def assertProxied(self, resp, status=200):
-        """A response that came from the Upstream (it sets X-Upstream: yes)."""
-        self.assertStatus(resp, status)
-        self.assertEqual(resp.headers.get("X-Upstream"), "yes", "not answered by the upstream: %r" % (resp,))
-        return resp.json()
-
-    def assertLogged(self, worker, predicate, what, timeout=5.0):
-        entry = worker.wait_for_log(predicate, timeout)
-        self.assertIsNotNone(entry, "no access-log line for %s; access log tail: %r"
-                             % (what, worker.access_log()[-5:]))
-        return entry
-
-    def poll(self, fn, ok, timeout, interval=0.1):
-        """Calls fn() until ok(result) or timeout; returns (result, elapsed)."""
-        start = time.monotonic()
-        while True:
-            result = fn()
-            if ok(result) or time.monotonic() - start > timeout:
-                return result, time.monotonic() - start
-            time.sleep(interval)
+WorkerTestCase = wh.WorkerTestCase
 
 
 def raw_exchange(worker, data, timeout=5.0):

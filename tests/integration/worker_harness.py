@@ -5,6 +5,7 @@
 - `start_worker`: runs `antigravity worker` on 127.0.0.1 with port 0 for both listeners, drains
   its output in background threads, and parses the access log (JSON lines on stdout).
 - `poll_until`, `stream_request`: waiting for a condition; a request with a streamed body.
+- `WorkerTestCase`: assertions on the worker's answers (request ids, errors, proxied responses).
 - `make_key`, `key_entry`, `project_entry`, `write_config`: valid API keys and worker config
   documents (docs/api.md, "API keys" and "Worker config").
 
@@ -29,6 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 import urllib.parse
 import uuid
 import zlib
@@ -55,6 +57,7 @@ WORKER_VARS = (
 
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11D65"
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # what the worker accepts and generates
 
 Response = harness.Response
 Headers = harness.Headers
@@ -948,3 +951,54 @@ def stream_request(worker, method, path, chunks, key=None, content_length=None, 
         return harness.Response(resp.status, harness.Headers(resp.getheaders()), payload, method, path)
     finally:
         conn.close()
+
+
+class WorkerTestCase(unittest.TestCase):
+    """Assertions shared by the worker suites."""
+
+    def assertRequestId(self, resp):
+        rid = resp.headers.get("X-Request-Id")
+        self.assertTrue(rid, "missing X-Request-Id: %r" % (resp,))
+        self.assertRegex(rid, REQUEST_ID_RE, repr(resp))
+        return rid
+
+    def assertStatus(self, resp, status):
+        self.assertEqual(resp.status, status, "unexpected status: %r" % (resp,))
+        self.assertRequestId(resp)
+
+    def assertError(self, resp, status, detail=None):
+        """A worker-made error: status, JSON {"detail": str}, X-Request-Id."""
+        self.assertStatus(resp, status)
+        self.assertIn("application/json", resp.headers.get("Content-Type", ""), repr(resp))
+        self.assertNotIn("X-Upstream", resp.headers, "error answered by the upstream: %r" % (resp,))
+        try:
+            data = resp.json()
+        except ValueError:
+            self.fail("error body is not JSON: %r" % (resp,))
+        self.assertIsInstance(data, dict, repr(resp))
+        self.assertIsInstance(data.get("detail"), str, repr(resp))
+        self.assertTrue(data["detail"], repr(resp))
+        if detail is not None:
+            self.assertEqual(data["detail"], detail, repr(resp))
+        return data
+
+    def assertProxied(self, resp, status=200):
+        """A response that came from the Upstream (it sets X-Upstream: yes)."""
+        self.assertStatus(resp, status)
+        self.assertEqual(resp.headers.get("X-Upstream"), "yes", "not answered by the upstream: %r" % (resp,))
+        return resp.json()
+
+    def assertLogged(self, worker, predicate, what, timeout=5.0):
+        entry = worker.wait_for_log(predicate, timeout)
+        self.assertIsNotNone(entry, "no access-log line for %s; access log tail: %r"
+                             % (what, worker.access_log()[-5:]))
+        return entry
+
+    def poll(self, fn, ok, timeout, interval=0.1):
+        """Calls fn() until ok(result) or timeout; returns (result, elapsed)."""
+        start = time.monotonic()
+        while True:
+            result = fn()
+            if ok(result) or time.monotonic() - start > timeout:
+                return result, time.monotonic() - start
+            time.sleep(interval)
