@@ -72,8 +72,7 @@ std::string check_upstream_url(std::string& url) {
       return "port must be 1-65535";
   }
   if (!url.empty() && url.back() == '/' && url.size() > scheme_len + authority.size()) url.pop_back();
-  for (std::size_t i = 0; i < scheme_len; ++i)  // stored as "http://" / "https://", which the worker expects
-    url[i] = static_cast<char>(url[i] >= 'A' && url[i] <= 'Z' ? url[i] - 'A' + 'a' : url[i]);
+  url.replace(0, scheme_len, scheme_len == 7 ? "http://" : "https://");  // the worker expects lower case
   return {};
 }
 
