@@ -14,6 +14,9 @@
 #   5. (-p 5) an https:// upstream: the same nginx upstream behind TLS (a certificate from a CA
 #      made here with openssl), nginx proxying with proxy_ssl_verify and the worker with
 #      WORKER_UPSTREAM_CA_FILE, keep-alive on both; wrk -t1 in alternating rounds
+#   6. (-p 6) the floor: bench/load/floor_proxy.c, a byte forwarder with no parsing, auth, limits
+#      or logs (edge-triggered epoll, and io_uring), in alternating rounds with nginx and the
+#      worker on the same upstream: what a proxy that does no work at all reaches here
 #   the worker's idle RSS (10,000-key config, before any load) and its RSS after phases 1-2
 # Ends with a summary block. Everything binds 127.0.0.1; every run is bounded in time; only the
 # processes this script started are stopped (also on Ctrl-C and on failure).
@@ -29,15 +32,15 @@
 #   -I: also phase 4, instructions per request (slow: four runs under valgrind)
 #   -N: requests per instruction-count run (default 20000)
 #   -k: API keys (default 10000)
-#   -p: the phases to run, digits of 12345 (default 123, or 1234 with -I); RSS is always reported
+#   -p: the phases to run, digits of 123456 (default 123, or 1234 with -I); RSS is always reported
 # Env: PEERS_DIR (default ../shared/bench/peers beside the repo), AG_BIN, PORT_BASE (18080: the
-#      upstream; +1 nginx, +2 HAProxy, +3 worker, +4 worker admin, +5 the TLS upstream, +10 the
-#      peers' own upstream), or UPSTREAM_PORT, NGINX_PORT, HAPROXY_PORT, WORKER_PORT, ADMIN_PORT,
-#      TLS_UPSTREAM_PORT, PEER_UPSTREAM_PORT
-#      one by one; KEEP_WORKDIR=1 keeps the work dir (logs, wrk/h2load output, callgrind files)
+#      upstream; +1 nginx, +2 HAProxy, +3 worker, +4 worker admin, +5 the TLS upstream, +6 and +7
+#      the floor proxies, +10 the peers' own upstream), or UPSTREAM_PORT, NGINX_PORT, HAPROXY_PORT,
+#      WORKER_PORT, ADMIN_PORT, TLS_UPSTREAM_PORT, FLOOR_EPOLL_PORT, FLOOR_URING_PORT,
+#      PEER_UPSTREAM_PORT one by one; KEEP_WORKDIR=1 keeps the work dir (logs, wrk/h2load output, callgrind files)
 set -euo pipefail
 CONNS=64 DUR=8 ROUNDS=3 FRATE=20000 FDUR=5 FPROCS=8 INSTR=0 NREQ=20000 NKEYS=10000 PHASES=""
-usage() { sed -n '2,37p' "$0"; exit 2; }
+usage() { sed -n '2,41p' "$0"; exit 2; }
 while getopts "c:d:r:F:D:P:IN:k:p:h" o; do
   case "$o" in
     c) CONNS="$OPTARG" ;; d) DUR="$OPTARG" ;; r) ROUNDS="$OPTARG" ;; F) FRATE="$OPTARG" ;;
@@ -51,7 +54,7 @@ shift $((OPTIND - 1))
 int_in() { if ! [[ $2 =~ ^[0-9]+$ ]] || (( $2 < $3 || $2 > $4 )); then echo "$1 must be $3..$4" >&2; exit 2; fi; }
 int_in -c "$CONNS" 1 10000; int_in -d "$DUR" 1 300; int_in -r "$ROUNDS" 1 50; int_in -F "$FRATE" 1 10000000
 int_in -D "$FDUR" 1 300; int_in -P "$FPROCS" 1 "$CONNS"; int_in -N "$NREQ" 1 100000000; int_in -k "$NKEYS" 1 10000000
-[[ $PHASES =~ ^[1-5]+$ ]] || { echo "-p takes digits of 12345" >&2; exit 2; }
+[[ $PHASES =~ ^[1-6]+$ ]] || { echo "-p takes digits of 123456" >&2; exit 2; }
 has_phase() { [[ $PHASES == *"$1"* ]]; }
 (( CONNS >= 2 )) || ! has_phase 3 || { echo "phase 3 needs -c >= 2 (wrk -t2)" >&2; exit 2; }
 
@@ -67,6 +70,8 @@ HAPROXY_PORT="${HAPROXY_PORT:-$((PORT_BASE + 2))}"
 WORKER_PORT="${WORKER_PORT:-$((PORT_BASE + 3))}"
 ADMIN_PORT="${ADMIN_PORT:-$((PORT_BASE + 4))}"
 TLS_UPSTREAM_PORT="${TLS_UPSTREAM_PORT:-$((PORT_BASE + 5))}"
+FLOOR_EPOLL_PORT="${FLOOR_EPOLL_PORT:-$((PORT_BASE + 6))}"
+FLOOR_URING_PORT="${FLOOR_URING_PORT:-$((PORT_BASE + 7))}"
 PEER_UPSTREAM_PORT="${PEER_UPSTREAM_PORT:-$((UPSTREAM_PORT + 10))}"
 export PATH="$PATH:/usr/sbin:/sbin"
 log() { echo "compare: $*" >&2; }
@@ -81,6 +86,10 @@ for tool in wrk nginx haproxy curl; do command -v "$tool" >/dev/null || die "$to
 need=()
 if has_phase 2 || has_phase 4; then command -v h2load >/dev/null || need+=(nghttp2-client); fi
 if has_phase 4; then command -v valgrind >/dev/null || need+=(valgrind); fi
+if has_phase 6; then
+  [[ -f /usr/include/liburing.h ]] || need+=(liburing-dev)
+  command -v cc >/dev/null || need+=(gcc)
+fi
 if (( ${#need[@]} )); then
   SUDO=(); (( EUID == 0 )) || SUDO=(sudo)
   log "installing: ${need[*]}"
@@ -88,7 +97,8 @@ if (( ${#need[@]} )); then
     timeout 600 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2; } ||
     die "apt-get install ${need[*]} failed"
 fi
-for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$HAPROXY_PORT" "$WORKER_PORT" "$ADMIN_PORT" "$TLS_UPSTREAM_PORT" "$PEER_UPSTREAM_PORT"; do
+for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$HAPROXY_PORT" "$WORKER_PORT" "$ADMIN_PORT" "$TLS_UPSTREAM_PORT" \
+         "$FLOOR_EPOLL_PORT" "$FLOOR_URING_PORT" "$PEER_UPSTREAM_PORT"; do
   port_free "$p" || die "127.0.0.1:$p is already in use (set PORT_BASE)"
 done
 
@@ -474,6 +484,7 @@ if has_phase 5; then
   grep -q "proxy_pass https" "$WORK/nginx-proxy-tls.conf" || die "nginx-proxy.conf: no proxy_pass line to change"
   /usr/bin/python3 "$ROOT/bench/load/gen_worker_config.py" "$NKEYS" "https://127.0.0.1:$TLS_UPSTREAM_PORT" \
     "$WORK/config-tls.json" "$WORK/worker-keys-tls.txt" --jwt "$WORK/token-tls.txt" >/dev/null
+  PLAIN=("$WCONFIG" "$KEY_HEADER" "$JWT_HEADER")
   WCONFIG="$WORK/config-tls.json"
   WORKER_KEY="$(sed -n "$(( (NKEYS + 1) / 2 ))p" "$WORK/worker-keys-tls.txt")"
   KEY_HEADER="X-API-Key: $WORKER_KEY"; JWT_HEADER="Authorization: Bearer $(cat "$WORK/token-tls.txt")"
@@ -497,7 +508,46 @@ if has_phase 5; then
   done
   stop_pid "$WPID" 30 || log "WARNING: the worker exited with status $?"
   unset WORKER_UPSTREAM_CA_FILE
+  WCONFIG="${PLAIN[0]}" KEY_HEADER="${PLAIN[1]}" JWT_HEADER="${PLAIN[2]}"
   S_TLS="https:// upstream (median of $ROUNDS round(s), wrk -t1): worker $(fmt "$(med "${TW_RPS[@]}")" 0) req/s, nginx $(fmt "$(med "${TN_RPS[@]}")" 0) req/s, per-round ratio $(med "${TR[@]}")x; CPU-us/request worker $(med "${TW_CPU[@]}"), nginx $(med "${TN_CPU[@]}")"
+fi
+
+# ---------------------------------------------------------------- 6. the floor
+if has_phase 6; then
+  hr "6. the floor: wrk -t1 -c$CONNS -d${DUR}s, one thread each, the same upstream, $ROUNDS round(s): nginx, floor_proxy (epoll, io_uring), worker key"
+  cc -O2 -o "$WORK/floor_proxy" "$ROOT/bench/load/floor_proxy.c" -luring 2>"$WORK/floor_proxy.cc.log" ||
+    { cat "$WORK/floor_proxy.cc.log" >&2; die "floor_proxy.c did not compile"; }
+  declare -A FL_PID=()
+  for mode in epoll uring; do
+    port="$FLOOR_EPOLL_PORT"; [[ $mode == uring ]] && port="$FLOOR_URING_PORT"
+    "$WORK/floor_proxy" "$mode" "$port" "$UPSTREAM_PORT" >"$WORK/floor.$mode.out" 2>&1 &
+    FL_PID[$mode]=$!; track "$!"
+    wait_listen "$port" "${FL_PID[$mode]}" || { cat "$WORK/floor.$mode.out" >&2; die "floor_proxy $mode did not start"; }
+    code="$(http_code "http://127.0.0.1:$port/")"; [[ $code == 200 ]] || die "floor_proxy $mode: GET / -> $code"
+  done
+  start_worker 1
+  row "" "req/s" "p50 ms" "p99 ms" "CPU-us/req"
+  FE=() FU=() FW=() FN=() RFE=() RFU=() RFW=() RWF=() CFE=() CFU=() CFW=() CFN=()
+  for round in $(seq 1 "$ROUNDS"); do
+    start_nginx "$WORK/nginx-proxy-1.conf"
+    NW="$(nginx_workers)"
+    # shellcheck disable=SC2086  # one PID a word
+    load_wrk "nginx.floor.$round" 1 "$NGINX_URL" "$NGINX_HEADER" $NW
+    stop_pid "$NPID" || true
+    FN+=("$L_RPS"); CFN+=("$L_CPU"); row nginx "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
+    load_wrk "floor.epoll.$round" 1 "http://127.0.0.1:$FLOOR_EPOLL_PORT/" "$NGINX_HEADER" "${FL_PID[epoll]}"
+    FE+=("$L_RPS"); CFE+=("$L_CPU"); row "floor epoll" "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
+    load_wrk "floor.uring.$round" 1 "http://127.0.0.1:$FLOOR_URING_PORT/" "$NGINX_HEADER" "${FL_PID[uring]}"
+    FU+=("$L_RPS"); CFU+=("$L_CPU"); row "floor io_uring" "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
+    load_wrk "worker.floor.$round" 1 "$WORKER_URL" "$KEY_HEADER" "$WPID"
+    FW+=("$L_RPS"); CFW+=("$L_CPU"); row "worker key" "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
+    RFE+=("$(ratio "${FE[-1]}" "${FN[-1]}")"); RFU+=("$(ratio "${FU[-1]}" "${FN[-1]}")")
+    RFW+=("$(ratio "${FW[-1]}" "${FN[-1]}")"); RWF+=("$(ratio "${FW[-1]}" "${FE[-1]}")")
+    echo "  round $round: x nginx: floor epoll ${RFE[-1]}, floor io_uring ${RFU[-1]}, worker ${RFW[-1]}; worker/floor epoll ${RWF[-1]}"
+  done
+  stop_pid "$WPID" 30 || log "WARNING: the worker exited with status $?"
+  for mode in epoll uring; do stop_pid "${FL_PID[$mode]}" || true; done
+  S_FLOOR="the floor (median per-round ratios to nginx, $ROUNDS round(s), wrk -t1): floor_proxy epoll $(med "${RFE[@]}")x, io_uring $(med "${RFU[@]}")x, worker key $(med "${RFW[@]}")x (worker/floor epoll $(med "${RWF[@]}")x); CPU-us/request nginx $(med "${CFN[@]}"), floor epoll $(med "${CFE[@]}"), io_uring $(med "${CFU[@]}"), worker $(med "${CFW[@]}")"
 fi
 
 # ---------------------------------------------------------------- summary
@@ -509,4 +559,5 @@ echo "${S_FIXED:-fixed rate: not run (-p)}"
 echo "${S_THREADS:-threads: not run (-p)}"
 echo "${S_INSTR:-instructions/request: not run (-I)}"
 [[ -n ${S_TLS:-} ]] && echo "$S_TLS"
+[[ -n ${S_FLOOR:-} ]] && echo "$S_FLOOR"
 echo "idle RSS: worker $IDLE_RSS1 kB (1 thread; after $AFTER_WHAT: $AFTER_RSS kB${IDLE_RSS2:+; idle with 2 threads: $IDLE_RSS2 kB})"
