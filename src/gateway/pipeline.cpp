@@ -122,14 +122,40 @@ bool match_service_route(Context& ctx, std::string_view target) {
 }
 
 namespace {
+// Only verified tokens are cached, and a verified token ends in its signature: base64url of bytes
+// no client chooses. Its last 16 characters (and the length) pick the slot as well as a hash of
+// the whole token would — which cost ~900 instructions for a 300-byte token on every request.
 std::size_t token_slot(std::string_view token) {
-  return std::hash<std::string_view>{}(token) & (TokenCache::kSlots - 1);
+  if (token.size() < 16) return std::hash<std::string_view>{}(token) & (TokenCache::kSlots - 1);
+  std::uint64_t a, b;
+  std::memcpy(&a, token.data() + token.size() - 16, 8);
+  std::memcpy(&b, token.data() + token.size() - 8, 8);
+  std::uint64_t h = (a ^ (b * 0x9e3779b97f4a7c15ull) ^ token.size()) * 0xff51afd7ed558ccdull;
+  return static_cast<std::size_t>(h >> 40) & (TokenCache::kSlots - 1);
+}
+
+// A presented token against a cached one: a bearer credential, so compared in time that depends
+// only on the length (no early exit at the first differing byte), a word at a time: libsodium's
+// sodium_memcmp (volatile, a byte at a time) made the whole cache hit 744 ns instead of 90 ns for a
+// 300-byte token (bench/micro BM_TokenCacheHit).
+bool same_token(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  std::uint64_t diff = 0;
+  std::size_t i = 0;
+  for (; i + 8 <= a.size(); i += 8) {
+    std::uint64_t x, y;
+    std::memcpy(&x, a.data() + i, 8);
+    std::memcpy(&y, b.data() + i, 8);
+    diff |= x ^ y;
+  }
+  for (; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
 }
 }  // namespace
 
 const TokenCache::Entry* TokenCache::find(std::string_view token, std::uint64_t keys_generation) const {
   const Entry& e = slots_[token_slot(token)];
-  return e.keys_generation == keys_generation && e.token == token ? &e : nullptr;
+  return e.keys_generation == keys_generation && same_token(e.token, token) ? &e : nullptr;
 }
 
 void TokenCache::insert(std::string_view token, std::uint64_t keys_generation, const jwt::ServiceClaims& c) {

@@ -80,6 +80,41 @@ TEST(Pipeline, IdentifyChecksFormatHashAndExpiry) {
   EXPECT_EQ(r.status, 401);
 }
 
+// The cache picks a slot from a token's tail and must still tell apart tokens that share it: a
+// token differing anywhere, or only in length, is a miss; so is any entry of an older key set.
+TEST(Pipeline, TokenCacheMatchesWholeTokenOnly) {
+  TokenCache cache;
+  jwt::ServiceClaims claims;
+  claims.jti = "jti-1";
+  claims.project = "p1";
+  claims.service = "svc";
+  claims.exp = 2'000'000'000;
+  const std::string token = "eyJhbGciOiJFUzI1NiJ9.eyJqdGkiOiJqdGktMSJ9." + std::string(86, 'S') + "tailTAIL12345678";
+  cache.insert(token, 7, claims);
+  const TokenCache::Entry* hit = cache.find(token, 7);
+  ASSERT_NE(hit, nullptr);
+  EXPECT_EQ(hit->jti, "jti-1");
+  EXPECT_EQ(hit->project, "p1");
+  EXPECT_EQ(hit->exp, 2'000'000'000);
+  EXPECT_EQ(cache.find(token, 8), nullptr);  // the signing keys changed since it was verified
+  for (std::size_t at : {std::size_t{0}, std::size_t{8}, std::size_t{40}, token.size() - 20, token.size() - 17}) {
+    std::string other = token;
+    other[at] = other[at] == 'x' ? 'y' : 'x';  // same tail: the same slot
+    EXPECT_EQ(cache.find(other, 7), nullptr) << "byte " << at;
+  }
+  std::string last = token;
+  last.back() = '9';
+  EXPECT_EQ(cache.find(last, 7), nullptr);
+  EXPECT_EQ(cache.find(token.substr(1), 7), nullptr);  // shorter, same tail
+  EXPECT_EQ(cache.find("x" + token, 7), nullptr);      // longer, same tail
+  EXPECT_EQ(cache.find("", 7), nullptr);
+  // Short strings (no 16-character tail) still work, both ways.
+  cache.insert("abc", 7, claims);
+  EXPECT_NE(cache.find("abc", 7), nullptr);
+  EXPECT_EQ(cache.find("abd", 7), nullptr);
+  EXPECT_NE(cache.find(token, 7), nullptr);
+}
+
 TEST(Pipeline, LogLineIsOneJsonLineWithoutTheKey) {
   Context ctx;
   ctx.request_id = "r\"1";
