@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/files.hpp"
 #include "common/time.hpp"
 #include "http/client.hpp"
 
@@ -192,12 +193,12 @@ class ControlPlaneSource final : public PollingSource {
     last_save_ms_ = now;
     bool ok = true;
     if (saved_version_ != current_->version) {
-      ok = save_file_atomically(opts_.snapshot_path, serialize_snapshot(*current_, now));
+      ok = files::save_private_atomically(opts_.snapshot_path, serialize_snapshot(*current_, now));
       if (ok) saved_version_ = current_->version;
     }
     // The small side file records that the control plane still vouches for this version.
     if (ok)
-      ok = save_file_atomically(opts_.snapshot_path + ".meta", "{\"version\":" + std::to_string(current_->version) +
+      ok = files::save_private_atomically(opts_.snapshot_path + ".meta", "{\"version\":" + std::to_string(current_->version) +
                                                                     ",\"confirmed_at_ms\":" + std::to_string(now) + "}\n");
     if (!ok) {
       stats.errors.fetch_add(1);
@@ -261,28 +262,6 @@ class FileSource final : public PollingSource {
 std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOptions opts, PublishFn publish,
                                                         SavedSnapshot initial) {
   return std::make_unique<ControlPlaneSource>(std::move(opts), std::move(publish), std::move(initial));
-}
-
-bool save_file_atomically(const std::string& path, const std::string& content) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return false;
-  std::size_t off = 0;
-  bool ok = true;
-  while (off < content.size()) {
-    ssize_t n = ::write(fd, content.data() + off, content.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      ok = false;
-      break;
-    }
-    off += static_cast<std::size_t>(n);
-  }
-  ok = ok && ::fsync(fd) == 0;
-  ok = (::close(fd) == 0) && ok;
-  if (ok) ok = ::rename(tmp.c_str(), path.c_str()) == 0;
-  if (!ok) ::unlink(tmp.c_str());
-  return ok;
 }
 
 SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::milliseconds max_age) {

@@ -54,10 +54,6 @@ struct SavedSnapshot {
   std::string problem;               // why none was loaded (empty when the file does not exist)
 };
 SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::milliseconds max_age);
-// Atomically replaces `path` (temporary file, fsync, rename). False (and the old file kept) on
-// any failure, e.g. a full disk.
-bool save_file_atomically(const std::string& path, const std::string& content);
-
 // `publish(nullptr)` withdraws the config (fail closed) when it has become too old.
 // `initial`: a saved snapshot already published; the source continues from its version.
 std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOptions opts, PublishFn publish,

@@ -307,5 +307,50 @@ class SecretHygieneTest(unittest.TestCase):
                          "secrets found at rest or in logs (secret, form, place)")
 
 
+
+class DevSecretsFileTest(unittest.TestCase):
+    """Development mode generates the missing server secrets into <data dir>/dev-secrets.env
+    (README quick start): owner-only from its creation, even under a permissive umask; tightened
+    when found readable by others; a file that cannot be written stops the start with a message."""
+
+    ENV = {"JWT_SECRET_KEY": None, "WORKER_SECRET_KEY": None}
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ag-devsecrets-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.file = os.path.join(self.dir, "dev-secrets.env")
+        self.env = dict(self.ENV, DATABASE_URL="sqlite:///" + os.path.join(self.dir, "ag.db"))
+        old = os.umask(0o022)
+        self.addCleanup(os.umask, old)
+
+    def start(self):
+        ctl = h.start_control("sqlite", env_extra=self.ENV, workdir=self.dir)
+        ctl.stop(drop_database=False)
+
+    def saved(self):
+        with open(self.file) as f:
+            return dict(line.strip().split("=", 1) for line in f if "=" in line and not line.startswith("#"))
+
+    def test_owner_only_and_kept_across_restarts(self):
+        self.start()
+        self.assertEqual(os.stat(self.file).st_mode & 0o777, 0o600)
+        first = self.saved()
+        self.assertEqual(sorted(first), ["JWT_SECRET_KEY", "WORKER_SECRET_KEY"])
+        self.assertTrue(all(len(v) >= 32 for v in first.values()), first.keys())
+        self.assertEqual([n for n in os.listdir(self.dir) if n.endswith(".tmp")], [], "a temporary left behind")
+        os.chmod(self.file, 0o644)
+        self.start()
+        self.assertEqual(os.stat(self.file).st_mode & 0o777, 0o600, "a readable file is tightened")
+        self.assertEqual(self.saved(), first, "the same secrets after a restart")
+
+    def test_unwritable_file_stops_the_start(self):
+        os.mkdir(self.file + ".tmp")  # the temporary cannot be created (this holds for root too)
+        code, out = h.run_binary(["control", "--listen", "127.0.0.1:0"], env_extra=self.env, cwd=self.dir, timeout=20)
+        self.assertNotEqual(code, 0, out)
+        self.assertIn("cannot write", out)
+        self.assertIn("dev-secrets.env", out)
+        self.assertFalse(os.path.exists(self.file))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/crypto.hpp"
+#include "common/files.hpp"
 #include "common/time.hpp"
 #include "config/sync.hpp"
 
@@ -104,19 +105,19 @@ TEST(SavedSnapshot, RoundTripsThroughTheFileAndRespectsMaxAge) {
   auto base = build_snapshot(full_doc(50));
   ASSERT_TRUE(base.snapshot);
   std::string path = ::testing::TempDir() + "/ag_snapshot_test.json";
-  ASSERT_TRUE(save_file_atomically(path, serialize_snapshot(*base.snapshot, now_ms())));
+  ASSERT_TRUE(files::save_private_atomically(path, serialize_snapshot(*base.snapshot, now_ms())));
   auto loaded = load_saved_snapshot(path, std::chrono::hours(1));
   ASSERT_TRUE(loaded.snapshot) << loaded.problem;
   EXPECT_EQ(loaded.snapshot->version, 10);
   EXPECT_EQ(loaded.snapshot->key_count, 50u);
   EXPECT_NE(loaded.snapshot->find_key(digest(49)), nullptr);
-  ASSERT_TRUE(save_file_atomically(path, serialize_snapshot(*base.snapshot, now_ms() - 7200 * 1000)));
+  ASSERT_TRUE(files::save_private_atomically(path, serialize_snapshot(*base.snapshot, now_ms() - 7200 * 1000)));
   auto stale = load_saved_snapshot(path, std::chrono::hours(1));
   EXPECT_FALSE(stale.snapshot);
   EXPECT_NE(stale.problem.find("older"), std::string::npos);
-  ASSERT_TRUE(save_file_atomically(path, "garbage"));
+  ASSERT_TRUE(files::save_private_atomically(path, "garbage"));
   EXPECT_FALSE(load_saved_snapshot(path, std::chrono::hours(1)).snapshot);
-  EXPECT_FALSE(save_file_atomically("/nonexistent-dir/x.json", "data"));
+  EXPECT_FALSE(files::save_private_atomically("/nonexistent-dir/x.json", "data"));
 }
 
 }  // namespace

@@ -1,0 +1,12 @@
+#pragma once
+// Files the processes write for themselves: saved config snapshots, generated secrets.
+#include <string>
+
+namespace ag::files {
+
+// Replaces `path` atomically with `content`: a temporary file beside it, mode 0600 (owner only,
+// from its creation on), fsync, rename. False, with the old file kept and no temporary left
+// behind, on any failure (e.g. a full disk or a directory that cannot be written).
+bool save_private_atomically(const std::string& path, const std::string& content);
+
+}  // namespace ag::files
