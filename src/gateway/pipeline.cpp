@@ -147,6 +147,7 @@ bool same_token(std::string_view a, std::string_view b) {
     std::memcpy(&x, a.data() + i, 8);
     std::memcpy(&y, b.data() + i, 8);
     diff |= x ^ y;
+    __asm__("" : "+r"(diff));  // opaque to the optimiser: no exit once `diff` is non-zero
   }
   for (; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
   return diff == 0;
