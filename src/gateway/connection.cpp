@@ -55,6 +55,7 @@ void TlsStreamDelete::operator()(TlsStream* s) const noexcept { delete s; }
 namespace {
 
 constexpr std::size_t kChunk = 16 * 1024;
+constexpr std::size_t kInlineBody = 2048;  // bodies up to this size are copied behind the head
 
 // The upstream end of an exchange, as an Asio stream: the TCP socket, or TLS over it for an
 // https:// upstream. It names the Connection's current upstream connection (which changes
@@ -1178,12 +1179,21 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
     for (;;) {
       std::array<asio::const_buffer, 2> bufs{};
       std::size_t nb = 0;
-      if (!head_sent) bufs[nb++] = asio::buffer(head_);
       std::size_t have = static_cast<std::size_t>(std::min<std::uint64_t>(remaining, ubuf_.size()));
-      if (have > 0) bufs[nb++] = asio::buffer(ubuf_.data().data(), have);
+      if (!head_sent && have <= kInlineBody) {
+        // A small body goes out inside the head's buffer: one buffer is one send(2), where two
+        // are a sendmsg(2), which cost the kernel ~0.2 µs more per response (perf, loopback).
+        head_.append(static_cast<const char*>(ubuf_.data().data()), have);
+        bufs[nb++] = asio::buffer(head_);
+      } else {
+        if (!head_sent) bufs[nb++] = asio::buffer(head_);
+        if (have > 0) bufs[nb++] = asio::buffer(ubuf_.data().data(), have);
+      }
       if (nb > 0) {
         arm(Phase::kResponseBody, rt_.opts.idle_timeout_ms);
-        ctx.bytes_out += co_await asio::async_write(sock_, bufs, asio::redirect_error(use_task, ec));
+        // (Not a conditional expression with a co_await in each arm: GCC 12 evaluates both.)
+        if (nb == 1) ctx.bytes_out += co_await asio::async_write(sock_, bufs[0], asio::redirect_error(use_task, ec));
+        else ctx.bytes_out += co_await asio::async_write(sock_, bufs, asio::redirect_error(use_task, ec));
         head_sent = true;
         if (ec) {
           upstream_.reset();

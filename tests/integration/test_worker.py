@@ -677,6 +677,32 @@ class FileModeTest(WorkerTestCase):
             conn.close()
         self.assertEqual(len(self.upstream.matching(m)), 200)
 
+    def test_each_response_exactly_once(self):
+        # Byte-exact on one keep-alive connection: every response is this request's own, nothing
+        # follows it. Small bodies go out in one buffer with the head, larger ones behind it.
+        m = marker("once")
+        sock = self.worker.connect()
+        try:
+            for i, size in enumerate((0, 1, 3, 2047, 2048, 2049, 70000, 5, 0)):
+                sock.sendall(b"GET /sized?bytes=%d&%s&i=%d HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\n\r\n"
+                             % (size, m.encode(), i, self.key_a.encode()))
+                status, headers, rest = wh.read_http_head(sock, 10)
+                self.assertEqual(status, 200, "request %d (%d bytes): %r" % (i, size, rest[:300]))
+                self.assertEqual(headers.get("Content-Length"), str(size))
+                body = rest
+                while len(body) < size:
+                    chunk = sock.recv(65536)
+                    self.assertTrue(chunk, "closed after %d of %d body bytes" % (len(body), size))
+                    body += chunk
+                self.assertEqual(len(body), size, "request %d: bytes after the body" % i)
+                self.assertEqual(hashlib.sha256(body).hexdigest(), wh.big_pattern(size), "request %d" % i)
+                sock.settimeout(0.2)
+                with self.assertRaises(socket.timeout, msg="request %d: bytes after the response" % i):
+                    sock.recv(65536)
+        finally:
+            sock.close()
+        self.assertEqual(len(self.upstream.matching(m)), 9)
+
     def test_websocket_echo(self):
         tag = h.random_string(16)
         head = wh.websocket_echo(self, self.worker, self.key_a, ("hello through the gateway " + tag, "second frame", "x" * 300))

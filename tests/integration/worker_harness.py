@@ -332,6 +332,14 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
                 if self._peer_closed():
                     break
             self.close_connection = True
+        elif route.endswith("/sized"):  # big_pattern's bytes with a Content-Length
+            n = int((query.get("bytes") or ["0"])[0])
+            block = bytes(range(256)) * (n // 256 + 1)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            self.wfile.write(block[:n])
         elif route.endswith("/big"):
             n = int((query.get("bytes") or ["0"])[0])
             self.send_response(200)
