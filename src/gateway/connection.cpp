@@ -1,7 +1,8 @@
 // The worker's request loop: one coroutine per client connection, walking the pipeline stages
 // (pipeline.hpp) for each request and doing the I/O between them. Design notes:
-// - Heads are rendered into one reused buffer per connection and written together with small
-//   bodies in one gather write (one syscall), instead of Beast's serializer.
+// - Heads are rendered into one reused buffer per connection, instead of Beast's serializer, and
+//   written with the body bytes that arrived with them in one syscall: small bodies (<= 2 KiB)
+//   copied behind the head (one buffer: send(2)), larger ones as a gather write (sendmsg(2)).
 // - Deadlines: the connection records a deadline and a phase; the thread's sweep cancels its
 //   sockets when the deadline passes, and the coroutine maps the cancelled phase to 408/504.
 // - Bodies stream through a 16 KiB buffer allocated only while a body is in flight.
