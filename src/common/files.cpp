@@ -26,7 +26,11 @@ bool save_private_atomically(const std::string& path, const std::string& content
   ok = ok && ::fsync(fd) == 0;
   ok = (::close(fd) == 0) && ok;
   if (ok) ok = ::rename(tmp.c_str(), path.c_str()) == 0;
-  if (!ok) ::unlink(tmp.c_str());
+  if (!ok) {
+    int err = errno;  // the failure's cause, for the caller's message
+    ::unlink(tmp.c_str());
+    errno = err;
+  }
   return ok;
 }
 

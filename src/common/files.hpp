@@ -6,7 +6,8 @@ namespace ag::files {
 
 // Replaces `path` atomically with `content`: a temporary file beside it, mode 0600 (owner only,
 // from its creation on), fsync, rename. False, with the old file kept and no temporary left
-// behind, on any failure (e.g. a full disk or a directory that cannot be written).
+// behind, on any failure (e.g. a full disk or a directory that cannot be written); errno then
+// holds the cause.
 bool save_private_atomically(const std::string& path, const std::string& content);
 
 }  // namespace ag::files
