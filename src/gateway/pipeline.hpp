@@ -102,8 +102,9 @@ bool identify(Context& ctx, std::string_view api_key, bool key_present, std::int
 // project), ctx.service and ctx.forward_target. False for any other target.
 bool match_service_route(Context& ctx, std::string_view target);
 
-// Verified service tokens per thread, keyed by a hash of the token (the whole token is compared
-// on a hit): a hit skips the signature check. Entries are tied to the key set they were verified
+// Verified service tokens per thread, one per slot (the slot from the token's tail; a token whose
+// slot is taken replaces the entry), the whole token compared in constant time on a hit: a hit
+// skips the signature check. Entries are tied to the key set they were verified
 // with, so retiring a key invalidates them; revocation and expiry are checked on every use.
 class TokenCache {
  public:

@@ -333,13 +333,13 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
                     break
             self.close_connection = True
         elif route.endswith("/sized"):  # big_pattern's bytes with a Content-Length
+            # Head and body in one write, so that a small body arrives with the head (the worker
+            # forwards what arrived with the head in one write of its own).
             n = int((query.get("bytes") or ["0"])[0])
             block = bytes(range(256)) * (n // 256 + 1)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(n))
-            self.end_headers()
-            self.wfile.write(block[:n])
+            self.log_request(200)
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                             b"Content-Length: %d\r\n\r\n" % n + block[:n])
         elif route.endswith("/big"):
             n = int((query.get("bytes") or ["0"])[0])
             self.send_response(200)

@@ -108,6 +108,20 @@ TEST(Pipeline, TokenCacheMatchesWholeTokenOnly) {
   EXPECT_EQ(cache.find(token.substr(1), 7), nullptr);  // shorter, same tail
   EXPECT_EQ(cache.find("x" + token, 7), nullptr);      // longer, same tail
   EXPECT_EQ(cache.find("", 7), nullptr);
+  // A longer token that starts with the cached one and lands in its slot (found by trying
+  // suffixes: a second insert into the same slot evicts the first) is still a miss.
+  std::string longer;
+  {
+    TokenCache probe;
+    for (int i = 0; i < 200000 && longer.empty(); ++i) {
+      std::string candidate = token + std::to_string(i);
+      probe.insert(token, 7, claims);
+      probe.insert(candidate, 7, claims);
+      if (probe.find(token, 7) == nullptr) longer = candidate;
+    }
+  }
+  ASSERT_FALSE(longer.empty()) << "no suffix shares the slot";
+  EXPECT_EQ(cache.find(longer, 7), nullptr);
   // Short strings (no 16-character tail) still work, both ways.
   cache.insert("abc", 7, claims);
   EXPECT_NE(cache.find("abc", 7), nullptr);
