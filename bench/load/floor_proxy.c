@@ -5,8 +5,9 @@
 // Two event loops:
 //   epoll: edge-triggered epoll, one recv and one send per message (a short read means the
 //          socket is drained, so no recv that would block), epoll_wait amortised over ready fds
-//   uring: io_uring (liburing), a recv always posted per socket, a send posted on each receive;
-//          every submission and completion of a loop turn in one io_uring_enter
+//   uring: io_uring (liburing): a receive posted on each socket, and on its completion a send of
+//          the bytes to the other side, then the next receive once the send is done; every
+//          submission and completion of a loop turn in one io_uring_enter
 // It relies on messages that fit one socket buffer (the benchmark's requests and responses are
 // a few hundred bytes); a send that would block or comes up short closes the pair.
 // Usage: floor_proxy epoll|uring LISTEN_PORT UPSTREAM_PORT   (binds 127.0.0.1)
@@ -30,6 +31,7 @@ enum { kBuf = 16384, kMaxFd = 65536 };
 
 struct side {
   int fd, peer, closed;
+  int sending;  // io_uring: bytes of the send in flight
   char buf[kBuf];
 };
 static struct side* sides[kMaxFd];
@@ -60,7 +62,11 @@ static int pair_up(int client, int upstream_port) {
   for (int i = 0; i < 2; i++) {
     setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
-    struct side* s = aligned_alloc(64, sizeof *s);
+    struct side* s = malloc(sizeof *s);  // 16-byte aligned: the low bit of its address is free
+    if (!s) {
+      perror("malloc");
+      exit(1);
+    }
     s->closed = 0;
     s->fd = fds[i];
     s->peer = fds[1 - i];
@@ -117,7 +123,8 @@ static void run_epoll(int lfd, int upstream_port) {
   }
 }
 
-// io_uring: user_data is the side's address | 1 for a send. A closed side is shut down (its
+// io_uring: user_data is the side's address | 1 for a send (the send's length is kept in the side
+// to tell a short send). A closed side is shut down (its
 // pending receive completes) and kept, so a late completion never lands on a reused fd number.
 static void close_uring(struct side* s) {
   struct side* p = sides[s->peer] == NULL ? NULL : sides[s->peer];
@@ -148,6 +155,7 @@ static void post_send(struct io_uring* ring, int fd, size_t len) {
     io_uring_submit(ring);
     sqe = io_uring_get_sqe(ring);
   }
+  sides[fd]->sending = (int)len;
   io_uring_prep_send(sqe, sides[fd]->peer, sides[fd]->buf, len, MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, (unsigned long long)(uintptr_t)sides[fd] | 1);
 }
@@ -190,7 +198,7 @@ static void run_uring(int lfd, int upstream_port) {
       struct side* s = (struct side*)(uintptr_t)(ud & ~1ULL);
       if (s->closed) continue;
       if (ud & 1) {  // the send of s's bytes finished: receive on s again
-        if (res <= 0) close_uring(s);
+        if (res != s->sending) close_uring(s);  // failed or short: the pair is closed
         else post_recv(&ring, s->fd);
       } else if (res <= 0) {
         close_uring(s);
