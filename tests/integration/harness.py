@@ -143,6 +143,21 @@ class Response:
         return "<%s %s -> %d %r %s>" % (self.method, self.path, self.status, self.headers, body)
 
 
+def error_detail(test, resp, detail=None):
+    """Checks that `resp`'s body is the error shape {"detail": non-empty str} (and, when given, that
+    detail is exactly `detail`) with `test`'s assertions; returns the parsed body."""
+    try:
+        data = resp.json()
+    except ValueError:
+        test.fail("error body is not JSON: %r" % (resp,))
+    test.assertIsInstance(data, dict, repr(resp))
+    test.assertIsInstance(data.get("detail"), str, repr(resp))
+    test.assertTrue(data["detail"], repr(resp))
+    if detail is not None:
+        test.assertEqual(data["detail"], detail, repr(resp))
+    return data
+
+
 def http_request(host, port, method, path, body=None, headers=None, raw_body=None,
                  content_type=None, token=None, timeout=REQUEST_TIMEOUT_SEC):
     """One request on a fresh connection. `body` (not None) is sent as JSON; `raw_body` as is."""

@@ -103,16 +103,7 @@ class ControlTestCase(unittest.TestCase):
         """An error response: status, JSON {"detail": str}, optional exact text or field name."""
         self.assertStatus(resp, status)
         self.assertIn("application/json", resp.headers.get("Content-Type", ""), repr(resp))
-        try:
-            data = resp.json()
-        except ValueError:
-            self.fail("error body is not JSON: %r" % (resp,))
-        self.assertIsInstance(data, dict, repr(resp))
-        self.assertIn("detail", data, repr(resp))
-        self.assertIsInstance(data["detail"], str, repr(resp))
-        self.assertTrue(data["detail"], repr(resp))
-        if detail is not None:
-            self.assertEqual(data["detail"], detail, repr(resp))
+        data = h.error_detail(self, resp, detail)
         if mentions is not None:
             self.assertIn(mentions, data["detail"], "the message should name the field: %r" % (resp,))
         return data

@@ -350,16 +350,7 @@ class GatewayTestCase(unittest.TestCase):
 
     def assertApiError(self, resp, status, detail=None):
         self.assertEqual(resp.status, status, repr(resp))
-        try:
-            data = resp.json()
-        except ValueError:
-            self.fail("error body is not JSON: %r" % (resp,))
-        self.assertIsInstance(data, dict, repr(resp))
-        self.assertIsInstance(data.get("detail"), str, repr(resp))
-        self.assertTrue(data["detail"], repr(resp))
-        if detail is not None:
-            self.assertEqual(data["detail"], detail, repr(resp))
-        return data
+        return h.error_detail(self, resp, detail)
 
     def assertIssueError(self, resp, code):
         """422 {"detail": "...", "code": code}."""

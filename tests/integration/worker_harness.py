@@ -979,16 +979,7 @@ class WorkerTestCase(unittest.TestCase):
         self.assertStatus(resp, status)
         self.assertIn("application/json", resp.headers.get("Content-Type", ""), repr(resp))
         self.assertNotIn("X-Upstream", resp.headers, "error answered by the upstream: %r" % (resp,))
-        try:
-            data = resp.json()
-        except ValueError:
-            self.fail("error body is not JSON: %r" % (resp,))
-        self.assertIsInstance(data, dict, repr(resp))
-        self.assertIsInstance(data.get("detail"), str, repr(resp))
-        self.assertTrue(data["detail"], repr(resp))
-        if detail is not None:
-            self.assertEqual(data["detail"], detail, repr(resp))
-        return data
+        return harness.error_detail(self, resp, detail)
 
     def assertProxied(self, resp, status=200):
         """A response that came from the Upstream (it sets X-Upstream: yes)."""
