@@ -361,16 +361,17 @@ constexpr std::size_t kUintChars = 20;  // 2^64 - 1
 char* put_uint(char* p, std::uint64_t v) { return std::to_chars(p, p + kUintChars, v).ptr; }
 
 // Nanoseconds as milliseconds with 3 decimals, without printf.
-char* put_ms(char* p, std::int64_t ns) {
-  if (ns < 0) ns = 0;
-  std::int64_t us = ns / 1000;
-  p = put_uint(p, static_cast<std::uint64_t>(us / 1000));
+// thousandths / 1000 with three decimals ("12.345"), without printf.
+char* put_thousandths(char* p, std::uint64_t thousandths) {
+  p = put_uint(p, thousandths / 1000);
   *p++ = '.';
-  *p++ = static_cast<char>('0' + us / 100 % 10);
-  *p++ = static_cast<char>('0' + us / 10 % 10);
-  *p++ = static_cast<char>('0' + us % 10);
+  *p++ = static_cast<char>('0' + thousandths / 100 % 10);
+  *p++ = static_cast<char>('0' + thousandths / 10 % 10);
+  *p++ = static_cast<char>('0' + thousandths % 10);
   return p;
 }
+
+char* put_ms(char* p, std::int64_t ns) { return put_thousandths(p, static_cast<std::uint64_t>(ns < 0 ? 0 : ns / 1000)); }
 
 // The timestamp's text changes once a second: format it once per second per thread.
 thread_local std::int64_t t_ts_second = -1;
@@ -449,15 +450,7 @@ void append_log_line(std::string& out, const Context& ctx, const LogFields& f, s
   p = put(p, ",\"reason\":"sv);
   p = put_json_string(p, reason);
   p = put(p, ",\"risk_score\":"sv);
-  {
-    // Three decimals without printf.
-    auto milli = static_cast<std::uint64_t>(ctx.risk_score * 1000 + 0.5);
-    p = put_uint(p, milli / 1000);
-    *p++ = '.';
-    *p++ = static_cast<char>('0' + milli / 100 % 10);
-    *p++ = static_cast<char>('0' + milli / 10 % 10);
-    *p++ = static_cast<char>('0' + milli % 10);
-  }
+  p = put_thousandths(p, static_cast<std::uint64_t>(ctx.risk_score * 1000 + 0.5));
   if (ctx.risk_evaluated) {
     p = put(p, ",\"risk_decision\":"sv);
     p = put(p, kDecisions[ctx.risk_decision < 3 ? ctx.risk_decision : 0]);
