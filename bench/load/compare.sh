@@ -240,6 +240,16 @@ load_wrk() {
   if [[ -f "$WORK/access.log" ]]; then : >"$WORK/access.log"; fi   # O_APPEND: truncating keeps the disk bounded
 }
 
+# load_nginx NAME CONF THREADS: one wrk run (load_wrk, wrk -tTHREADS) against a proxy nginx
+# started from CONF for it and stopped after; sets load_wrk's L_* figures.
+load_nginx() {
+  start_nginx "$2"
+  NW="$(nginx_workers)"
+  # shellcheck disable=SC2086  # one PID a word
+  load_wrk "$1" "$3" "$NGINX_URL" "$NGINX_HEADER" $NW
+  stop_pid "$NPID" || true
+}
+
 # fixed_rate NAME URL HEADER: FRATE req/s in total for FDUR s (after 1 s of warm-up), spread over
 # CONNS connections of FPROCS h2load processes (h2load --rps is per connection; its timers of one
 # process fire together, so one process would send bursts of all its connections at once).
@@ -367,11 +377,7 @@ if has_phase 3; then
   row "" "req/s" "p50 ms" "p99 ms" "CPU-us/req"
   declare -A T_RPS=()
   for n in 1 2; do
-    start_nginx "$WORK/nginx-proxy-$n.conf"
-    NW="$(nginx_workers)"
-    # shellcheck disable=SC2086  # one PID a word
-    load_wrk "nginx.t$n" 2 "$NGINX_URL" "$NGINX_HEADER" $NW
-    stop_pid "$NPID" || true
+    load_nginx "nginx.t$n" "$WORK/nginx-proxy-$n.conf" 2
     T_RPS[nginx$n]="$L_RPS"
     row "nginx $n proc" "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
   done
@@ -493,11 +499,7 @@ if has_phase 5; then
   row "" "req/s" "p50 ms" "p99 ms" "CPU-us/req"
   TN_RPS=() TW_RPS=() TN_CPU=() TW_CPU=() TR=()
   for round in $(seq 1 "$ROUNDS"); do
-    start_nginx "$WORK/nginx-proxy-tls.conf"
-    NW="$(nginx_workers)"
-    # shellcheck disable=SC2086  # one PID a word
-    load_wrk "nginx.tls.$round" 1 "$NGINX_URL" "$NGINX_HEADER" $NW
-    stop_pid "$NPID" || true
+    load_nginx "nginx.tls.$round" "$WORK/nginx-proxy-tls.conf" 1
     TN_RPS+=("$L_RPS"); TN_CPU+=("$L_CPU")
     row "nginx https" "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
     load_wrk "worker.tls.$round" 1 "$WORKER_URL" "$KEY_HEADER" "$WPID"
@@ -536,11 +538,7 @@ if has_phase 6; then
   row "" "req/s" "p50 ms" "p99 ms" "CPU-us/req"
   FE=() FU=() FW=() FN=() RFE=() RFU=() RFW=() RWF=() CFE=() CFU=() CFW=() CFN=()
   for round in $(seq 1 "$ROUNDS"); do
-    start_nginx "$WORK/nginx-proxy-1.conf"
-    NW="$(nginx_workers)"
-    # shellcheck disable=SC2086  # one PID a word
-    load_wrk "nginx.floor.$round" 1 "$NGINX_URL" "$NGINX_HEADER" $NW
-    stop_pid "$NPID" || true
+    load_nginx "nginx.floor.$round" "$WORK/nginx-proxy-1.conf" 1
     FN+=("$L_RPS"); CFN+=("$L_CPU"); row nginx "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
     load_wrk "floor.epoll.$round" 1 "http://127.0.0.1:$FLOOR_EPOLL_PORT/" "$NGINX_HEADER" "${FL_PID[epoll]}"
     FE+=("$L_RPS"); CFE+=("$L_CPU"); row "floor epoll" "$L_RPS" "$L_P50" "$L_P99" "$L_CPU"
