@@ -9,10 +9,12 @@
 #include <cerrno>
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "common/files.hpp"
+#include "config/journal.hpp"
 #include "common/time.hpp"
 #include "http/client.hpp"
 
@@ -89,12 +91,31 @@ class ControlPlaneSource final : public PollingSource {
     while (!opts_.base_url.empty() && opts_.base_url.back() == '/') opts_.base_url.pop_back();
     current_ = std::move(initial.snapshot);
     confirmed_at_ms_ = initial.confirmed_at_ms;
-    if (current_) saved_version_ = current_->version;
+    // Replayed journal records are not in the saved file yet: the first save writes them.
+    if (current_) saved_version_ = initial.saved_version;
+    if (!opts_.snapshot_path.empty()) {
+      journal_ = std::make_unique<Journal>(opts_.snapshot_path + ".journal", opts_.journal_sync);
+      if (!journal_->ok()) {
+        spdlog::error("cannot open the config journal {} ({}): every change is saved as a snapshot instead",
+                      journal_->path(), std::strerror(errno));
+        journal_failed_ = true;
+      } else if (current_ && saved_version_ != current_->version) {
+        // Records were replayed: fold them into the saved file now, so that the journal starts
+        // empty and a record that could not be replayed cannot hold back the ones after it.
+        save(confirmed_at_ms_);
+      } else {
+        journal_->clear();
+      }
+    }
   }
   ~ControlPlaneSource() override { stop(); }
   void stop() override {
     cancel_.cancel();
     PollingSource::stop();
+    // Compacts on the way out: the journal already holds every applied document, so this only
+    // saves the next start a replay.
+    if (current_ && !stopped_) save(confirmed_at_ms_);
+    stopped_ = true;
   }
 
  protected:
@@ -144,6 +165,15 @@ class ControlPlaneSource final : public PollingSource {
                      "{} projects, {} keys",
                      built.snapshot->version, full ? "full" : "delta", static_cast<double>(r.body.size()) / 1e6, fetch_ms,
                      stats.last_apply_us.load() / 1000, built.snapshot->project_count, built.snapshot->key_count);
+      // Written before the threads see it: once a request is refused under this config, no later
+      // start from the saved state accepts it again.
+      if (journal_ && journal_->ok() &&
+          !journal_->append({full ? JournalKind::kFull : JournalKind::kDelta, built.snapshot->version, now_ms(), r.body})) {
+        stats.errors.fetch_add(1);
+        spdlog::error("cannot append to the config journal {} ({}); saving the snapshot instead", journal_->path(),
+                      std::strerror(errno));
+        journal_failed_ = true;
+      }
       current_ = built.snapshot;
       publish_(current_);
     }
@@ -185,10 +215,18 @@ class ControlPlaneSource final : public PollingSource {
 
   void maybe_save(std::int64_t now) {
     if (opts_.snapshot_path.empty() || !current_) return;
-    if (now - last_save_ms_ < opts_.save_interval.count()) {
+    const bool durable = journal_ && journal_->ok() && !journal_failed_;
+    if (durable && now - last_save_ms_ < opts_.save_interval.count()) {
       save_pending_ = saved_version_ != current_->version;
       return;
     }
+    save(now);
+  }
+
+  // Saves the snapshot in force (when it changed) and its confirmation time, then empties the
+  // journal, whose records the saved file now holds.
+  void save(std::int64_t now) {
+    if (opts_.snapshot_path.empty() || !current_) return;
     save_pending_ = false;
     last_save_ms_ = now;
     bool ok = true;
@@ -203,6 +241,11 @@ class ControlPlaneSource final : public PollingSource {
     if (!ok) {
       stats.errors.fetch_add(1);
       spdlog::error("cannot save the config snapshot to {}; the previous file is kept", opts_.snapshot_path);
+      return;
+    }
+    if (journal_ && journal_->ok()) {
+      if (journal_->clear()) journal_failed_ = false;
+      else spdlog::error("cannot empty the config journal {} ({})", journal_->path(), std::strerror(errno));
     }
   }
 
@@ -217,6 +260,9 @@ class ControlPlaneSource final : public PollingSource {
   std::int64_t last_save_ms_ = 0;
   std::int64_t saved_version_ = -1;
   bool save_pending_ = false;
+  bool stopped_ = false;
+  std::unique_ptr<Journal> journal_;
+  bool journal_failed_ = false;  // an append failed: every change is saved at once until a save succeeds
 };
 
 class FileSource final : public PollingSource {
@@ -266,36 +312,67 @@ std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOption
 
 SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::milliseconds max_age) {
   SavedSnapshot out;
+  std::shared_ptr<const Snapshot> current;
+  std::int64_t confirmed = -1;
+  std::string problem;
   std::ifstream in(path, std::ios::binary);
-  if (!in) return out;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string text = ss.str();
-  auto built = build_snapshot(text);
-  if (!built.snapshot) {
-    out.problem = "saved snapshot " + path + " is unreadable (" + built.error + ")";
+  if (in) {
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string text = ss.str();
+    auto built = build_snapshot(text);
+    if (built.snapshot) {
+      auto number_after = [](const std::string& t, const std::string& key) -> std::int64_t {
+        auto pos = t.find("\"" + key + "\":");
+        if (pos == std::string::npos) return -1;
+        return std::strtoll(t.c_str() + pos + key.size() + 3, nullptr, 10);
+      };
+      confirmed = number_after(text, "saved_at_ms");
+      std::ifstream meta_in(path + ".meta");
+      if (meta_in) {
+        std::stringstream ms;
+        ms << meta_in.rdbuf();
+        std::string meta = ms.str();
+        if (number_after(meta, "version") == built.snapshot->version)
+          confirmed = std::max(confirmed, number_after(meta, "confirmed_at_ms"));
+      }
+      current = std::move(built.snapshot);
+      out.saved_version = current->version;
+    } else {
+      problem = "saved snapshot " + path + " is unreadable (" + built.error + ")";
+    }
+  }
+  // The journal: documents applied after that save, in order (config/journal.hpp).
+  JournalContents journal = read_journal(path + ".journal");
+  for (const auto& r : journal.records) {
+    if (current && r.version <= current->version) continue;  // already in the saved file
+    BuildResult b;
+    if (r.kind == JournalKind::kFull) b = build_snapshot(r.document);
+    else if (current) b = apply_delta(current, r.document);
+    else b.error = "a delta without the snapshot it applies to";
+    if (!b.snapshot) {
+      out.journal_note = "journal record for version " + std::to_string(r.version) + " not applied (" + b.error + ")";
+      break;
+    }
+    current = std::move(b.snapshot);
+    confirmed = std::max(confirmed, r.at_ms);
+    ++out.replayed;
+  }
+  if (journal.file_bytes != journal.valid_bytes) {
+    if (!out.journal_note.empty()) out.journal_note += "; ";
+    out.journal_note += "ignored a torn or corrupt journal tail of " + std::to_string(journal.file_bytes - journal.valid_bytes) +
+                        " bytes";
+  }
+  if (!current) {
+    out.problem = problem;
     return out;
   }
-  auto number_after = [](const std::string& t, const std::string& key) -> std::int64_t {
-    auto pos = t.find("\"" + key + "\":");
-    if (pos == std::string::npos) return -1;
-    return std::strtoll(t.c_str() + pos + key.size() + 3, nullptr, 10);
-  };
-  std::int64_t confirmed = number_after(text, "saved_at_ms");
-  std::ifstream meta_in(path + ".meta");
-  if (meta_in) {
-    std::stringstream ms;
-    ms << meta_in.rdbuf();
-    std::string meta = ms.str();
-    if (number_after(meta, "version") == built.snapshot->version)
-      confirmed = std::max(confirmed, number_after(meta, "confirmed_at_ms"));
-  }
   if (confirmed <= 0 || now_ms() - confirmed > max_age.count()) {
-    out.problem = "saved snapshot " + path + " (version " + std::to_string(built.snapshot->version) +
+    out.problem = "saved snapshot " + path + " (version " + std::to_string(current->version) +
                   ") is older than WORKER_SNAPSHOT_MAX_AGE_SEC";
     return out;
   }
-  out.snapshot = std::move(built.snapshot);
+  out.snapshot = std::move(current);
   out.confirmed_at_ms = confirmed;
   return out;
 }

@@ -42,16 +42,23 @@ struct ControlPlaneSourceOptions {
   // Last good config on disk (docs/config-stream.md); empty = not saved.
   std::string snapshot_path;
   std::chrono::milliseconds save_interval{5000};
+  // fdatasync every journal append (config/journal.hpp): survives a power loss, at a disk flush
+  // per applied change.
+  bool journal_sync = false;
   std::chrono::milliseconds max_age{24LL * 3600 * 1000};
   // Extra query parameters identifying the worker (its heartbeat): "&worker_id=...&address=...".
   std::function<std::string()> identity;
 };
 
-// A snapshot saved by an earlier run, if present, valid and younger than `max_age`.
+// A snapshot saved by an earlier run with its journal replayed (config/journal.hpp), if present,
+// valid and younger than `max_age`.
 struct SavedSnapshot {
   std::shared_ptr<const Snapshot> snapshot;
   std::int64_t confirmed_at_ms = 0;  // when the control plane last vouched for it
   std::string problem;               // why none was loaded (empty when the file does not exist)
+  std::int64_t saved_version = -1;   // the version in the saved file (before the journal's records)
+  std::size_t replayed = 0;          // journal records applied on top of it
+  std::string journal_note;          // a journal record that could not be applied, or a torn tail
 };
 SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::milliseconds max_age);
 // `publish(nullptr)` withdraws the config (fail closed) when it has become too old.

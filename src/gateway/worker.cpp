@@ -20,6 +20,7 @@
 #include <thread>
 #include <condition_variable>
 #include <mutex>
+#include <initializer_list>
 #include <unordered_map>
 
 #include "common/crypto.hpp"
@@ -149,6 +150,24 @@ std::int64_t env_int(const char* name, std::int64_t def, std::int64_t lo, std::i
   return out;
 }
 
+// One of `allowed` (case-sensitive), or `def` when unset; anything else stops the start.
+std::string env_choice(const char* name, const char* def, std::initializer_list<const char*> allowed) {
+  auto v = env::get(name);
+  if (!v) return def;
+  std::string list;
+  for (const char* a : allowed) {
+    if (*v == a) return *v;
+    list += list.empty() ? "" : ", ";
+    list += a;
+  }
+  throw std::runtime_error(std::string(name) + " must be one of: " + list);
+}
+
+bool env_switch(const char* name, bool def) {
+  auto v = env_choice(name, def ? "on" : "off", {"on", "off", "true", "false", "1", "0"});
+  return v == "on" || v == "true" || v == "1";
+}
+
 }  // namespace
 
 WorkerOptions load_worker_options() {
@@ -174,6 +193,7 @@ WorkerOptions load_worker_options() {
   if (o.snapshot_path == "off") o.snapshot_path.clear();
   o.snapshot_interval_ms = env_int("WORKER_SNAPSHOT_INTERVAL_SEC", 5, 1, 86400) * 1000;
   o.snapshot_max_age_ms = env_int("WORKER_SNAPSHOT_MAX_AGE_SEC", 86400, 1, 365LL * 86400) * 1000;
+  o.journal_fsync = env_switch("WORKER_JOURNAL_FSYNC", false);
   o.config_dir = env::get_or("WORKER_CONFIG_DIR", "");
   o.jwt_secret = env::get_or("GATEWAY_JWT_SECRET", "");
   if (!o.jwt_secret.empty() && o.jwt_secret.size() < 32)
@@ -451,16 +471,20 @@ void Worker::start() {
     co.snapshot_path = im.opts.snapshot_path;
     co.save_interval = std::chrono::milliseconds(im.opts.snapshot_interval_ms);
     co.max_age = std::chrono::milliseconds(im.opts.snapshot_max_age_ms);
+    co.journal_sync = im.opts.journal_fsync;
     config::SavedSnapshot saved;
     if (!co.snapshot_path.empty()) {
       saved = config::load_saved_snapshot(co.snapshot_path, co.max_age);
       if (saved.snapshot) {
-        spdlog::info("serving saved config version {} from {} ({} projects, {} keys) until the control plane answers",
-                     saved.snapshot->version, co.snapshot_path, saved.snapshot->project_count, saved.snapshot->key_count);
+        spdlog::info("serving saved config version {} from {} and {} journal record(s) ({} projects, {} keys) until the "
+                     "control plane answers",
+                     saved.snapshot->version, co.snapshot_path, saved.replayed, saved.snapshot->project_count,
+                     saved.snapshot->key_count);
         publish(saved.snapshot);
       } else if (!saved.problem.empty()) {
         spdlog::warn("{}; waiting for the control plane", saved.problem);
       }
+      if (!saved.journal_note.empty()) spdlog::warn("config journal: {}", saved.journal_note);
     }
     // Heartbeat: who we are, where we listen, how long we have run, what we have served.
     std::string worker_id = env::get_or("WORKER_ID", "");

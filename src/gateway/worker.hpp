@@ -39,6 +39,7 @@ struct WorkerOptions {
   std::string snapshot_path = "worker-snapshot.json";  // "" or "off": not saved
   std::int64_t snapshot_interval_ms = 5'000;
   std::int64_t snapshot_max_age_ms = 86'400'000;
+  bool journal_fsync = false;  // WORKER_JOURNAL_FSYNC: fdatasync each journal append
   // File mode with a directory of YAML files (docs/services-and-tokens.md).
   std::string config_dir;
   // Service tokens.
