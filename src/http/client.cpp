@@ -118,6 +118,9 @@ ClientResult fetch(const std::string& method, const std::string& url, const std:
     if (ec) return fail("resolve", ec);
     stream.async_connect(results, [&](boost::system::error_code ec, const asio::ip::tcp::endpoint&) {
       if (ec) return fail("connect", ec);
+      // The request goes out in pieces: without this, the second waits for a delayed ACK (Nagle).
+      boost::system::error_code nd;
+      stream.socket().set_option(asio::ip::tcp::no_delay(true), nd);
       if (!tls_stream) return exchange(stream);
       tls_stream->async_handshake(asio::ssl::stream_base::client, [&](boost::system::error_code ec) {
         if (ec) return fail("TLS handshake", ec);
