@@ -38,6 +38,7 @@
 #include "gateway/http1.hpp"
 #include "gateway/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
+#include "gateway/strict_http.hpp"
 #include "net/tls_client.hpp"
 
 namespace ag::gateway {
@@ -151,6 +152,16 @@ struct LowerName {
   char buf[64];
   std::size_t len;
 };
+
+bool has_underscore(std::string_view name) { return std::memchr(name.data(), '_', name.size()) != nullptr; }
+
+// `into` = `into` + ", " + `more` (a field repeated: RFC 9110 5.3 joins the values in order).
+std::string_view join_field(std::string& into, std::string_view first, std::string_view more) {
+  if (into.empty()) into.assign(first.data(), first.size());
+  into += ", "sv;
+  into.append(more.data(), more.size());
+  return into;
+}
 
 
 // Reading with Beast's parser through put() on our own buffer, instead of Beast's composed
@@ -335,6 +346,7 @@ class Connection final : public Tracked {
       peer_ip_ = addr.to_string();
     }
     sock_.set_option(tcp::no_delay(true), ec);
+    peer_trusted_ = !rt_.trusted.empty() && cidr_contains(rt_.trusted, peer_ip_);
     rt_.track(this);
   }
   ~Connection() override {
@@ -394,12 +406,19 @@ class Connection final : public Tracked {
 
   // The request headers the pipeline reads, found in one pass over the fields (each lookup by
   // name in Beast's container costs a hash and a tree search). The first occurrence wins.
+  // Repeated Connection and X-Forwarded-For fields are joined (joined_*_); the fields that
+  // frame the message or carry a credential are counted, for strict::check_head.
   struct Seen {
     std::string_view request_id, xff, user_agent, api_key, authorization, upgrade, connection, expect;
     bool has_user_agent = false, has_api_key = false;
+    std::uint8_t connection_count = 0, xff_count = 0;
+    strict::HeadFacts facts;
   };
   Seen seen_;
   void scan_headers(const Message& req);
+  std::string joined_connection_, joined_xff_, joined_te_;
+  std::string path_buf_, target_buf_;  // the normalised path, and target (path + query)
+  bool peer_trusted_ = false;  // the peer is one of WORKER_TRUSTED_PROXIES
 
   ThreadRuntime& rt_;
   Socket sock_;
@@ -550,9 +569,14 @@ void Connection::finish(Context& ctx, std::string_view method, std::string_view 
 void Connection::scan_headers(const Message& req) {
   using http1::name_is;
   seen_ = Seen{};
+  auto& facts = seen_.facts;
+  facts.version = req.version;
   for (const auto& f : req) {
     std::string_view n = f.name, v = f.value;
     switch (n.size()) {
+      case 4:
+        if (name_is(n, "host") && facts.host_count++ == 0) facts.host = v;
+        break;
       case 6:
         if (seen_.expect.empty() && name_is(n, "expect")) seen_.expect = v;
         break;
@@ -560,24 +584,41 @@ void Connection::scan_headers(const Message& req) {
         if (seen_.upgrade.empty() && name_is(n, "upgrade")) seen_.upgrade = v;
         break;
       case 9:
-        if (!seen_.has_api_key && name_is(n, "x-api-key")) seen_.api_key = v, seen_.has_api_key = true;
+        if (name_is(n, "x-api-key") && facts.api_key_count++ == 0) seen_.api_key = v, seen_.has_api_key = true;
         break;
       case 10:
-        if (!seen_.has_user_agent && name_is(n, "user-agent")) seen_.user_agent = v, seen_.has_user_agent = true;
-        else if (seen_.connection.empty() && name_is(n, "connection")) seen_.connection = v;
+        if (!seen_.has_user_agent && name_is(n, "user-agent")) {
+          seen_.user_agent = v, seen_.has_user_agent = true;
+        } else if (name_is(n, "connection")) {
+          if (seen_.connection_count++ == 0) seen_.connection = v;
+          else seen_.connection = join_field(joined_connection_, seen_.connection, v);
+        }
         break;
       case 12:
         if (seen_.request_id.empty() && name_is(n, "x-request-id")) seen_.request_id = v;
         break;
       case 13:
-        if (seen_.authorization.empty() && name_is(n, "authorization")) seen_.authorization = v;
+        if (name_is(n, "authorization") && facts.authorization_count++ == 0) seen_.authorization = v;
+        break;
+      case 14:
+        if (name_is(n, "content-length")) facts.has_content_length = true, ++facts.content_length_count;
         break;
       case 15:
-        if (seen_.xff.empty() && name_is(n, "x-forwarded-for")) seen_.xff = v;
+        if (name_is(n, "x-forwarded-for")) {
+          if (seen_.xff_count++ == 0) seen_.xff = v;
+          else seen_.xff = join_field(joined_xff_, seen_.xff, v);
+        }
+        break;
+      case 17:
+        if (name_is(n, "transfer-encoding")) {
+          if (facts.transfer_encoding_count++ == 0) facts.transfer_encoding = v;
+          else facts.transfer_encoding = join_field(joined_te_, facts.transfer_encoding, v);
+        }
         break;
       default:
         break;
     }
+    if (has_underscore(n)) facts.underscore_name = true;
   }
 }
 
@@ -585,6 +626,9 @@ Task<bool> Connection::handle(ReqParser& parser, const Message& req) {
   Context ctx;
   ctx.start_ns = rt_.coarse_now_ns = steady_ns();
   ctx.snapshot = rt_.snapshot;  // pinned: a reload mid-request does not affect this request
+  joined_connection_.clear();
+  joined_xff_.clear();
+  joined_te_.clear();
   scan_headers(req);
   auto rid = seen_.request_id;
   ctx.request_id = valid_request_id(rid) ? std::string(rid) : rt_.next_request_id();
@@ -598,15 +642,30 @@ Task<bool> Connection::handle(ReqParser& parser, const Message& req) {
   unsigned version = req.version;
   bool head = req.verb == http::verb::head;
 
-  LocalReply reply;
-  bool ok = true;
-  if (!ctx.snapshot) {
+  LocalReply reply = strict::check_head(seen_.facts, rt_.opts.underscore_headers);
+  bool ok = reply.status == 0;  // an ambiguous head is refused before anything else
+  if (!ok) {
+    // reply set, and the connection closes after it
+  } else if (!ctx.snapshot) {
     reply = {503, Reason::kNotReady, "Gateway not ready: configuration not loaded"};
     ok = false;
   } else if (target.empty() || target.front() != '/') {
     reply = {400, Reason::kBadRequest, "Request target must be an absolute path"};
     ok = false;
+  } else if (rt_.opts.normalize_path) {
+    // Routing, credentials and the upstream all see the same, normalised path.
+    auto r = strict::normalize_path(path, rt_.opts.merge_slashes, path_buf_);
+    if (r == strict::PathResult::kAboveRoot) {
+      reply = {400, Reason::kBadRequest, "Request path climbs above the root"};
+      ok = false;
+    } else if (r == strict::PathResult::kChanged) {
+      target_buf_ = path_buf_;
+      target_buf_.append(target.substr(path.size()));
+      target = target_buf_;
+      path = std::string_view(target_buf_).substr(0, path_buf_.size());
+    }
   }
+  ctx.request_target = target;
   // Worker-wide IP lists first: a denied address gets no other work done.
   if (ok && cidr_refused(*rt_.ip_deny, *rt_.ip_allow, ctx.client_ip)) {
     reply = {403, Reason::kIpDenied, "Forbidden"};
@@ -856,28 +915,27 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
     if (ctx.forward_target.empty() || ctx.forward_target.front() != '/') up_head_ += '/';
     up_head_.append(ctx.forward_target.data(), ctx.forward_target.size());
   } else {
-    up_head_.append(req.target.data(), req.target.size());
+    up_head_.append(ctx.request_target.data(), ctx.request_target.size());
   }
   up_head_ += " HTTP/1.1\r\nHost: "sv;
   const std::size_t host_at = up_head_.size();
   up_head_ += upp->host_header;
   up_head_ += "\r\n"sv;
   const std::size_t host_end = up_head_.size();
-  std::string_view xff, client_host;
+  std::string_view xff = seen_.xff, client_host = seen_.facts.host;
+  const bool drop_underscores = seen_.facts.underscore_name && rt_.opts.underscore_headers != strict::Underscores::kAllow;
   for (const auto& f : req) {
     std::string_view name = f.name;
     LowerName ln(name);
     std::string_view n = ln.view();
-    if (is_hop_by_hop(n) || n == "host" || n == "content-length" || n == "x-forwarded-proto" ||
+    if (is_hop_by_hop(n) || n == "host" || n == "content-length" || n == "x-forwarded-proto" || n == "x-forwarded-for" ||
         n == "x-forwarded-host" || n == "x-request-id" || n.substr(0, 10) == "x-gateway-" || (expect_continue && n == "expect"))
-      {
-        if (n == "host") client_host = f.value;
-        continue;
-      }
-    if (n == "x-forwarded-for") {
-      xff = f.value;
       continue;
-    }
+    // A backend that folds '_' into '-' would read X_Gateway_Project as one of ours (nginx and
+    // Envoy drop such names too).
+    if (drop_underscores && has_underscore(name)) continue;
+    // Client addresses only the gateway, or a trusted proxy before it, may state.
+    if (strict::is_client_ip_field(n) && (!peer_trusted_ || n == "x-real-ip")) continue;
     if (ctx.jwt && n == "authorization") continue;  // the gateway credential stays here
     if (!conn_hdr.empty() && has_token(conn_hdr, n)) continue;
     up_head_.append(name.data(), name.size());
@@ -891,6 +949,8 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
     up_head_ += ", "sv;
   }
   up_head_ += peer_ip_;
+  up_head_ += "\r\nX-Real-IP: "sv;
+  up_head_ += ctx.client_ip;
   up_head_ += "\r\nX-Forwarded-Proto: http\r\n"sv;
   if (!client_host.empty()) {
     up_head_ += "X-Forwarded-Host: "sv;
@@ -1027,9 +1087,13 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
         co_await read_body_some(sock_, buf_, parser, rec);
         if (rec == http::error::need_buffer) rec = {};
         if (rec) {
-          upstream_.reset();
+          upstream_.reset();  // the upstream never sees a complete request
           if (timed_out_) co_return co_await send_local(ctx, {408, Reason::kHeaderTimeout, "Request body timeout", true}, version, false);
-          co_return false;  // client went away or sent garbage mid-body
+          // Beast's parser refuses a malformed chunk and a trailer that carries Transfer-Encoding
+          // or Content-Length (RFC 9112 7.1.2); the client hears why.
+          if (rec.category() == http::make_error_code(http::error::bad_chunk).category() && rec != http::error::partial_message)
+            co_return co_await send_local(ctx, {400, Reason::kBadRequest, "Malformed request body", true}, version, false);
+          co_return false;  // the client went away mid-body
         }
         std::size_t got = kChunk - body.size;
         total += got;

@@ -69,6 +69,7 @@ struct Context {
   std::uint64_t bytes_in = 0, bytes_out = 0;
   // Service routes and service tokens (docs/services-and-tokens.md).
   const config::Service* service = nullptr;  // set on a service route
+  std::string_view request_target;          // the request target as routed (path normalised)
   std::string_view forward_target;          // the target after /{slug}/{service} ("" = "/")
   const config::ServiceTarget* target = nullptr;  // the service target proxied to
   bool jwt = false;                         // authenticated by a service token

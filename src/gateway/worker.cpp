@@ -31,6 +31,7 @@
 #include "control/settings.hpp"
 #include "gateway/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
+#include "gateway/strict_http.hpp"
 #include "net/tls_client.hpp"
 #include "http/client.hpp"
 #include "http/server.hpp"
@@ -194,6 +195,12 @@ WorkerOptions load_worker_options() {
   o.snapshot_interval_ms = env_int("WORKER_SNAPSHOT_INTERVAL_SEC", 5, 1, 86400) * 1000;
   o.snapshot_max_age_ms = env_int("WORKER_SNAPSHOT_MAX_AGE_SEC", 86400, 1, 365LL * 86400) * 1000;
   o.journal_fsync = env_switch("WORKER_JOURNAL_FSYNC", false);
+  o.normalize_path = env_switch("WORKER_PATH_NORMALIZATION", true);
+  o.merge_slashes = env_switch("WORKER_MERGE_SLASHES", true);
+  auto us = env_choice("WORKER_UNDERSCORE_HEADERS", "drop", {"drop", "allow", "reject"});
+  o.underscore_headers = us == "allow"    ? strict::Underscores::kAllow
+                         : us == "reject" ? strict::Underscores::kReject
+                                          : strict::Underscores::kDrop;
   o.config_dir = env::get_or("WORKER_CONFIG_DIR", "");
   o.jwt_secret = env::get_or("GATEWAY_JWT_SECRET", "");
   if (!o.jwt_secret.empty() && o.jwt_secret.size() < 32)

@@ -12,6 +12,10 @@
 
 namespace ag::gateway {
 
+namespace strict {
+enum class Underscores : std::uint8_t;  // strict_http.hpp: kDrop (the zero value), kAllow, kReject
+}
+
 struct WorkerOptions {
   std::string listen_host = "0.0.0.0";
   std::uint16_t listen_port = 8080;
@@ -40,6 +44,10 @@ struct WorkerOptions {
   std::int64_t snapshot_interval_ms = 5'000;
   std::int64_t snapshot_max_age_ms = 86'400'000;
   bool journal_fsync = false;  // WORKER_JOURNAL_FSYNC: fdatasync each journal append
+  // Request paths and headers (docs/worker.md, "Strict HTTP").
+  bool normalize_path = true;  // WORKER_PATH_NORMALIZATION: dot segments removed (RFC 3986 5.2.4)
+  bool merge_slashes = true;   // WORKER_MERGE_SLASHES
+  strict::Underscores underscore_headers{};  // WORKER_UNDERSCORE_HEADERS (drop)
   // File mode with a directory of YAML files (docs/services-and-tokens.md).
   std::string config_dir;
   // Service tokens.
