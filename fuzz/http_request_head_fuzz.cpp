@@ -18,6 +18,12 @@
 // parser must also give the same answer on the head alone and kIncomplete on shorter prefixes (the
 // ones read_head() would see with this input's read size). A disagreement prints what differs and
 // traps. (The pipeline checks below still run on Beast's parse of the head.)
+//
+// The strict checks (gateway/strict_http.hpp) run on the facts the connection collects from the
+// same fields: a head they accept with a Transfer-Encoding must be one Beast frames as chunked
+// with no Content-Length (the one reading of the body both sides share). Path normalisation must
+// give a path that starts with '/', holds no "." or ".." segment (nor "//" when merging), is no
+// longer than its input and is its own normal form.
 #include <boost/asio/buffer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/buffer_body.hpp>
@@ -46,6 +52,7 @@
 #include "common/ascii.hpp"
 #include "gateway/http1.hpp"
 #include "gateway/pipeline.hpp"
+#include "gateway/strict_http.hpp"
 
 namespace {
 
@@ -286,6 +293,50 @@ void check_log_line(const std::string& line) {
 
 }  // namespace
 
+void check_strict(const http::request<http::buffer_body, http::basic_fields<ArenaAllocator<char>>>& req,
+                  const ReqParser& parser, std::string_view path) {
+  namespace strict = ag::gateway::strict;
+  using ag::gateway::http1::name_is;
+  strict::HeadFacts f;
+  f.version = req.version();
+  std::string te;
+  for (const auto& field : req) {
+    std::string_view n = field.name_string(), v = field.value();
+    if (name_is(n, "host") && f.host_count++ == 0) f.host = v;
+    if (name_is(n, "transfer-encoding")) {
+      te += f.transfer_encoding_count++ ? ", " : "";
+      te.append(v.data(), v.size());
+    }
+    if (name_is(n, "content-length")) f.has_content_length = true, ++f.content_length_count;
+    if (name_is(n, "x-api-key")) ++f.api_key_count;
+    if (name_is(n, "authorization")) ++f.authorization_count;
+    if (n.find('_') != std::string_view::npos) f.underscore_name = true;
+  }
+  f.transfer_encoding = te;
+  auto r = strict::check_head(f, strict::Underscores::kDrop);
+  if (r.status == 0 && f.transfer_encoding_count > 0 && (!parser.chunked() || parser.content_length())) __builtin_trap();
+  if (r.status != 0 && !r.close) __builtin_trap();
+  if (path.empty() || path.front() != '/') return;
+  for (bool merge : {true, false}) {
+    std::string out;
+    auto pr = strict::normalize_path(path, merge, out);
+    if (pr == strict::PathResult::kAboveRoot) continue;
+    std::string_view norm = pr == strict::PathResult::kChanged ? std::string_view(out) : path;
+    if (norm.empty() || norm.front() != '/' || norm.size() > path.size()) __builtin_trap();
+    if (merge && norm.find("//") != std::string_view::npos) __builtin_trap();
+    std::string again;
+    if (strict::normalize_path(norm, merge, again) != strict::PathResult::kUnchanged) __builtin_trap();
+    std::size_t at = 1;
+    for (;;) {
+      std::size_t slash = norm.find('/', at);
+      std::string_view seg = norm.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at);
+      if (seg == "." || seg == "..") __builtin_trap();
+      if (slash == std::string_view::npos) break;
+      at = slash + 1;
+    }
+  }
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   World& w = world();
   if (size == 0) return 0;
@@ -332,6 +383,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)parser.content_length();
     (void)req.version();
     (void)req.method();
+    check_strict(req, parser, path);
 
     if (!target.empty() && target.front() == '/') {
       const bool service_route = ag::gateway::match_service_route(ctx, target);
