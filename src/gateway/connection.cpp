@@ -139,6 +139,8 @@ void append_hex(std::string& out, std::uint64_t v) {
   out.append(buf, std::to_chars(buf, buf + sizeof buf, v, 16).ptr);
 }
 
+bool has_underscore(std::string_view name) { return std::memchr(name.data(), '_', name.size()) != nullptr; }
+
 // Header names are compared in lower case; this lowers into a stack buffer (no allocation).
 struct LowerName {
   explicit LowerName(std::string_view s) {
@@ -153,7 +155,6 @@ struct LowerName {
   std::size_t len;
 };
 
-bool has_underscore(std::string_view name) { return std::memchr(name.data(), '_', name.size()) != nullptr; }
 
 // `into` = `into` + ", " + `more` (a field repeated: RFC 9110 5.3 joins the values in order).
 std::string_view join_field(std::string& into, std::string_view first, std::string_view more) {
@@ -285,6 +286,7 @@ struct Message {
   const http1::Field* fields_end = nullptr;
   bool lean = false;  // parsed by the lean parser: no body (request) or a Content-Length body (response)
   bool keep_alive = false, has_body = false, chunked = false, upgrade = false;
+  bool underscore = false;  // some field name contains '_' (WORKER_UNDERSCORE_HEADERS)
   std::optional<std::uint64_t> content_length;
 
   const http1::Field* begin() const { return fields_begin; }
@@ -305,7 +307,11 @@ void from_beast(const http::parser<isRequest, Body, Allocator>& p, std::vector<h
   m.version = h.version();
   m.connection = h[http::field::connection];
   fields.clear();
-  for (const auto& f : h) fields.push_back({f.name_string(), f.value()});
+  m.underscore = false;
+  for (const auto& f : h) {
+    fields.push_back({f.name_string(), f.value()});
+    if (has_underscore(f.name_string())) m.underscore = true;
+  }
   m.fields_begin = fields.data();
   m.fields_end = fields.data() + fields.size();
   m.keep_alive = p.keep_alive();
@@ -327,6 +333,7 @@ void from_lean(const http1::Head& h, Message& m) {
   m.fields_end = h.end();
   m.lean = true;
   m.keep_alive = h.keep_alive;
+  m.underscore = h.underscore;
   m.has_body = h.status != 0 && h.content_length > 0;
   m.chunked = false;
   m.upgrade = false;
@@ -419,6 +426,7 @@ class Connection final : public Tracked {
   std::string joined_connection_, joined_xff_, joined_te_;
   std::string path_buf_, target_buf_;  // the normalised path, and target (path + query)
   bool peer_trusted_ = false;  // the peer is one of WORKER_TRUSTED_PROXIES
+  std::string valid_host_;     // the last Host value found valid on this connection
 
   ThreadRuntime& rt_;
   Socket sock_;
@@ -618,8 +626,8 @@ void Connection::scan_headers(const Message& req) {
       default:
         break;
     }
-    if (has_underscore(n)) facts.underscore_name = true;
   }
+  facts.underscore_name = req.underscore;
 }
 
 Task<bool> Connection::handle(ReqParser& parser, const Message& req) {
@@ -642,7 +650,10 @@ Task<bool> Connection::handle(ReqParser& parser, const Message& req) {
   unsigned version = req.version;
   bool head = req.verb == http::verb::head;
 
+  // A keep-alive client sends the same Host every time: checked once per connection.
+  seen_.facts.host_valid = seen_.facts.host_count == 1 && seen_.facts.host == valid_host_;
   LocalReply reply = strict::check_head(seen_.facts, rt_.opts.underscore_headers);
+  if (reply.status == 0 && !seen_.facts.host_valid && seen_.facts.host_count == 1) valid_host_.assign(seen_.facts.host);
   bool ok = reply.status == 0;  // an ambiguous head is refused before anything else
   if (!ok) {
     // reply set, and the connection closes after it
@@ -923,7 +934,8 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
   up_head_ += "\r\n"sv;
   const std::size_t host_end = up_head_.size();
   std::string_view xff = seen_.xff, client_host = seen_.facts.host;
-  const bool drop_underscores = seen_.facts.underscore_name && rt_.opts.underscore_headers != strict::Underscores::kAllow;
+  // The parser noted whether any name holds a '_' (rare): only then is each name looked at.
+  const bool drop_underscores = req.underscore && rt_.opts.underscore_headers != strict::Underscores::kAllow;
   for (const auto& f : req) {
     std::string_view name = f.name;
     LowerName ln(name);

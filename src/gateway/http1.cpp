@@ -19,6 +19,14 @@ constexpr std::array<bool, 256> kToken = [] {
   return t;
 }();
 
+// A field name's bytes: tchar as kToken, with '_' marked by a second bit (WORKER_UNDERSCORE_HEADERS).
+constexpr std::array<std::uint8_t, 256> kNameClass = [] {
+  std::array<std::uint8_t, 256> t{};
+  for (int c = 0; c < 256; ++c) t[c] = kToken[c] ? 1 : 0;
+  t['_'] = 3;
+  return t;
+}();
+
 // Field values, reason phrases: SP, HTAB and visible ASCII. Control bytes are errors and
 // obs-text is legal but rare: both are left to the full parser.
 constexpr std::array<bool, 256> kText = [] {
@@ -97,6 +105,7 @@ enum class Kind { kRequest, kResponse };
 // The fields after the start line, up to and including the empty line.
 Result parse_fields(std::string_view in, std::size_t at, Head& h, Kind kind) {
   bool close = false, keep = false, has_length = false, has_connection = false;
+  std::uint8_t name_bits = 0;
   h.field_count = 0;
   h.connection = {};
   const char* d = in.data();
@@ -109,7 +118,9 @@ Result parse_fields(std::string_view in, std::size_t at, Head& h, Kind kind) {
     }
     // name ":" OWS value OWS CRLF
     std::size_t i = at;
-    while (i < in.size() && kToken[static_cast<unsigned char>(d[i])]) ++i;
+    // kNameClass: 0 ends the name, bit 1 marks '_' (one OR per byte; a memchr per name measured
+    // ~280 instructions per request, this ~80).
+    for (std::uint8_t c; i < in.size() && (c = kNameClass[static_cast<unsigned char>(d[i])]) != 0; ++i) name_bits |= c;
     if (i == in.size()) return Result::kIncomplete;
     if (i == at || d[i] != ':') return Result::kDecline;  // also obs-fold and bare LF
     std::string_view name(d + at, i - at);
@@ -166,6 +177,7 @@ Result parse_fields(std::string_view in, std::size_t at, Head& h, Kind kind) {
   }
   if (kind == Kind::kResponse && !has_length) return Result::kDecline;  // chunked or until EOF
   h.has_length = has_length;
+  h.underscore = (name_bits & 2) != 0;
   h.keep_alive = h.version >= 11 ? !close : keep;
   h.size = at;
   return Result::kComplete;

@@ -42,6 +42,7 @@ struct Head {
   bool has_length = false;           // a Content-Length header was present
   std::uint64_t content_length = 0;  // its value (a request's is always 0)
   std::string_view connection;   // the first Connection header's value
+  bool underscore = false;       // some field name contains '_'
 
   const Field* begin() const { return fields.data(); }
   const Field* end() const { return fields.data() + field_count; }

@@ -1,6 +1,6 @@
 #include "gateway/strict_http.hpp"
 
-#include <cstring>
+#include <array>
 
 #include "gateway/http1.hpp"
 
@@ -8,15 +8,23 @@ namespace ag::gateway::strict {
 
 namespace {
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
-bool is_alnum(char c) { return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+constexpr bool is_digit(char c) { return c >= '0' && c <= '9'; }
+constexpr bool is_alnum(char c) { return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 bool is_hex(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+// unreserved / sub-delims (RFC 3986 2.2, 2.3), as a table: this runs on every request's Host.
+constexpr auto kRegNameChars = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 256; ++c) t[static_cast<std::size_t>(c)] = is_alnum(static_cast<char>(c));
+  for (char c : std::string_view("-._~!$&'()*+,;=")) t[static_cast<unsigned char>(c)] = true;
+  return t;
+}();
 
 // reg-name = *( unreserved / pct-encoded / sub-delims ), which also covers IPv4 addresses.
 bool valid_reg_name(std::string_view s) {
   for (std::size_t i = 0; i < s.size(); ++i) {
     char c = s[i];
-    if (is_alnum(c) || std::strchr("-._~!$&'()*+,;=", c) != nullptr) continue;
+    if (kRegNameChars[static_cast<unsigned char>(c)]) continue;
     if (c == '%' && i + 2 < s.size() && is_hex(s[i + 1]) && is_hex(s[i + 2])) {
       i += 2;
       continue;
@@ -105,7 +113,7 @@ LocalReply check_head(const HeadFacts& f, Underscores underscores) {
   if (f.content_length_count > 1) return {400, Reason::kBadRequest, "More than one Content-Length header", true};
   if (f.host_count == 0 && f.version >= 11) return {400, Reason::kBadRequest, "Host header missing", true};
   if (f.host_count > 1) return {400, Reason::kBadRequest, "More than one Host header", true};
-  if (f.host_count == 1 && !valid_host(f.host)) return {400, Reason::kBadRequest, "Invalid Host header", true};
+  if (f.host_count == 1 && !f.host_valid && !valid_host(f.host)) return {400, Reason::kBadRequest, "Invalid Host header", true};
   if (f.api_key_count > 1) return {400, Reason::kBadRequest, "Ambiguous credentials: more than one X-API-Key header", true};
   if (f.authorization_count > 1)
     return {400, Reason::kBadRequest, "Ambiguous credentials: more than one Authorization header", true};

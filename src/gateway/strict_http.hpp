@@ -21,6 +21,7 @@ struct HeadFacts {
   unsigned version = 11;
   std::uint8_t host_count = 0;
   std::string_view host;                // the first Host value
+  bool host_valid = false;              // already known valid (skips valid_host)
   std::uint8_t transfer_encoding_count = 0;
   std::string_view transfer_encoding;   // all Transfer-Encoding values, joined with ", "
   bool has_content_length = false;

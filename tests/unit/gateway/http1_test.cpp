@@ -443,6 +443,13 @@ TEST(Http1Complete, RepeatedFieldsKeepWireOrder) {
   EXPECT_EQ(order, "A=1;B=2;a=3;C=4;A=5;");
 }
 
+TEST(Http1Complete, NotesAnUnderscoreInAnyFieldName) {
+  EXPECT_FALSE(complete("GET / HTTP/1.1\r\nHost: a\r\nX-Api-Key: k_1\r\n\r\n").underscore);  // values do not count
+  EXPECT_TRUE(complete("GET / HTTP/1.1\r\nHost: a\r\nX_Gateway_Project: p\r\n\r\n").underscore);
+  EXPECT_TRUE(complete("GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nlast_: 3\r\n\r\n").underscore);
+  EXPECT_TRUE(complete("GET / HTTP/1.1\r\n_: 1\r\n\r\n").underscore);
+}
+
 TEST(Http1Complete, SizeIsTheHeadAndLaterBytesAreNotTouched) {
   const std::string head = kRequests[0];
   const std::string next = "GET /next HTTP/1.1\r\nHost: x\r\n\r\n";
