@@ -64,6 +64,10 @@ class JournalTest : public ::testing::Test {
     std::remove((snap_ + ".meta").c_str());
     std::remove(jpath_.c_str());
   }
+  void TearDown() override {
+    for (const std::string& f : {snap_, snap_ + ".meta", jpath_}) std::remove(f.c_str());
+    ::rmdir(dir_.c_str());
+  }
   // A snapshot of version 10 with keys 0..4, saved now.
   void save_base() {
     auto base = build_snapshot(full_doc(10, 5));
