@@ -1,7 +1,7 @@
 // libFuzzer target for the API key format check the worker runs on every X-API-Key header before
-// any lookup (control::api_key_well_formed). The input is the header value.
+// any lookup (ag::api_key_well_formed). The input is the header value.
 //
-// The result is compared with an independent reading of the format in control/service/api_key.hpp:
+// The result is compared with an independent reading of the format in common/api_key.hpp:
 //   agk_ <8 base62> _ <43 base62> <6 base62: CRC-32 of everything before it, base62, fixed width>
 #include <zlib.h>
 
@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "control/service/api_key.hpp"
+#include "common/api_key.hpp"
 
 namespace {
 
@@ -34,10 +34,10 @@ bool reference_well_formed(std::string_view k) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view key(reinterpret_cast<const char*>(data), size);
-  const bool ok = ag::control::api_key_well_formed(key);
+  const bool ok = ag::api_key_well_formed(key);
   if (ok != reference_well_formed(key)) __builtin_trap();
   if (ok) {
-    const std::string shown = ag::control::api_key_display(key.substr(4, 8));
+    const std::string shown = ag::api_key_display(key.substr(4, 8));
     if (shown.substr(0, 13) != std::string(key.substr(0, 13))) __builtin_trap();
   }
   return 0;

@@ -47,7 +47,7 @@
 
 #include "common/crypto.hpp"
 #include "config/snapshot.hpp"
-#include "control/service/api_key.hpp"
+#include "common/api_key.hpp"
 #include "gateway/arena.hpp"
 #include "common/ascii.hpp"
 #include "gateway/http1.hpp"
@@ -69,7 +69,7 @@ constexpr std::size_t kReadSize = 8 * 1024;          // connection.cpp kReadSize
 constexpr std::size_t kChunk = 16 * 1024;            // connection.cpp kChunk
 constexpr std::int64_t kNowMs = 1'700'000'100'000;
 
-// A valid API key (format of control/service/api_key.hpp) listed in the snapshot below; the seed
+// A valid API key (format of common/api_key.hpp) listed in the snapshot below; the seed
 // corpus uses it.
 constexpr std::string_view kKnownKey = "agk_Fuzz0001_0123456789abcdefghijABCDEFGHIJ0123456789abc1v08wc";
 
@@ -85,7 +85,7 @@ World& world() {
     spdlog::set_level(spdlog::level::off);
     ag::crypto::init();
     auto* nw = new World;
-    if (!ag::control::api_key_well_formed(kKnownKey)) __builtin_trap();
+    if (!ag::api_key_well_formed(kKnownKey)) __builtin_trap();
     const std::string hash = ag::crypto::sha256_hex(kKnownKey);
     const std::string doc = R"({"version":7,"projects":[
       {"id":"p-shop","name":"shop","slug":"shop","upstream_base_url":"http://127.0.0.1:9/api",

@@ -12,7 +12,7 @@
 #include "common/crypto.hpp"
 #include "common/service_token.hpp"
 #include "config/snapshot.hpp"
-#include "control/service/api_key.hpp"
+#include "common/api_key.hpp"
 #include "gateway/http1.hpp"
 #include "gateway/pipeline.hpp"
 #include "gateway/risk.hpp"
@@ -27,7 +27,7 @@ struct Fixture {
     crypto::init();
     std::string doc = R"({"version":1,"projects":[{"id":"bench","upstream_base_url":"http://127.0.0.1:9","keys":[)";
     for (int i = 0; i < 10000; ++i) {
-      auto g = control::generate_api_key();
+      auto g = generate_api_key();
       if (i == 5000) key = g.key;
       if (i) doc += ',';
       doc += R"({"id":"k)" + std::to_string(i) + R"(","hash":")" + g.hash_hex + R"(","expires_at":null})";
@@ -102,7 +102,7 @@ BENCHMARK(BM_AccessLogLine);
 // A one-key delta against a snapshot of 10,000 keys (copies one shard).
 void BM_ApplyOneKeyDelta(benchmark::State& state) {
   auto& f = fixture();
-  auto g = control::generate_api_key();
+  auto g = generate_api_key();
   std::string delta = R"({"since":1,"version":2,"changes":[{"version":2,"op":"key.upsert","project_id":"bench","key":{"id":"new","hash":")" +
                       g.hash_hex + R"(","expires_at":null}}]})";
   for (auto _ : state) benchmark::DoNotOptimize(config::apply_delta(f.snapshot, delta).snapshot);

@@ -16,6 +16,7 @@
 #include "common/env.hpp"
 #include "common/signals.hpp"
 #include "control/app.hpp"
+#include "common/listen.hpp"
 #include "control/settings.hpp"
 #include "control/store/database.hpp"
 #include "control/store/migrations.hpp"
@@ -38,7 +39,7 @@ void setup_logging(const std::string& level) {
 
 ag::control::Settings settings_with_overrides(const std::string& listen, int threads) {
   auto s = ag::control::load_settings();
-  if (!listen.empty()) ag::control::parse_listen(listen, "--listen", s.listen_host, s.listen_port);
+  if (!listen.empty()) ag::parse_listen(listen, "--listen", s.listen_host, s.listen_port);
   if (threads > 0) s.threads = threads;
   return s;
 }
@@ -47,7 +48,7 @@ ag::control::Settings settings_with_overrides(const std::string& listen, int thr
 // a newcomer can see the gateway's headers arrive.
 std::unique_ptr<ag::http::Server> start_demo_upstream(const std::string& listen, std::thread& thread) {
   ag::http::ServerOptions o;
-  ag::control::parse_listen(listen, "--demo-upstream", o.host, o.port);
+  ag::parse_listen(listen, "--demo-upstream", o.host, o.port);
   o.threads = 1;
   auto server = std::make_unique<ag::http::Server>(
       o,
@@ -116,8 +117,8 @@ int run_up(ag::control::Settings settings, ag::gateway::WorkerOptions wopts, con
 
 void apply_worker_flags(ag::gateway::WorkerOptions& o, const std::string& listen, const std::string& admin,
                         int threads, const std::string& config, const std::string& config_dir = "") {
-  if (!listen.empty()) ag::control::parse_listen(listen, "--listen", o.listen_host, o.listen_port);
-  if (!admin.empty()) ag::control::parse_listen(admin, "--admin-listen", o.admin_host, o.admin_port);
+  if (!listen.empty()) ag::parse_listen(listen, "--listen", o.listen_host, o.listen_port);
+  if (!admin.empty()) ag::parse_listen(admin, "--admin-listen", o.admin_host, o.admin_port);
   if (threads > 0) o.threads = threads;
   if (!config.empty()) o.config_file = config;
   if (!config_dir.empty()) o.config_dir = config_dir;

@@ -15,6 +15,7 @@
 #include "common/env.hpp"
 #include "common/files.hpp"
 #include "common/jwt.hpp"
+#include "common/listen.hpp"
 
 namespace ag::control {
 
@@ -58,21 +59,6 @@ bool weak_secret(const std::string& secret) {
     if (lower.find(p) != std::string::npos) return true;
   // A single repeated character is not a secret either.
   return std::all_of(secret.begin(), secret.end(), [&](char c) { return c == secret[0]; });
-}
-
-void parse_listen(const std::string& value, const char* what, std::string& host, std::uint16_t& port) {
-  auto colon = value.rfind(':');
-  if (colon == std::string::npos || colon + 1 >= value.size())
-    throw std::invalid_argument(std::string(what) + " must be HOST:PORT (got '" + value + "')");
-  host = value.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host.empty()) host = "0.0.0.0";
-  unsigned p = 0;
-  auto ps = value.substr(colon + 1);
-  auto [ptr, ec] = std::from_chars(ps.data(), ps.data() + ps.size(), p);
-  if (ec != std::errc{} || ptr != ps.data() + ps.size() || p > 65535)
-    throw std::invalid_argument(std::string(what) + ": port must be 0-65535 (got '" + ps + "')");
-  port = static_cast<std::uint16_t>(p);
 }
 
 Settings load_settings() {

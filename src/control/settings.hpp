@@ -35,9 +35,6 @@ struct Settings {
 // next to the database (dev-secrets.env, mode 0600), with a warning.
 Settings load_settings();
 
-// Parses "host:port" (IPv6 as "[::1]:8000"); throws std::invalid_argument naming `what`.
-void parse_listen(const std::string& value, const char* what, std::string& host, std::uint16_t& port);
-
 // True when `secret` is too short or a well-known placeholder.
 bool weak_secret(const std::string& secret);
 

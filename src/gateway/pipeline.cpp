@@ -11,7 +11,7 @@
 #include "common/request_id.hpp"
 #include "common/swar.hpp"
 #include "common/time.hpp"
-#include "control/service/api_key.hpp"
+#include "common/api_key.hpp"
 #include "gateway/risk.hpp"
 
 namespace ag::gateway {
@@ -83,7 +83,7 @@ bool identify(Context& ctx, std::string_view api_key, bool key_present, std::int
     return false;
   }
   // The checksum rejects mistyped and invented keys without hashing or a lookup.
-  if (!control::api_key_well_formed(api_key)) {
+  if (!api_key_well_formed(api_key)) {
     reply = {401, Reason::kKeyInvalid, "Invalid API key"};
     return false;
   }

@@ -28,7 +28,7 @@
 #include "common/signals.hpp"
 #include "common/time.hpp"
 #include "config/sync.hpp"
-#include "control/settings.hpp"
+#include "common/listen.hpp"
 #include "gateway/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
 #include "gateway/strict_http.hpp"
@@ -173,8 +173,8 @@ bool env_switch(const char* name, bool def) {
 
 WorkerOptions load_worker_options() {
   WorkerOptions o;
-  control::parse_listen(env::get_or("WORKER_LISTEN", "0.0.0.0:8080"), "WORKER_LISTEN", o.listen_host, o.listen_port);
-  control::parse_listen(env::get_or("WORKER_ADMIN_LISTEN", "127.0.0.1:9901"), "WORKER_ADMIN_LISTEN", o.admin_host,
+  parse_listen(env::get_or("WORKER_LISTEN", "0.0.0.0:8080"), "WORKER_LISTEN", o.listen_host, o.listen_port);
+  parse_listen(env::get_or("WORKER_ADMIN_LISTEN", "127.0.0.1:9901"), "WORKER_ADMIN_LISTEN", o.admin_host,
                         o.admin_port);
   o.threads = static_cast<int>(env_int("WORKER_THREADS", 0, 0, 256));
   o.trusted_proxies = env::get_or("WORKER_TRUSTED_PROXIES", "");

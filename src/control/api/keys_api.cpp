@@ -5,7 +5,7 @@
 #include "common/time.hpp"
 #include "control/api/config_changes.hpp"
 #include "control/api/context.hpp"
-#include "control/service/api_key.hpp"
+#include "common/api_key.hpp"
 #include "control/service/validation.hpp"
 
 namespace ag::control {

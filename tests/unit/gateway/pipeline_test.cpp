@@ -7,7 +7,7 @@
 
 #include "common/crypto.hpp"
 #include "config/snapshot.hpp"
-#include "control/service/api_key.hpp"
+#include "common/api_key.hpp"
 #include "gateway/risk.hpp"
 
 namespace ag::gateway {
@@ -52,8 +52,8 @@ TEST(Pipeline, RequestIdValidation) {
 
 TEST(Pipeline, IdentifyChecksFormatHashAndExpiry) {
   crypto::init();
-  auto good = control::generate_api_key();
-  auto expired = control::generate_api_key();
+  auto good = generate_api_key();
+  auto expired = generate_api_key();
   std::string doc = R"({"version":3,"projects":[{"id":"p1","upstream_base_url":"http://127.0.0.1:9/x",
     "rate_limit":{"requests_per_minute":60,"burst":20},"max_body_bytes":5,
     "keys":[{"id":"k1","hash":")" + good.hash_hex + R"(","expires_at":null},
@@ -73,7 +73,7 @@ TEST(Pipeline, IdentifyChecksFormatHashAndExpiry) {
   EXPECT_EQ(r.reason, Reason::kKeyMissing);
   EXPECT_FALSE(identify(c2, expired.key, true, 1'700'000'000'000, r));
   EXPECT_EQ(r.reason, Reason::kKeyInvalid);
-  EXPECT_FALSE(identify(c2, control::generate_api_key().key, true, 0, r));  // well-formed, unknown
+  EXPECT_FALSE(identify(c2, generate_api_key().key, true, 0, r));  // well-formed, unknown
   std::string tampered = good.key;
   tampered[20] = tampered[20] == 'a' ? 'b' : 'a';
   EXPECT_FALSE(identify(c2, tampered, true, 0, r));

@@ -1,10 +1,10 @@
-#include "control/service/api_key.hpp"
+#include "common/api_key.hpp"
 
 #include <array>
 
 #include "common/crypto.hpp"
 
-namespace ag::control {
+namespace ag {
 
 namespace {
 constexpr auto kBase62 = [] {
@@ -52,4 +52,4 @@ std::string api_key_display(std::string_view public_id) {
   return std::string(kApiKeyPrefix) + std::string(public_id) + "_\u2026";
 }
 
-}  // namespace ag::control
+}  // namespace ag

@@ -1,5 +1,6 @@
 #pragma once
-// API key format.
+// API key format, shared by the control plane (which issues keys) and the worker (which checks
+// their format before any lookup).
 //
 //   agk_<public id: 8 base62>_<secret: 43 base62><checksum: 6 base62>     (62 characters)
 //
@@ -11,7 +12,7 @@
 #include <string>
 #include <string_view>
 
-namespace ag::control {
+namespace ag {
 
 inline constexpr std::string_view kApiKeyPrefix = "agk_";
 inline constexpr std::size_t kApiKeyPublicIdLength = 8;
@@ -31,4 +32,4 @@ bool api_key_well_formed(std::string_view key);
 // "agk_3fKq81Zb_…" for listings.
 std::string api_key_display(std::string_view public_id);
 
-}  // namespace ag::control
+}  // namespace ag

@@ -1,4 +1,4 @@
-#include "control/service/api_key.hpp"
+#include "common/api_key.hpp"
 
 #include <gtest/gtest.h>
 
@@ -6,7 +6,7 @@
 
 #include "common/crypto.hpp"
 
-namespace ag::control {
+namespace ag {
 namespace {
 
 TEST(ApiKey, GeneratedKeysAreWellFormedAndHashed) {
@@ -38,4 +38,4 @@ TEST(ApiKey, ChecksumCatchesEveryOneCharacterChange) {
 }
 
 }  // namespace
-}  // namespace ag::control
+}  // namespace ag
