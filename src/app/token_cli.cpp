@@ -35,7 +35,7 @@ TokenCommands* add_token_commands(CLI::App& app) {
   t.create->add_option("--description", t.description, "what the token is for");
   t.create->add_option("--expires-in-days", t.expires_in_days, "lifetime, 1-365 days")->default_val(90);
   t.create->add_option("--backend", t.backend, "free-form backend label");
-  t.create->add_option("--created-by", t.created_by, "who asked for it");
+  t.create->add_option("--created-by", t.created_by, "who asked for it (stored as created_by_label; created_by is \"cli\")");
   t.create->add_option("--output-format", t.output, "json | text | env")
       ->check(CLI::IsMember({"json", "text", "env"}))
       ->default_val("json");
@@ -83,8 +83,9 @@ int run(const TokenCommands& t) {
     control::json body = {{"service", t.service}, {"expiresInDays", t.expires_in_days}};
     if (!t.description.empty()) body["description"] = t.description;
     if (!t.backend.empty()) body["backend"] = t.backend;
-    body["createdBy"] = t.created_by.empty() ? "cli" : t.created_by;
+    if (!t.created_by.empty()) body["createdBy"] = t.created_by;
     auto in = control::parse_issue_body(body);
+    in.created_by = "cli";  // database access, not a signed-in user; --created-by is the label
     control::json out;
     st.db->transaction([&](store::Connection& c) {
       auto project = control::project_ref(c, t.project);

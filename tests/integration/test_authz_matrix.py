@@ -24,6 +24,8 @@ docs/services-and-tokens.md, docs/config-stream.md):
                  one; 401 for a token that is present but invalid or expired
   logout         POST /auth/logout: the caller's own session; 401 without a valid credential
   user           routes of the caller's own data: 2xx for any valid user, 401 otherwise
+  operator       the worker registry (/gateways): the operator (the first user: the owner here)
+                 2xx, another user 403, everyone else 401
   project        project-scoped routes: owner 2xx, another user 404, everyone else 401
   worker         /internal/worker/*: worker secret 2xx, everyone else 401
 Beyond the status: a 401 on a bearer route carries `WWW-Authenticate: Bearer`; a refused
@@ -64,8 +66,8 @@ ROUTE_CLASS = {
     ("POST", "/projects"): "user",
     ("GET", "/projects"): "user",
     ("GET", "/audit"): "user",
-    ("GET", "/gateways"): "user",
-    ("GET", "/gateways/propagation"): "user",
+    ("GET", "/gateways"): "operator",
+    ("GET", "/gateways/propagation"): "operator",
     ("GET", "/projects/{id}"): "project",
     ("PATCH", "/projects/{id}"): "project",
     ("DELETE", "/projects/{id}"): "project",
@@ -96,6 +98,9 @@ EXPECT = {
     "user": {"anonymous": 401, "other_user": OK, "owner": OK, "worker_secret": 401,
              "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
              "expired_bearer": 401},
+    "operator": {"anonymous": 401, "other_user": 403, "owner": OK, "worker_secret": 401,
+                 "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
+                 "expired_bearer": 401},
     "project": {"anonymous": 401, "other_user": 404, "owner": OK, "worker_secret": 401,
                 "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
                 "expired_bearer": 401},
@@ -264,7 +269,7 @@ class AuthzMatrixTest(unittest.TestCase):
                             problems.append("expected %s, got %d" % (sorted(success), resp.status))
                     elif resp.status != expected:
                         problems.append("expected %d, got %d" % (expected, resp.status))
-                    if (resp.status == 401 and cls_ in ("session", "logout", "user", "project")
+                    if (resp.status == 401 and cls_ in ("session", "logout", "user", "project", "operator")
                             and caller in BEARER_CALLERS + ("anonymous",)):
                         if "bearer" not in (resp.headers.get("WWW-Authenticate") or "").lower():
                             problems.append("401 without WWW-Authenticate: Bearer")

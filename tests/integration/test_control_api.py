@@ -714,6 +714,26 @@ class FreshServerTests(ControlTestCase):
         self.assertIs(resp.json()["authenticated"], False)
 
 
+class OperatorTests(ControlTestCase):
+    """The worker registry (GET /gateways, /gateways/propagation) is for operators: the first user
+    of a new installation (docs/configuration.md, "Operators")."""
+
+    def test_only_the_first_user_sees_the_worker_registry(self):
+        first = self.new_user()
+        second = self.new_user()
+        for path in ("/gateways", "/gateways/propagation", "/api/v1/gateways"):
+            resp = self.req("GET", path, token=first.token)
+            self.assertStatus(resp, 200)
+            self.assertIn("config_version", resp.json())
+            refused = self.req("GET", path, token=second.token)
+            self.assertError(refused, 403)
+            self.assertNotIn(b"config_version", refused.body)
+            self.assertTrue(refused.headers.get("X-Request-Id"), repr(refused))
+            self.assertUnauthorized(self.req("GET", path))
+        # The second user is an ordinary user everywhere else.
+        self.assertStatus(self.req("GET", "/projects", token=second.token), 200)
+
+
 # =============================================================================================
 # Projects
 

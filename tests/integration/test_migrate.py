@@ -76,6 +76,46 @@ class MigrateTests(TempDirTestCase):
             conn.close()
         self.assertGreater(sum(counts.values()), 0, "data lost after a second migrate: %r" % counts)
 
+    def test_upgrade_makes_the_first_user_the_operator(self):
+        """A database made by the release before operators (schema 6) is upgraded: its first user
+        becomes the operator, the others stay ordinary users, and tokens get the creator label."""
+        path = os.path.join(self.tmp, "previous.db")
+        url = "sqlite:///" + path
+        code, out = h.run_binary(["migrate"], {"DATABASE_URL": url}, cwd=self.tmp)
+        self.assertEqual(code, 0, out)
+        server = h.start_control("sqlite", workdir=self.tmp, db_url=url)
+        try:
+            first = h.register_user(server)
+            second = h.register_user(server)
+        finally:
+            server.stop()
+        # Back to schema 6, as the previous release left it.
+        conn = sqlite3.connect(path)
+        try:
+            conn.executescript("ALTER TABLE users DROP COLUMN is_operator;"
+                               "ALTER TABLE gateway_tokens DROP COLUMN created_by_label;"
+                               "DELETE FROM schema_migrations WHERE version >= 7;")
+            conn.commit()
+        finally:
+            conn.close()
+        code, out = h.run_binary(["migrate"], {"DATABASE_URL": url}, cwd=self.tmp)
+        self.assertEqual(code, 0, out)
+        conn = sqlite3.connect(path)
+        try:
+            flags = dict(conn.execute("SELECT email, is_operator FROM users").fetchall())
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(gateway_tokens)")]
+        finally:
+            conn.close()
+        self.assertEqual(flags, {first.email: 1, second.email: 0})
+        self.assertIn("created_by_label", columns)
+        server = h.start_control("sqlite", workdir=self.tmp, db_url=url)
+        try:
+            for user, status in ((first, 200), (second, 403)):
+                token = h.login(server, user.email, user.password)["access_token"]
+                self.assertEqual(server.request("GET", "/gateways", token=token).status, status, user.email)
+        finally:
+            server.stop()
+
     def test_migrate_postgres(self):
         admin = h.pg_required()
         name, url = h.create_pg_database(admin)

@@ -52,8 +52,8 @@ DAY = 86400
 NO_LIMIT = {"requests_per_minute": 1000000, "burst": 100000}
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ISSUE_FIELDS = {"token", "jti", "expiresAt", "project", "service", "alg", "kid"}
-RECORD_FIELDS = {"jti", "project", "service", "backend", "description", "created_by", "created_at",
-                 "expires_at", "last_used_at", "is_active", "revoked_at", "revoked_by",
+RECORD_FIELDS = {"jti", "project", "service", "backend", "description", "created_by", "created_by_label",
+                 "created_at", "expires_at", "last_used_at", "is_active", "revoked_at", "revoked_by",
                  "revocation_reason", "metadata", "alg", "kid"}
 SERVICE_FIELDS = {"name", "targets", "balancer", "health_check", "ejection", "created_at",
                   "updated_at"}
@@ -800,7 +800,10 @@ class TokenApiTest(GatewayTestCase):
         self.assertEqual(rec["service"], "api")
         self.assertEqual(rec["backend"], "b1")
         self.assertEqual(rec["description"], "ci deploys")
-        self.assertEqual(rec["created_by"], "ops@example.com")
+        # created_by is the authenticated issuer, whatever the body says; the body's createdBy is
+        # kept apart as a label.
+        self.assertEqual(rec["created_by"], self.user.email)
+        self.assertEqual(rec["created_by_label"], "ops@example.com")
         self.assertEqual(rec["metadata"], {"team": "x", "n": 1})
         self.assertEqual(rec["alg"], "ES256")
         self.assertEqual(rec["kid"], body["kid"])
@@ -1878,7 +1881,8 @@ class TokenCliTest(GatewayTestCase):
         self.assertEqual(claims["exp"] - claims["iat"], 7 * DAY)
         self.assertEqual(claims["project"], self.slug)
         rec = token_record(self.control, self.user.token, self.project["id"], body["jti"])
-        self.assertEqual((rec["description"], rec["backend"], rec["created_by"]), ("nightly", "b2", "ops"))
+        self.assertEqual((rec["description"], rec["backend"], rec["created_by"], rec["created_by_label"]),
+                         ("nightly", "b2", "cli", "ops"))
 
     def test_validation_errors_exit_2(self):
         cases = (("undeclared service", ["--project", self.slug, "--service", "nosuch"], "INVALID_SERVICE"),

@@ -114,7 +114,11 @@ http::Response do_register(AppState& app, const http::Request& req) {
   Tokens t;
   try {
     app.db->transaction([&](store::Connection& c) {
-      c.exec("INSERT INTO users (id, email, name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+      // The first user of a new installation is its operator. PostgreSQL: two first
+      // registrations at once are serialised (SQLite's write transactions already are).
+      if (app.db->engine() == store::Engine::kPostgres) c.exec("SELECT pg_advisory_xact_lock(7243002)", {});
+      c.exec("INSERT INTO users (id, email, name, password_hash, created_at, is_operator) VALUES ($1, $2, $3, $4, $5, "
+             "(SELECT CASE WHEN EXISTS (SELECT 1 FROM users) THEN 0 ELSE 1 END))",
              {u.id, u.email, u.name, hash, u.created_at});
       t = start_session(app, c, req, u);
       audit(c, req, u.id, "user.register", "user", u.id, {{"email", u.email}});

@@ -127,11 +127,12 @@ std::optional<Principal> optional_user(AppState& app, const http::Request& req) 
   std::optional<Principal> p;
   app.db->with_connection([&](store::Connection& c) {
     auto r = c.exec(
-        "SELECT u.id, u.email, u.name, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id "
+        "SELECT u.id, u.email, u.name, s.expires_at, u.is_operator FROM sessions s JOIN users u ON u.id = s.user_id "
         "WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3",
         {sid, sub, now});
     if (!r.empty())
-      p = Principal{r.rows[0].text(0), r.rows[0].text(1), r.rows[0].text(2), sid, r.rows[0].integer(3)};
+      p = Principal{r.rows[0].text(0), r.rows[0].text(1), r.rows[0].text(2), sid, r.rows[0].integer(3),
+                    r.rows[0].integer(4) != 0};
   });
   if (!p) throw unauthorized("Session revoked or expired");
   return p;
@@ -141,6 +142,12 @@ Principal require_user(AppState& app, const http::Request& req) {
   auto p = optional_user(app, req);
   if (!p) throw unauthorized("Not authenticated");
   return *p;
+}
+
+Principal require_operator(AppState& app, const http::Request& req) {
+  auto p = require_user(app, req);
+  if (!p.is_operator) throw ApiError(403, "Operators only");
+  return p;
 }
 
 void audit(store::Connection& c, const http::Request& req, const std::optional<std::string>& actor,

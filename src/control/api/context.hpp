@@ -88,9 +88,12 @@ struct Principal {
   std::string name;
   std::string session_id;
   std::int64_t session_expires_at = 0;
+  bool is_operator = false;  // may see the worker registry (docs/configuration.md, "Operators")
 };
 // 401 unless a valid, live access token is presented.
 Principal require_user(AppState& app, const http::Request& req);
+// require_user, then 403 unless the user is an operator.
+Principal require_operator(AppState& app, const http::Request& req);
 // nullopt when no Authorization header; 401 when one is present but invalid.
 std::optional<Principal> optional_user(AppState& app, const http::Request& req);
 

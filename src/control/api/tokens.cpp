@@ -156,7 +156,7 @@ IssueInput parse_issue_body(const json& body) {
   }
   in.description = opt_string_field(body, "description", 1000);
   in.backend = opt_string_field(body, "backend", 200);
-  in.created_by = opt_string_field(body, "createdBy", 200);
+  in.created_by_label = opt_string_field(body, "createdBy", 200);
   if (auto m = body.find("metadata"); m != body.end() && !m->is_null()) {
     if (!m->is_object()) throw token_error("VALIDATION_ERROR", "metadata: must be an object");
     if (m->dump().size() > 8192) throw token_error("VALIDATION_ERROR", "metadata: at most 8 KiB");
@@ -185,12 +185,12 @@ json issue_token(AppState& app, store::Connection& c, const TokenProject& projec
   std::string alg(jwt::key_alg_name(key->alg()));
   std::int64_t seq = c.exec("SELECT COALESCE(MAX(seq), 0) + 1 FROM gateway_tokens", {}).rows.at(0).integer(0);
   c.exec("INSERT INTO gateway_tokens (seq, id, token_hash, jti, project_id, project, service, backend, description, "
-         "created_by, created_at, expires_at, is_active, metadata, alg, kid) "
-         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15)",
+         "created_by, created_at, expires_at, is_active, metadata, alg, kid, created_by_label) "
+         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16)",
          {seq, crypto::uuid_v4(), crypto::sha256_hex(token), jti, project.id, *project.slug, in.service,
           store::opt(in.backend), store::opt(in.description), store::opt(in.created_by), now, exp * 1000,
           in.metadata.is_null() ? store::Value(nullptr) : store::Value(in.metadata.dump()), alg,
-          key->kid().empty() ? store::Value(nullptr) : store::Value(key->kid())});
+          key->kid().empty() ? store::Value(nullptr) : store::Value(key->kid()), store::opt(in.created_by_label)});
   audit(c, req, actor, "token.issue", "token", jti,
         {{"project_id", project.id}, {"service", in.service}, {"expires_at", iso_time(exp * 1000)}, {"alg", alg}});
   return {{"token", token},
@@ -221,7 +221,8 @@ json token_record(const store::Row& r) {
           {"revocation_reason", r.opt_text(12) ? json(*r.opt_text(12)) : json(nullptr)},
           {"metadata", metadata},
           {"alg", r.text(14)},
-          {"kid", r.opt_text(15) ? json(*r.opt_text(15)) : json(nullptr)}};
+          {"kid", r.opt_text(15) ? json(*r.opt_text(15)) : json(nullptr)},
+          {"created_by_label", r.opt_text(17) ? json(*r.opt_text(17)) : json(nullptr)}};
 }
 
 std::optional<json> revoke_token(AppState& app, store::Connection& c, const std::optional<std::string>& project_id,

@@ -27,7 +27,9 @@ TokenProject project_ref(store::Connection& c, const std::string& slug_or_id);
 
 struct IssueInput {
   std::string service;
-  std::optional<std::string> description, backend, created_by, project_claim;
+  std::optional<std::string> description, backend, project_claim;
+  std::optional<std::string> created_by;        // who issued it: the signed-in user, or "cli"
+  std::optional<std::string> created_by_label;  // the request's "createdBy", as the client gave it
   std::int64_t expires_in_days = 90;
   json metadata = nullptr;
 };
@@ -40,7 +42,7 @@ json issue_token(AppState& app, store::Connection& c, const TokenProject& projec
 
 inline constexpr const char* kTokenColumns =
     "jti, project, service, backend, description, created_by, created_at, expires_at, last_used_at, is_active, "
-    "revoked_at, revoked_by, revocation_reason, metadata, alg, kid, project_id";
+    "revoked_at, revoked_by, revocation_reason, metadata, alg, kid, project_id, created_by_label";
 json token_record(const store::Row& row);
 
 // Revokes an active token (of `project_id` when given). nullopt when nothing active matched.

@@ -17,7 +17,7 @@ http::Response issue(AppState& app, const http::Request& req, const http::PathPa
     throw token_error("VALIDATION_ERROR", e.detail());
   }
   IssueInput in = parse_issue_body(body);
-  if (!in.created_by) in.created_by = user.email;
+  in.created_by = user.email;  // the authenticated issuer; a client's "createdBy" is only a label
   json out;
   app.db->transaction([&](store::Connection& c) {
     auto project = owned_project_ref(c, params.at("id"), user.user_id);

@@ -295,7 +295,7 @@ http::Response config(AppState& app, const http::Request& req) {
 constexpr std::int64_t kLiveWindowMs = 90'000;  // a worker polls at least every ~25 s
 
 http::Response gateways(AppState& app, const http::Request& req) {
-  require_user(app, req);
+  require_operator(app, req);
   json list = json::array();
   std::int64_t version = 0, now = now_ms();
   app.db->with_connection([&](store::Connection& c) {
@@ -321,7 +321,7 @@ http::Response gateways(AppState& app, const http::Request& req) {
 
 // Has every live worker applied `version` (default: the current one)?
 http::Response propagation(AppState& app, const http::Request& req) {
-  require_user(app, req);
+  require_operator(app, req);
   std::int64_t version = -1, current = 0, now = now_ms();
   std::string v;
   if (http::query_param(req.query, "version", v)) {

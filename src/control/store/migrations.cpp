@@ -81,6 +81,12 @@ CREATE TABLE jwt_signing_keys (
 );
 )SQL";
 
+constexpr const char* kOperators = R"SQL(
+ALTER TABLE users ADD COLUMN is_operator INTEGER NOT NULL DEFAULT 0;
+UPDATE users SET is_operator = 1 WHERE seq = (SELECT MIN(seq) FROM users);
+ALTER TABLE gateway_tokens ADD COLUMN created_by_label TEXT;
+)SQL";
+
 const Migration kMigrations[] = {
     {1, "initial schema",
      R"SQL(
@@ -256,6 +262,9 @@ CREATE INDEX config_changes_version ON config_changes(version);
     {4, "gateways (worker heartbeats)", kGatewaysTable, kGatewaysTable},
     {5, "services, service tokens and signing keys", kServicesAndTokens, kServicesAndTokens},
     {6, "per-project risk policy", "ALTER TABLE projects ADD COLUMN risk TEXT;", "ALTER TABLE projects ADD COLUMN risk TEXT;"},
+    // The first user (by registration order) becomes the operator of an upgraded database
+    // (docs/configuration.md, "Operators"); tokens keep a client-supplied creator apart.
+    {7, "operators and token creator labels", kOperators, kOperators},
 };
 
 constexpr const char* kCreateTable =
