@@ -231,6 +231,15 @@ Task<void> read_head(Stream& s, beast::flat_buffer& b, Parser& p, error_code& ec
   }
 }
 
+// A '\n' not preceded by '\r' in the buffered bytes (which begin at a framing element: Beast
+// consumes chunk lines whole).
+bool has_bare_lf(const beast::flat_buffer& b) {
+  const char* d = static_cast<const char*>(b.data().data());
+  for (std::size_t i = 0; i < b.size(); ++i)
+    if (d[i] == '\n' && (i == 0 || d[i - 1] != '\r')) return true;
+  return false;
+}
+
 // Reads body bytes into the parser's buffer_body window until some arrive or the body ends.
 // `eof_ends_body`: a response delimited by the connection closing.
 template <class Stream, class Parser>
@@ -250,6 +259,10 @@ Task<void> read_body_some(Stream& s, beast::flat_buffer& b, Parser& p, error_cod
       }
       if (ec == http::error::need_more) {
         ec = {};
+        // Beast's chunk parser waits for a CRLF that a client framing with bare LFs never sends
+        // (RFC 9112 7.1 requires CRLF): a bare LF among the unparsed framing bytes is refused now.
+        if (p.chunked() && has_bare_lf(b)) ec = http::error::bad_chunk;
+        if (ec) co_return;
         break;
       }
       if (ec) co_return;
