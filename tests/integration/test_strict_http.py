@@ -180,12 +180,7 @@ class FramingTest(StrictHttpCase):
     def test_transfer_encoding_in_http10(self):
         m = self.marker()
         data = self.head("POST /%s HTTP/1.0" % m, "Host: a", "Transfer-Encoding: chunked")
-        c = self.conn()
-        c.send(data + b"5\r\nhello\r\n0\r\n\r\n")
-        status, headers, body = c.response()
-        self.assertRawError(status, headers, body, 400)
-        self.assertTrue(c.closed())
-        self.assertEqual(self.upstream.matching(m), [])
+        self.assertRefusedAndClosed(data + b"5\r\nhello\r\n0\r\n\r\n", 400, m)
 
     def test_other_coding_before_chunked_is_not_implemented(self):
         m = self.marker()
