@@ -12,6 +12,7 @@ Environment: see harness.py (AG_BIN).
 
 import hashlib
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -88,6 +89,7 @@ class StrictHttpCase(wh.WorkerTestCase):
     def tearDownClass(cls):
         cls.worker.stop()
         cls.upstream.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
 
     @classmethod
     def status_of(cls, path):
