@@ -413,6 +413,19 @@ class ControlServer:
             raise RuntimeError("pg_dump failed: " + proc.stderr.decode("utf-8", "replace"))
         return proc.stdout
 
+    def execute(self, sql):
+        """Runs one SQL statement on the application's database (SQLite or PostgreSQL), e.g. the
+        operator grant that docs/configuration.md describes."""
+        if self.db == "sqlite":
+            conn = sqlite3.connect(self.db_path, timeout=10)
+            try:
+                conn.execute(sql)
+                conn.commit()
+            finally:
+                conn.close()
+        else:
+            psql(self.db_url, sql)
+
     def table_counts(self):
         """{table: row count} for every table of the application's database."""
         if self.db == "sqlite":

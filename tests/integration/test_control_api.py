@@ -718,8 +718,13 @@ class OperatorTests(ControlTestCase):
     """The worker registry (GET /gateways, /gateways/propagation) is for operators: the first user
     of a new installation (docs/configuration.md, "Operators")."""
 
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.operator = h.register_user(cls.server)  # the first user of this server
+
     def test_only_the_first_user_sees_the_worker_registry(self):
-        first = self.new_user()
+        first = self.operator
         second = self.new_user()
         for path in ("/gateways", "/gateways/propagation", "/api/v1/gateways"):
             resp = self.req("GET", path, token=first.token)
@@ -732,6 +737,45 @@ class OperatorTests(ControlTestCase):
             self.assertUnauthorized(self.req("GET", path))
         # The second user is an ordinary user everywhere else.
         self.assertStatus(self.req("GET", "/projects", token=second.token), 200)
+        # Refused before the query is looked at: a non-operator learns nothing from a 422.
+        self.assertError(self.req("GET", "/gateways/propagation?version=x", token=second.token), 403,
+                         "Operators only")
+        self.assertError(self.req("GET", "/gateways/propagation?version=x", token=first.token), 422,
+                         mentions="version")
+
+    def test_an_operator_granted_in_the_database_is_one_at_the_next_request(self):
+        """The grant docs/configuration.md describes, with the session the user already has."""
+        later = self.new_user()
+        self.assertError(self.req("GET", "/gateways", token=later.token), 403, "Operators only")
+        self.server.execute("UPDATE users SET is_operator = 1 WHERE email = '%s'" % later.email)
+        self.assertStatus(self.req("GET", "/gateways", token=later.token), 200)
+        self.server.execute("UPDATE users SET is_operator = 0 WHERE email = '%s'" % later.email)
+        self.assertError(self.req("GET", "/gateways", token=later.token), 403, "Operators only")
+
+
+class FirstRegistrationRaceTests(ControlTestCase):
+    """Registrations racing on an empty database: exactly one of them becomes the operator."""
+
+    def test_simultaneous_first_registrations_make_one_operator(self):
+        count = 6
+        barrier = threading.Barrier(count)
+        users, errors = [None] * count, []
+
+        def register(i):
+            try:
+                barrier.wait(10)
+                users[i] = h.register_user(self.server)
+            except Exception as e:  # reported below with the others
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=register, args=(i,)) for i in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+        statuses = sorted(self.req("GET", "/gateways", token=u.token).status for u in users)
+        self.assertEqual(statuses, [200] + [403] * (count - 1))
 
 
 # =============================================================================================

@@ -76,45 +76,71 @@ class MigrateTests(TempDirTestCase):
             conn.close()
         self.assertGreater(sum(counts.values()), 0, "data lost after a second migrate: %r" % counts)
 
-    def test_upgrade_makes_the_first_user_the_operator(self):
+    def upgrade_from_schema_6(self, db, url, execute, query):
         """A database made by the release before operators (schema 6) is upgraded: its first user
-        becomes the operator, the others stay ordinary users, and tokens get the creator label."""
-        path = os.path.join(self.tmp, "previous.db")
-        url = "sqlite:///" + path
+        becomes the operator, the others stay ordinary users, and tokens get the creator label.
+        execute(sql) runs statements on the database; query(sql) returns its rows as tuples of
+        strings."""
         code, out = h.run_binary(["migrate"], {"DATABASE_URL": url}, cwd=self.tmp)
         self.assertEqual(code, 0, out)
-        server = h.start_control("sqlite", workdir=self.tmp, db_url=url)
+        server = h.start_control(db, workdir=self.tmp, db_url=url)
         try:
             first = h.register_user(server)
             second = h.register_user(server)
+            third = h.register_user(server)
         finally:
             server.stop()
         # Back to schema 6, as the previous release left it.
-        conn = sqlite3.connect(path)
-        try:
-            conn.executescript("ALTER TABLE users DROP COLUMN is_operator;"
-                               "ALTER TABLE gateway_tokens DROP COLUMN created_by_label;"
-                               "DELETE FROM schema_migrations WHERE version >= 7;")
-            conn.commit()
-        finally:
-            conn.close()
+        execute("ALTER TABLE users DROP COLUMN is_operator;"
+                "ALTER TABLE gateway_tokens DROP COLUMN created_by_label;"
+                "DELETE FROM schema_migrations WHERE version >= 7;")
         code, out = h.run_binary(["migrate"], {"DATABASE_URL": url}, cwd=self.tmp)
         self.assertEqual(code, 0, out)
-        conn = sqlite3.connect(path)
+        self.assertEqual(dict(query("SELECT email, is_operator FROM users")),
+                         {first.email: "1", second.email: "0", third.email: "0"})
+        self.assertEqual(query("SELECT version, name FROM schema_migrations WHERE version = 7"),
+                         [("7", "operators and token creator labels")])
+        # The label column is there: selecting it fails otherwise.
+        self.assertEqual(query("SELECT count(created_by_label) FROM gateway_tokens"), [("0",)])
+        server = h.start_control(db, workdir=self.tmp, db_url=url)
         try:
-            flags = dict(conn.execute("SELECT email, is_operator FROM users").fetchall())
-            columns = [r[1] for r in conn.execute("PRAGMA table_info(gateway_tokens)")]
-        finally:
-            conn.close()
-        self.assertEqual(flags, {first.email: 1, second.email: 0})
-        self.assertIn("created_by_label", columns)
-        server = h.start_control("sqlite", workdir=self.tmp, db_url=url)
-        try:
-            for user, status in ((first, 200), (second, 403)):
+            for user, status in ((first, 200), (second, 403), (third, 403)):
                 token = h.login(server, user.email, user.password)["access_token"]
-                self.assertEqual(server.request("GET", "/gateways", token=token).status, status, user.email)
+                for path in ("/gateways", "/gateways/propagation"):
+                    self.assertEqual(server.request("GET", path, token=token).status, status,
+                                     "%s %s" % (path, user.email))
         finally:
             server.stop()
+
+    def test_upgrade_makes_the_first_user_the_operator(self):
+        path = os.path.join(self.tmp, "previous.db")
+
+        def execute(sql):
+            conn = sqlite3.connect(path)
+            try:
+                conn.executescript(sql)
+                conn.commit()
+            finally:
+                conn.close()
+
+        def query(sql):
+            conn = sqlite3.connect(path)
+            try:
+                return [tuple(str(v) for v in row) for row in conn.execute(sql).fetchall()]
+            finally:
+                conn.close()
+
+        self.upgrade_from_schema_6("sqlite", "sqlite:///" + path, execute, query)
+
+    def test_upgrade_makes_the_first_user_the_operator_postgres(self):
+        admin = h.pg_required()
+        name, url = h.create_pg_database(admin)
+        self.addCleanup(h.drop_pg_database, admin, name)
+
+        def query(sql):
+            return [tuple(line.split("|")) for line in h.psql(url, sql).splitlines() if line]
+
+        self.upgrade_from_schema_6("postgres", url, lambda sql: h.psql(url, sql), query)
 
     def test_migrate_postgres(self):
         admin = h.pg_required()
