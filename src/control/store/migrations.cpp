@@ -87,6 +87,8 @@ UPDATE users SET is_operator = 1 WHERE seq = (SELECT MIN(seq) FROM users);
 ALTER TABLE gateway_tokens ADD COLUMN created_by_label TEXT;
 )SQL";
 
+// Listed, with what each does to an existing database, in docs/configuration.md ("Database"):
+// a new migration gets its row there too.
 const Migration kMigrations[] = {
     {1, "initial schema",
      R"SQL(
