@@ -753,6 +753,31 @@ class OperatorTests(ControlTestCase):
         self.assertError(self.req("GET", "/gateways", token=later.token), 403, "Operators only")
 
 
+class TokenCreatorTests(ControlTestCase):
+    """A service token's created_by is who issued it; the body's createdBy is only a label
+    (docs/services-and-tokens.md). Here so that it runs on PostgreSQL as well."""
+
+    def test_created_by_is_the_signed_in_issuer(self):
+        user = self.shared_user()
+        slug = "p-" + h.random_string(8, string.ascii_lowercase + string.digits)
+        project = self.new_project(user.token, slug=slug)
+        resp = self.req("PUT", "/projects/%s/services/api" % project["id"],
+                        {"targets": ["http://127.0.0.1:9000"]}, token=user.token)
+        self.assertIn(resp.status, (200, 201), repr(resp))
+        tokens = "/projects/%s/tokens" % project["id"]
+        claimed = self.req("POST", tokens, {"service": "api", "createdBy": "someone.else@example.com"},
+                           token=user.token)
+        self.assertStatus(claimed, 201)
+        plain = self.req("POST", tokens, {"service": "api"}, token=user.token)
+        self.assertStatus(plain, 201)
+        resp = self.req("GET", tokens, token=user.token)
+        self.assertStatus(resp, 200)
+        records = {r["jti"]: r for r in resp.json()["tokens"]}
+        for issued, label in ((claimed, "someone.else@example.com"), (plain, None)):
+            record = records[issued.json()["jti"]]
+            self.assertEqual((record["created_by"], record["created_by_label"]), (user.email, label))
+
+
 class FirstRegistrationRaceTests(ControlTestCase):
     """Registrations racing on an empty database: exactly one of them becomes the operator."""
 
