@@ -13,17 +13,7 @@ bool save_private_atomically(const std::string& path, const std::string& content
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return false;
   bool ok = ::fchmod(fd, 0600) == 0;  // a temporary left by a crash keeps its old mode otherwise
-  std::size_t off = 0;
-  while (ok && off < content.size()) {
-    ssize_t n = ::write(fd, content.data() + off, content.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      ok = false;
-      break;
-    }
-    off += static_cast<std::size_t>(n);
-  }
-  ok = ok && ::fsync(fd) == 0;
+  ok = ok && write_all(fd, content) && ::fsync(fd) == 0;
   ok = (::close(fd) == 0) && ok;
   if (ok) ok = ::rename(tmp.c_str(), path.c_str()) == 0;
   if (!ok) {
@@ -32,6 +22,18 @@ bool save_private_atomically(const std::string& path, const std::string& content
     errno = err;
   }
   return ok;
+}
+
+bool write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
 }
 
 }  // namespace ag::files

@@ -1,6 +1,7 @@
 #pragma once
 // Files the processes write for themselves: saved config snapshots, generated secrets.
 #include <string>
+#include <string_view>
 
 namespace ag::files {
 
@@ -9,5 +10,9 @@ namespace ag::files {
 // behind, on any failure (e.g. a full disk or a directory that cannot be written); errno then
 // holds the cause.
 bool save_private_atomically(const std::string& path, const std::string& content);
+
+// Writes all of `data` to `fd`, retrying short writes and EINTR. False on an error (errno set);
+// part of `data` may then have been written.
+bool write_all(int fd, std::string_view data);
 
 }  // namespace ag::files

@@ -10,6 +10,7 @@
 #include <iterator>
 
 #include "common/crypto.hpp"
+#include "common/files.hpp"
 
 namespace ag::config {
 
@@ -33,19 +34,6 @@ T get_le(const char* p) {
   for (std::size_t i = 0; i < sizeof(T); ++i)
     u |= static_cast<std::make_unsigned_t<T>>(static_cast<unsigned char>(p[i])) << (8 * i);
   return static_cast<T>(u);
-}
-
-bool write_all(int fd, const char* p, std::size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-  return true;
 }
 
 }  // namespace
@@ -119,7 +107,7 @@ Journal::~Journal() {
 bool Journal::append(const JournalRecord& r) {
   if (fd_ < 0) return false;
   std::string rec = encode_journal_record(r);
-  bool ok = write_all(fd_, rec.data(), rec.size()) && (!sync_ || ::fdatasync(fd_) == 0);
+  bool ok = files::write_all(fd_, rec) && (!sync_ || ::fdatasync(fd_) == 0);
   if (!ok) {
     int err = errno;
     if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) {

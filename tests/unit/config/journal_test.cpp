@@ -46,11 +46,6 @@ std::string slurp(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-void append_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::app);
-  out << bytes;
-}
-
 class JournalTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -67,6 +62,11 @@ class JournalTest : public ::testing::Test {
   void TearDown() override {
     for (const std::string& f : {snap_, snap_ + ".meta", jpath_}) std::remove(f.c_str());
     ::rmdir(dir_.c_str());
+  }
+  // Journals the revocation of keys 1..n as versions 11..10+n, one record each.
+  void journal_revocations(int n) {
+    Journal j(jpath_, false);
+    for (int i = 0; i < n; ++i) ASSERT_TRUE(j.append({JournalKind::kDelta, 11 + i, now_ms(), revoke(10 + i, 1 + i)}));
   }
   // A snapshot of version 10 with keys 0..4, saved now.
   void save_base() {
@@ -100,11 +100,7 @@ TEST_F(JournalTest, RecordsRoundTrip) {
 
 TEST_F(JournalTest, ReplayAppliesRecordsNewerThanTheSnapshot) {
   save_base();
-  {
-    Journal j(jpath_, false);
-    ASSERT_TRUE(j.append({JournalKind::kDelta, 11, now_ms(), revoke(10, 1)}));
-    ASSERT_TRUE(j.append({JournalKind::kDelta, 12, now_ms(), revoke(11, 2)}));
-  }
+  journal_revocations(2);
   auto loaded = load_saved_snapshot(snap_, std::chrono::hours(1));
   ASSERT_TRUE(loaded.snapshot) << loaded.problem;
   EXPECT_EQ(loaded.snapshot->version, 12);
@@ -123,11 +119,7 @@ TEST_F(JournalTest, RecordsAlreadyInTheSnapshotAreSkipped) {
   auto v11 = apply_delta(base.snapshot, revoke(10, 1));
   ASSERT_TRUE(v11.snapshot) << v11.error;
   ASSERT_TRUE(files::save_private_atomically(snap_, serialize_snapshot(*v11.snapshot, now_ms())));
-  {
-    Journal j(jpath_, false);
-    ASSERT_TRUE(j.append({JournalKind::kDelta, 11, now_ms(), revoke(10, 1)}));
-    ASSERT_TRUE(j.append({JournalKind::kDelta, 12, now_ms(), revoke(11, 2)}));
-  }
+  journal_revocations(2);
   auto loaded = load_saved_snapshot(snap_, std::chrono::hours(1));
   ASSERT_TRUE(loaded.snapshot) << loaded.problem;
   EXPECT_EQ(loaded.snapshot->version, 12);
@@ -137,10 +129,7 @@ TEST_F(JournalTest, RecordsAlreadyInTheSnapshotAreSkipped) {
 
 TEST_F(JournalTest, TruncatedTailIsIgnoredNeverHalfApplied) {
   save_base();
-  {
-    Journal j(jpath_, false);
-    ASSERT_TRUE(j.append({JournalKind::kDelta, 11, now_ms(), revoke(10, 1)}));
-  }
+  journal_revocations(1);
   // The second record cut anywhere inside: the header, the document, its last byte.
   std::string second = encode_journal_record({JournalKind::kDelta, 12, now_ms(), revoke(11, 2)});
   const std::string intact = slurp(jpath_);
@@ -158,12 +147,7 @@ TEST_F(JournalTest, TruncatedTailIsIgnoredNeverHalfApplied) {
 
 TEST_F(JournalTest, CorruptedRecordEndsTheReplay) {
   save_base();
-  {
-    Journal j(jpath_, false);
-    ASSERT_TRUE(j.append({JournalKind::kDelta, 11, now_ms(), revoke(10, 1)}));
-    ASSERT_TRUE(j.append({JournalKind::kDelta, 12, now_ms(), revoke(11, 2)}));
-    ASSERT_TRUE(j.append({JournalKind::kDelta, 13, now_ms(), revoke(12, 3)}));
-  }
+  journal_revocations(3);
   std::string data = slurp(jpath_);
   std::size_t second = encode_journal_record({JournalKind::kDelta, 11, 0, revoke(10, 1)}).size();
   // One flipped bit in the second record's document: it and everything after are ignored.
