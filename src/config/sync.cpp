@@ -215,7 +215,7 @@ class ControlPlaneSource final : public PollingSource {
 
   void maybe_save(std::int64_t now) {
     if (opts_.snapshot_path.empty() || !current_) return;
-    const bool durable = journal_ && journal_->ok() && !journal_failed_;
+    const bool durable = journal_ && !journal_failed_;  // (a journal that cannot be opened has failed)
     if (durable && now - last_save_ms_ < opts_.save_interval.count()) {
       save_pending_ = saved_version_ != current_->version;
       return;

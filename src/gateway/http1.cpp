@@ -201,13 +201,16 @@ bool name_is(std::string_view name, std::string_view lower_name) {
   return true;
 }
 
+std::string_view trim_ows(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
 bool has_token(std::string_view list, std::string_view token) {
   while (!list.empty()) {
     auto comma = list.find(',');
-    std::string_view item = list.substr(0, comma);
-    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
-    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
-    if (iequals_ascii(item, token)) return true;
+    if (iequals_ascii(trim_ows(list.substr(0, comma)), token)) return true;
     list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
   }
   return false;

@@ -62,6 +62,8 @@ Result parse_response(std::string_view in, Head& head);
 // Case-insensitive comparison of a field name (or a token) with `lower`, which must consist of
 // lower-case letters, digits and '-' only.
 bool name_is(std::string_view name, std::string_view lower);
+// `s` without leading and trailing spaces and tabs (RFC 9110 OWS).
+std::string_view trim_ows(std::string_view s);
 // True when `token` is in the comma-separated list (case-insensitive, optional whitespace).
 bool has_token(std::string_view list, std::string_view token);
 

@@ -45,10 +45,7 @@ bool valid_ip_literal(std::string_view s) {
 // The last element of a comma-separated list, without surrounding whitespace.
 std::string_view last_element(std::string_view list) {
   auto comma = list.rfind(',');
-  std::string_view item = comma == std::string_view::npos ? list : list.substr(comma + 1);
-  while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
-  while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
-  return item;
+  return http1::trim_ows(comma == std::string_view::npos ? list : list.substr(comma + 1));
 }
 
 // "." or ".." spelled with '.' or "%2e"/"%2E": 1 or 2; anything else 0.
