@@ -1,3 +1,6 @@
+// Over 600 lines: one concept, the service-token JWS for three algorithms (HS256, ES256, EdDSA):
+// strict base64url, key parsing from PEM and JWK, signing, verification and the JWKS rendering
+// share the same OpenSSL key state; split, each piece would need that state exported.
 #include "common/service_token.hpp"
 
 #include "common/ascii.hpp"

@@ -1,3 +1,8 @@
+// Over 600 lines: the connection's I/O (head and body reading, local replies, the proxy exchange
+// with retries, the WebSocket tunnel) lives in one coroutine class whose state the parts share;
+// splitting it into pipeline stages and an exchange is a change of its own (docs/architecture.md,
+// "Not yet split").
+//
 // The worker's request loop: one coroutine per client connection, walking the pipeline stages
 // (pipeline.hpp) for each request and doing the I/O between them. Design notes:
 // - Heads are rendered into one reused buffer per connection, instead of Beast's serializer, and
