@@ -153,7 +153,9 @@ int main(int argc, char** argv) {
                      "load config from the *.yml/*.yaml files in this directory, reloaded on change (env WORKER_CONFIG_DIR)");
   worker->footer(
       "Other settings come from the environment (docs/worker.md): timeouts, limits, REDIS_URL, the risk engine,\n"
-      "and WORKER_UPSTREAM_CA_FILE, a PEM bundle trusted for https:// upstreams besides the system store.");
+      "WORKER_UPSTREAM_CA_FILE, a PEM bundle trusted for https:// upstreams besides the system store,\n"
+      "WORKER_JOURNAL_FSYNC (on: each config change flushed to disk before it applies), and the strict HTTP\n"
+      "settings WORKER_PATH_NORMALIZATION, WORKER_MERGE_SLASHES and WORKER_UNDERSCORE_HEADERS (drop|allow|reject).");
 
   std::string demo = "127.0.0.1:9000";
   auto* up = app.add_subcommand("up", "Run control plane + worker (+ a demo upstream) on embedded defaults (SQLite file, local limits).");
