@@ -42,13 +42,14 @@ ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>())
   if (!st.applied_now.empty())
     spdlog::info("database migrated to schema version {} ({} migration(s) applied)", st.current,
                  st.applied_now.size());
-  register_auth_routes(router_, *state_);
-  register_project_routes(router_, *state_);
-  register_key_routes(router_, *state_);
-  register_worker_config_routes(router_, *state_);
-  register_meta_routes(router_, *state_);
-  register_service_routes(router_, *state_);
-  register_token_routes(router_, *state_);
+  register_auth_routes(routes_, *state_);
+  register_project_routes(routes_, *state_);
+  register_key_routes(routes_, *state_);
+  register_worker_config_routes(routes_, *state_);
+  register_meta_routes(routes_, *state_);
+  register_service_routes(routes_, *state_);
+  register_token_routes(routes_, *state_);
+  state_->openapi_document = openapi_with_access(routes_.routes());
 }
 
 ControlApp::~ControlApp() = default;
@@ -79,9 +80,12 @@ http::Response ControlApp::handle(http::Request& req) {
       res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-Id");
       res.set_header("Access-Control-Max-Age", "600");
     } else {
-      auto m = router_.match(req.method, path);
+      auto m = routes_.match(req.method, path);
       if (m.outcome == http::Router::Outcome::kFound) {
-        res = (*m.handler)(req, m.params);
+        // The route's declared rule is checked here, before its handler runs.
+        Call call{req, m.params, std::nullopt};
+        authorise(*state_, m.entry->access, call);
+        res = m.entry->handler(call);
       } else if (m.outcome == http::Router::Outcome::kMethodNotAllowed) {
         res = error_response(405, "Method not allowed");
         res.set_header("Allow", m.allow);

@@ -8,7 +8,7 @@
 
 #include "control/settings.hpp"
 #include "http/message.hpp"
-#include "http/router.hpp"
+#include "control/api/routes.hpp"
 
 namespace ag::control {
 
@@ -26,12 +26,13 @@ class ControlApp {
   // Answer for errors the HTTP layer detects before a request is complete (400/413/431).
   http::Response protocol_error(int status, std::string detail);
 
-  std::vector<http::RouteInfo> routes() const { return router_.routes(); }
+  // Every route with its authorisation rule.
+  std::vector<RouteDecl> routes() const { return routes_.routes(); }
   AppState& state() { return *state_; }
 
  private:
   std::unique_ptr<AppState> state_;
-  http::Router router_;
+  RouteTable routes_;
 };
 
 // The control plane's HTTP server: start() binds and runs it on its own threads.

@@ -101,12 +101,12 @@ bool query_param(std::string_view query, std::string_view name, std::string& out
   return false;
 }
 
-void Router::add(std::string method, std::string pattern, Handler handler) {
+void Router::add(std::string method, std::string pattern, std::size_t slot) {
   Route r;
   r.method = std::move(method);
   for (auto seg : split_path(pattern)) r.segments.emplace_back(seg);
   r.pattern = std::move(pattern);
-  r.handler = std::move(handler);
+  r.slot = slot;
   routes_.push_back(std::move(r));
 }
 
@@ -128,7 +128,7 @@ Router::Match Router::match(std::string_view method, std::string_view path) cons
     if (!ok) continue;
     if (r.method == method || (method == "HEAD" && r.method == "GET")) {
       m.outcome = Outcome::kFound;
-      m.handler = &r.handler;
+      m.slot = r.slot;
       m.params = std::move(params);
       return m;
     }

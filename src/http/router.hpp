@@ -1,6 +1,7 @@
 #pragma once
-// Method + path routing with `{name}` segments, e.g. "/projects/{id}/keys/{key_id}".
-#include <functional>
+// Method + path routing with `{name}` segments, e.g. "/projects/{id}/keys/{key_id}". The router
+// only matches: each route carries a slot number, the index of whatever the caller keeps for it
+// (the control plane keeps the handler and its authorisation rule, control/api/routes.hpp).
 #include <map>
 #include <string>
 #include <string_view>
@@ -11,7 +12,6 @@
 namespace ag::http {
 
 using PathParams = std::map<std::string, std::string, std::less<>>;
-using Handler = std::function<Response(const Request&, const PathParams&)>;
 
 struct RouteInfo {
   std::string method;
@@ -20,12 +20,12 @@ struct RouteInfo {
 
 class Router {
  public:
-  void add(std::string method, std::string pattern, Handler handler);
+  void add(std::string method, std::string pattern, std::size_t slot);
 
   enum class Outcome { kFound, kNotFound, kMethodNotAllowed };
   struct Match {
     Outcome outcome = Outcome::kNotFound;
-    const Handler* handler = nullptr;
+    std::size_t slot = 0;
     PathParams params;
     std::string allow;  // for kMethodNotAllowed: "GET, POST"
   };
@@ -39,7 +39,7 @@ class Router {
     std::string method;
     std::string pattern;
     std::vector<std::string> segments;
-    Handler handler;
+    std::size_t slot = 0;
   };
   std::vector<Route> routes_;
 };

@@ -7,6 +7,7 @@
 #include "common/crypto.hpp"
 #include "common/time.hpp"
 #include "control/api/context.hpp"
+#include "control/api/routes.hpp"
 #include "control/service/passwords.hpp"
 #include "control/service/validation.hpp"
 
@@ -95,7 +96,8 @@ void check_password_field(const std::string& password) {
     throw validation_error("password", "must be 8 to 1024 characters");
 }
 
-http::Response do_register(AppState& app, const http::Request& req) {
+http::Response do_register(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
   json body = parse_object_body(req);
   reject_unknown_fields(body, {"email", "password", "name"});
   std::string email = lower_ascii(require_string(body, "email"));
@@ -129,7 +131,8 @@ http::Response do_register(AppState& app, const http::Request& req) {
   return json_response(201, token_response(app, u, t));
 }
 
-http::Response do_login(AppState& app, const http::Request& req) {
+http::Response do_login(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
   std::string email, password;
   auto ct = lower_ascii(req.header("content-type"));
   if (ct.rfind("application/x-www-form-urlencoded", 0) == 0) {
@@ -164,8 +167,8 @@ http::Response do_login(AppState& app, const http::Request& req) {
   return json_response(200, token_response(app, *u, t));
 }
 
-http::Response do_session(AppState& app, const http::Request& req) {
-  auto p = optional_user(app, req);
+http::Response do_session(AppState& app, const Call& call) {
+  const auto& p = call.user;
   bool has_users = false;
   app.db->with_connection([&](store::Connection& c) {
     has_users = !c.exec("SELECT 1 FROM users LIMIT 1", {}).empty();
@@ -196,7 +199,8 @@ std::string refresh_token_from_body(const http::Request& req, bool required) {
   return t.value_or("");
 }
 
-http::Response do_refresh(AppState& app, const http::Request& req) {
+http::Response do_refresh(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
   std::string token = refresh_token_from_body(req, true);
   if (token.size() > 256) throw unauthorized("Invalid refresh token");
   std::string hash = crypto::sha256_hex(token);
@@ -234,9 +238,10 @@ http::Response do_refresh(AppState& app, const http::Request& req) {
   return json_response(200, token_response(app, u, t));
 }
 
-http::Response do_logout(AppState& app, const http::Request& req) {
+http::Response do_logout(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
   std::string sid, uid;
-  if (auto p = optional_user(app, req)) {
+  if (const auto& p = call.user) {
     sid = p->session_id;
     uid = p->user_id;
   } else {
@@ -264,12 +269,12 @@ http::Response do_logout(AppState& app, const http::Request& req) {
 
 }  // namespace
 
-void register_auth_routes(http::Router& r, AppState& app) {
-  r.add("POST", "/auth/register", [&app](const http::Request& q, const http::PathParams&) { return do_register(app, q); });
-  r.add("POST", "/auth/login", [&app](const http::Request& q, const http::PathParams&) { return do_login(app, q); });
-  r.add("GET", "/auth/session", [&app](const http::Request& q, const http::PathParams&) { return do_session(app, q); });
-  r.add("POST", "/auth/refresh", [&app](const http::Request& q, const http::PathParams&) { return do_refresh(app, q); });
-  r.add("POST", "/auth/logout", [&app](const http::Request& q, const http::PathParams&) { return do_logout(app, q); });
+void register_auth_routes(RouteTable& r, AppState& app) {
+  r.add("POST", "/auth/register", Access::kPublic, [&app](const Call& c) { return do_register(app, c); });
+  r.add("POST", "/auth/login", Access::kPublic, [&app](const Call& c) { return do_login(app, c); });
+  r.add("GET", "/auth/session", Access::kOptionalUser, [&app](const Call& c) { return do_session(app, c); });
+  r.add("POST", "/auth/refresh", Access::kPublic, [&app](const Call& c) { return do_refresh(app, c); });
+  r.add("POST", "/auth/logout", Access::kUserOrRefreshToken, [&app](const Call& c) { return do_logout(app, c); });
 }
 
 }  // namespace ag::control

@@ -102,54 +102,6 @@ std::string require_string(const json& obj, std::string_view field) {
   return *v;
 }
 
-std::optional<Principal> optional_user(AppState& app, const http::Request& req) {
-  auto auth = req.header("authorization");
-  if (auth.empty()) return std::nullopt;
-  if (auth.size() < 7 || !(auth.substr(0, 7) == "Bearer " || auth.substr(0, 7) == "bearer "))
-    throw unauthorized("Authorization header must be 'Bearer <token>'");
-  auto token = auth.substr(7);
-  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
-  auto v = jwt::verify(app.jwt_alg, app.settings.jwt_secret, token);
-  if (!v.payload) throw unauthorized("Invalid or expired token");
-  json claims = json::parse(*v.payload, nullptr, false);
-  auto str = [&](const char* k) -> std::string {
-    auto it = claims.find(k);
-    return it != claims.end() && it->is_string() ? it->get<std::string>() : std::string{};
-  };
-  auto exp = claims.find("exp");
-  if (exp == claims.end() || !exp->is_number()) throw unauthorized("Invalid or expired token");
-  std::int64_t now = now_ms();
-  if (exp->get<double>() * 1000.0 <= static_cast<double>(now)) throw unauthorized("Token expired");
-  if (str("iss") != "antigravity" || str("aud") != "antigravity-control")
-    throw unauthorized("Invalid or expired token");
-  std::string sid = str("sid"), sub = str("sub");
-  if (sid.empty() || sub.empty()) throw unauthorized("Invalid or expired token");
-  std::optional<Principal> p;
-  app.db->with_connection([&](store::Connection& c) {
-    auto r = c.exec(
-        "SELECT u.id, u.email, u.name, s.expires_at, u.is_operator FROM sessions s JOIN users u ON u.id = s.user_id "
-        "WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3",
-        {sid, sub, now});
-    if (!r.empty())
-      p = Principal{r.rows[0].text(0), r.rows[0].text(1), r.rows[0].text(2), sid, r.rows[0].integer(3),
-                    r.rows[0].integer(4) != 0};
-  });
-  if (!p) throw unauthorized("Session revoked or expired");
-  return p;
-}
-
-Principal require_user(AppState& app, const http::Request& req) {
-  auto p = optional_user(app, req);
-  if (!p) throw unauthorized("Not authenticated");
-  return *p;
-}
-
-Principal require_operator(AppState& app, const http::Request& req) {
-  auto p = require_user(app, req);
-  if (!p.is_operator) throw ApiError(403, "Operators only");
-  return p;
-}
-
 void audit(store::Connection& c, const http::Request& req, const std::optional<std::string>& actor,
            std::string_view action, std::string_view target_type, const std::string& target_id,
            const json& detail) {

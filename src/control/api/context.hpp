@@ -18,7 +18,6 @@
 #include "control/settings.hpp"
 #include "control/store/database.hpp"
 #include "http/message.hpp"
-#include "http/router.hpp"
 
 namespace ag::control {
 
@@ -44,6 +43,8 @@ struct AppState {
     std::int64_t valid_until_ms = 0;
     std::shared_ptr<const std::string> body;
   } full_document_cache;
+  // docs/openapi.json with each operation's authorisation rule (`x-antigravity-access`).
+  std::string openapi_document;
 };
 
 class ApiError : public std::runtime_error {
@@ -90,13 +91,6 @@ struct Principal {
   std::int64_t session_expires_at = 0;
   bool is_operator = false;  // may see the worker registry (docs/configuration.md, "Operators")
 };
-// 401 unless a valid, live access token is presented.
-Principal require_user(AppState& app, const http::Request& req);
-// require_user, then 403 unless the user is an operator.
-Principal require_operator(AppState& app, const http::Request& req);
-// nullopt when no Authorization header; 401 when one is present but invalid.
-std::optional<Principal> optional_user(AppState& app, const http::Request& req);
-
 // Appends an audit record in the caller's transaction.
 void audit(store::Connection& c, const http::Request& req, const std::optional<std::string>& actor,
            std::string_view action, std::string_view target_type, const std::string& target_id,
@@ -107,12 +101,5 @@ std::int64_t bump_config_version(store::Connection& c);
 
 std::string iso_time(std::int64_t ms);
 json iso_or_null(const std::optional<std::int64_t>& ms);
-
-// Route registration, one function per resource file.
-void register_auth_routes(http::Router& r, AppState& app);
-void register_project_routes(http::Router& r, AppState& app);
-void register_key_routes(http::Router& r, AppState& app);
-void register_worker_config_routes(http::Router& r, AppState& app);
-void register_meta_routes(http::Router& r, AppState& app);
 
 }  // namespace ag::control

@@ -5,6 +5,7 @@
 #include "common/time.hpp"
 #include "control/api/config_changes.hpp"
 #include "control/api/context.hpp"
+#include "control/api/routes.hpp"
 #include "common/api_key.hpp"
 #include "control/service/validation.hpp"
 
@@ -45,17 +46,17 @@ json to_json(const KeyRow& k, std::int64_t now) {
           {"rate_limit", rate_json(k)}};
 }
 
-// The caller's project with that id, or 404.
-// With `lock_for` set, the project row is locked until the transaction ends, so concurrent key
+// The project with that id (the route's rule has checked the caller may act on it), or 404 when
+// it was deleted meanwhile. With `lock_for` set, the project row is locked until the transaction ends, so concurrent key
 // creations for one project rotate each other out in turn (SQLite's BEGIN IMMEDIATE already
 // serialises writers; PostgreSQL needs FOR UPDATE).
-std::string owned_project(store::Connection& c, const std::string& id, const std::string& owner,
-                          std::string* policy = nullptr, const store::Database* lock_for = nullptr) {
+std::string project_row(store::Connection& c, const std::string& id, std::string* policy = nullptr,
+                        const store::Database* lock_for = nullptr) {
   if (crypto::is_uuid(id)) {
     bool lock = lock_for && lock_for->engine() == store::Engine::kPostgres;
-    auto r = c.exec(lock ? "SELECT key_policy FROM projects WHERE id = $1 AND owner_id = $2 FOR UPDATE"
-                         : "SELECT key_policy FROM projects WHERE id = $1 AND owner_id = $2",
-                    {id, owner});
+    auto r = c.exec(lock ? "SELECT key_policy FROM projects WHERE id = $1 FOR UPDATE"
+                         : "SELECT key_policy FROM projects WHERE id = $1",
+                    {id});
     if (!r.empty()) {
       if (policy) *policy = r.rows[0].text(0);
       return id;
@@ -64,8 +65,10 @@ std::string owned_project(store::Connection& c, const std::string& id, const std
   throw ApiError(404, "Project not found");
 }
 
-http::Response create(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response create(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const http::PathParams& params = call.params;
+  const Principal& user = call.principal();
   json body = parse_object_body(req, true);
   reject_unknown_fields(body, {"label", "grace_period_seconds", "rate_limit"});
   std::optional<std::int64_t> rpm, burst;
@@ -98,7 +101,7 @@ http::Response create(AppState& app, const http::Request& req, const http::PathP
     try {
       app.db->transaction([&](store::Connection& c) {
         std::string policy;
-        std::string pid = owned_project(c, params.at("id"), user.user_id, &policy, app.db.get());
+        std::string pid = project_row(c, params.at("id"), &policy, app.db.get());
         ConfigChanges changes(app, c);
         std::int64_t now = k.created_at;
         if (policy == "single") {
@@ -147,11 +150,11 @@ http::Response create(AppState& app, const http::Request& req, const http::PathP
   return json_response(201, out);
 }
 
-http::Response list(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response list(AppState& app, const Call& call) {
+  const http::PathParams& params = call.params;
   json out = json::array();
   app.db->with_connection([&](store::Connection& c) {
-    std::string pid = owned_project(c, params.at("id"), user.user_id);
+    std::string pid = project_row(c, params.at("id"));
     auto r = c.exec(
         "SELECT id, public_id, label, created_at, expires_at, revoked_at, rate_limit_rpm, rate_limit_burst "
         "FROM api_keys WHERE project_id = $1 ORDER BY seq DESC",
@@ -165,10 +168,12 @@ http::Response list(AppState& app, const http::Request& req, const http::PathPar
   return json_response(200, out);
 }
 
-http::Response revoke(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response revoke(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const http::PathParams& params = call.params;
+  const Principal& user = call.principal();
   app.db->transaction([&](store::Connection& c) {
-    std::string pid = owned_project(c, params.at("id"), user.user_id);
+    std::string pid = project_row(c, params.at("id"));
     const std::string& kid = params.at("key_id");
     if (!crypto::is_uuid(kid)) throw ApiError(404, "API key not found");
     auto r = c.exec("SELECT revoked_at, key_hash FROM api_keys WHERE id = $1 AND project_id = $2", {kid, pid});
@@ -184,10 +189,10 @@ http::Response revoke(AppState& app, const http::Request& req, const http::PathP
 
 }  // namespace
 
-void register_key_routes(http::Router& r, AppState& app) {
-  r.add("POST", "/projects/{id}/keys", [&app](const http::Request& q, const http::PathParams& p) { return create(app, q, p); });
-  r.add("GET", "/projects/{id}/keys", [&app](const http::Request& q, const http::PathParams& p) { return list(app, q, p); });
-  r.add("DELETE", "/projects/{id}/keys/{key_id}", [&app](const http::Request& q, const http::PathParams& p) { return revoke(app, q, p); });
+void register_key_routes(RouteTable& r, AppState& app) {
+  r.add("POST", "/projects/{id}/keys", Access::kProjectOwner, [&app](const Call& c) { return create(app, c); });
+  r.add("GET", "/projects/{id}/keys", Access::kProjectOwner, [&app](const Call& c) { return list(app, c); });
+  r.add("DELETE", "/projects/{id}/keys/{key_id}", Access::kProjectOwner, [&app](const Call& c) { return revoke(app, c); });
 }
 
 }  // namespace ag::control

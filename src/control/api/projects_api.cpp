@@ -4,6 +4,7 @@
 #include "common/time.hpp"
 #include "control/api/config_changes.hpp"
 #include "control/api/context.hpp"
+#include "control/api/routes.hpp"
 #include "config/snapshot.hpp"
 #include "control/service/validation.hpp"
 
@@ -110,10 +111,11 @@ void apply_fields(const json& body, Project& p, bool create) {
   if (auto v = get_int(body, "max_body_bytes", 0, kMaxBodyLimit)) p.max_body = *v;
 }
 
-std::optional<Project> load(store::Connection& c, const std::string& id, const std::string& owner) {
+// The project with that id (the route's rule has checked the caller may act on it); nullopt when
+// it was deleted meanwhile.
+std::optional<Project> load(store::Connection& c, const std::string& id) {
   if (!crypto::is_uuid(id)) return std::nullopt;
-  auto r = c.exec(std::string("SELECT ") + kProjectColumns + " FROM projects WHERE id = $1 AND owner_id = $2",
-                  {id, owner});
+  auto r = c.exec(std::string("SELECT ") + kProjectColumns + " FROM projects WHERE id = $1", {id});
   if (r.empty()) return std::nullopt;
   return from_row(r.rows[0]);
 }
@@ -133,8 +135,9 @@ bool name_taken(store::Connection& c, const std::string& owner, const std::strin
               .empty();
 }
 
-http::Response create(AppState& app, const http::Request& req) {
-  auto user = require_user(app, req);
+http::Response create(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const Principal& user = call.principal();
   json body = parse_object_body(req);
   Project p;
   apply_fields(body, p, true);
@@ -158,8 +161,8 @@ http::Response create(AppState& app, const http::Request& req) {
   return json_response(201, to_json(p));
 }
 
-http::Response list(AppState& app, const http::Request& req) {
-  auto user = require_user(app, req);
+http::Response list(AppState& app, const Call& call) {
+  const Principal& user = call.principal();
   json out = json::array();
   app.db->with_connection([&](store::Connection& c) {
     auto r = c.exec(std::string("SELECT ") + kProjectColumns +
@@ -170,21 +173,23 @@ http::Response list(AppState& app, const http::Request& req) {
   return json_response(200, out);
 }
 
-http::Response get(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response get(AppState& app, const Call& call) {
+  const http::PathParams& params = call.params;
   std::optional<Project> p;
-  app.db->with_connection([&](store::Connection& c) { p = load(c, params.at("id"), user.user_id); });
+  app.db->with_connection([&](store::Connection& c) { p = load(c, params.at("id")); });
   if (!p) throw not_found();
   return json_response(200, to_json(*p));
 }
 
-http::Response update(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response update(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const http::PathParams& params = call.params;
+  const Principal& user = call.principal();
   json body = parse_object_body(req);
   Project p;
   try {
     app.db->transaction([&](store::Connection& c) {
-      auto existing = load(c, params.at("id"), user.user_id);
+      auto existing = load(c, params.at("id"));
       if (!existing) throw not_found();
       p = *existing;
       apply_fields(body, p, false);
@@ -210,10 +215,12 @@ http::Response update(AppState& app, const http::Request& req, const http::PathP
   return json_response(200, to_json(p));
 }
 
-http::Response remove(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response remove(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const http::PathParams& params = call.params;
+  const Principal& user = call.principal();
   app.db->transaction([&](store::Connection& c) {
-    auto p = load(c, params.at("id"), user.user_id);
+    auto p = load(c, params.at("id"));
     if (!p) throw not_found();
     ConfigChanges(app, c).project_delete(p->id);  // reads the keys before they go
     c.exec("DELETE FROM api_keys WHERE project_id = $1", {p->id});
@@ -226,12 +233,12 @@ http::Response remove(AppState& app, const http::Request& req, const http::PathP
 
 }  // namespace
 
-void register_project_routes(http::Router& r, AppState& app) {
-  r.add("POST", "/projects", [&app](const http::Request& q, const http::PathParams&) { return create(app, q); });
-  r.add("GET", "/projects", [&app](const http::Request& q, const http::PathParams&) { return list(app, q); });
-  r.add("GET", "/projects/{id}", [&app](const http::Request& q, const http::PathParams& p) { return get(app, q, p); });
-  r.add("PATCH", "/projects/{id}", [&app](const http::Request& q, const http::PathParams& p) { return update(app, q, p); });
-  r.add("DELETE", "/projects/{id}", [&app](const http::Request& q, const http::PathParams& p) { return remove(app, q, p); });
+void register_project_routes(RouteTable& r, AppState& app) {
+  r.add("POST", "/projects", Access::kUser, [&app](const Call& c) { return create(app, c); });
+  r.add("GET", "/projects", Access::kUser, [&app](const Call& c) { return list(app, c); });
+  r.add("GET", "/projects/{id}", Access::kProjectOwner, [&app](const Call& c) { return get(app, c); });
+  r.add("PATCH", "/projects/{id}", Access::kProjectOwner, [&app](const Call& c) { return update(app, c); });
+  r.add("DELETE", "/projects/{id}", Access::kProjectOwner, [&app](const Call& c) { return remove(app, c); });
 }
 
 }  // namespace ag::control

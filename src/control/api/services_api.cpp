@@ -2,6 +2,7 @@
 // /{slug}/{service}/* (docs/services-and-tokens.md).
 #include "common/time.hpp"
 #include "control/api/config_changes.hpp"
+#include "control/api/routes.hpp"
 #include "control/api/tokens.hpp"
 #include "control/service/validation.hpp"
 
@@ -82,8 +83,10 @@ const std::string& service_name(const http::PathParams& params) {
   return name;
 }
 
-http::Response put(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response put(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const http::PathParams& params = call.params;
+  const Principal& user = call.principal();
   const auto& name = params.at("name");
   json body = parse_object_body(req);
   if (!valid_slug(name)) throw validation_error("name", "must match ^[a-z0-9_-]{1,63}$");
@@ -91,7 +94,7 @@ http::Response put(AppState& app, const http::Request& req, const http::PathPara
   bool created = false;
   json out;
   app.db->transaction([&](store::Connection& c) {
-    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto project = project_ref_by_id(c, params.at("id"));
     if (!project.slug) throw validation_error("slug", "set the project's slug before adding services");
     std::int64_t now = now_ms();
     auto existing = c.exec("SELECT created_at FROM services WHERE project_id = $1 AND name = $2", {project.id, name});
@@ -115,22 +118,22 @@ http::Response put(AppState& app, const http::Request& req, const http::PathPara
   return json_response(created ? 201 : 200, out);
 }
 
-http::Response list(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response list(AppState& app, const Call& call) {
+  const http::PathParams& params = call.params;
   json services = json::array();
   app.db->with_connection([&](store::Connection& c) {
-    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto project = project_ref_by_id(c, params.at("id"));
     auto r = c.exec("SELECT spec, created_at, updated_at FROM services WHERE project_id = $1 ORDER BY name", {project.id});
     for (const auto& row : r.rows) services.push_back(record(row));
   });
   return json_response(200, {{"services", services}});
 }
 
-http::Response get(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response get(AppState& app, const Call& call) {
+  const http::PathParams& params = call.params;
   json out;
   app.db->with_connection([&](store::Connection& c) {
-    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto project = project_ref_by_id(c, params.at("id"));
     auto r = c.exec("SELECT spec, created_at, updated_at FROM services WHERE project_id = $1 AND name = $2",
                     {project.id, service_name(params)});
     if (r.empty()) throw ApiError(404, "Service not found");
@@ -139,10 +142,12 @@ http::Response get(AppState& app, const http::Request& req, const http::PathPara
   return json_response(200, out);
 }
 
-http::Response remove(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response remove(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const http::PathParams& params = call.params;
+  const Principal& user = call.principal();
   app.db->transaction([&](store::Connection& c) {
-    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto project = project_ref_by_id(c, params.at("id"));
     auto r = c.exec("DELETE FROM services WHERE project_id = $1 AND name = $2", {project.id, service_name(params)});
     if (r.affected == 0) throw ApiError(404, "Service not found");
     audit(c, req, user.user_id, "service.delete", "service", project.id + "/" + params.at("name"));
@@ -154,11 +159,11 @@ http::Response remove(AppState& app, const http::Request& req, const http::PathP
 
 }  // namespace
 
-void register_service_routes(http::Router& r, AppState& app) {
-  r.add("GET", "/projects/{id}/services", [&app](const http::Request& q, const http::PathParams& p) { return list(app, q, p); });
-  r.add("PUT", "/projects/{id}/services/{name}", [&app](const http::Request& q, const http::PathParams& p) { return put(app, q, p); });
-  r.add("GET", "/projects/{id}/services/{name}", [&app](const http::Request& q, const http::PathParams& p) { return get(app, q, p); });
-  r.add("DELETE", "/projects/{id}/services/{name}", [&app](const http::Request& q, const http::PathParams& p) { return remove(app, q, p); });
+void register_service_routes(RouteTable& r, AppState& app) {
+  r.add("GET", "/projects/{id}/services", Access::kProjectOwner, [&app](const Call& c) { return list(app, c); });
+  r.add("PUT", "/projects/{id}/services/{name}", Access::kProjectOwner, [&app](const Call& c) { return put(app, c); });
+  r.add("GET", "/projects/{id}/services/{name}", Access::kProjectOwner, [&app](const Call& c) { return get(app, c); });
+  r.add("DELETE", "/projects/{id}/services/{name}", Access::kProjectOwner, [&app](const Call& c) { return remove(app, c); });
 }
 
 }  // namespace ag::control

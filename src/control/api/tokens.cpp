@@ -118,9 +118,9 @@ ApiError token_error(std::string_view code, std::string detail) {
   return e;
 }
 
-TokenProject owned_project_ref(store::Connection& c, const std::string& project_id, const std::string& owner_id) {
+TokenProject project_ref_by_id(store::Connection& c, const std::string& project_id) {
   if (crypto::is_uuid(project_id)) {
-    auto r = c.exec("SELECT id, slug FROM projects WHERE id = $1 AND owner_id = $2", {project_id, owner_id});
+    auto r = c.exec("SELECT id, slug FROM projects WHERE id = $1", {project_id});
     if (!r.empty()) return {r.rows[0].text(0), r.rows[0].opt_text(1)};
   }
   throw ApiError(404, "Project not found");

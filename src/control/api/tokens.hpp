@@ -20,8 +20,9 @@ struct TokenProject {
   std::optional<std::string> slug;
 };
 
-// The caller's project (id and slug); 404 "Project not found" otherwise.
-TokenProject owned_project_ref(store::Connection& c, const std::string& project_id, const std::string& owner_id);
+// The project with that id (its route's rule has checked the caller's access); 404 "Project not
+// found" when it does not exist (any more).
+TokenProject project_ref_by_id(store::Connection& c, const std::string& project_id);
 // A project by slug or id, whoever owns it (for the CLI); 404 otherwise.
 TokenProject project_ref(store::Connection& c, const std::string& slug_or_id);
 
@@ -68,7 +69,5 @@ json list_signing_keys(store::Connection& c);
 // {"keys": [JWK...]} of the keys not retired.
 json jwks(store::Connection& c);
 
-void register_token_routes(http::Router& r, AppState& app);
-void register_service_routes(http::Router& r, AppState& app);
 
 }  // namespace ag::control

@@ -1,14 +1,17 @@
 // /projects/{id}/tokens: issue, list, read and revoke service tokens; /.well-known/jwks.json.
 #include "common/time.hpp"
 #include "control/api/config_changes.hpp"
+#include "control/api/routes.hpp"
 #include "control/api/tokens.hpp"
 
 namespace ag::control {
 
 namespace {
 
-http::Response issue(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response issue(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const http::PathParams& params = call.params;
+  const Principal& user = call.principal();
   json body;
   try {
     body = parse_object_body(req);
@@ -20,15 +23,16 @@ http::Response issue(AppState& app, const http::Request& req, const http::PathPa
   in.created_by = user.email;  // the authenticated issuer; a client's "createdBy" is only a label
   json out;
   app.db->transaction([&](store::Connection& c) {
-    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto project = project_ref_by_id(c, params.at("id"));
     out = issue_token(app, c, project, in, req, user.user_id);
   });
   notify_config_change(app);  // a first token may have created a signing key
   return json_response(201, out);
 }
 
-http::Response list(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response list(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const http::PathParams& params = call.params;
   std::string active;
   bool only_active = false;
   if (http::query_param(req.query, "active", active)) {
@@ -37,7 +41,7 @@ http::Response list(AppState& app, const http::Request& req, const http::PathPar
   }
   json tokens = json::array();
   app.db->with_connection([&](store::Connection& c) {
-    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto project = project_ref_by_id(c, params.at("id"));
     auto r = only_active
                  ? c.exec(std::string("SELECT ") + kTokenColumns +
                               " FROM gateway_tokens WHERE project_id = $1 AND is_active = 1 AND expires_at > $2 ORDER BY seq DESC",
@@ -49,11 +53,11 @@ http::Response list(AppState& app, const http::Request& req, const http::PathPar
   return json_response(200, {{"tokens", tokens}});
 }
 
-http::Response get(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response get(AppState& app, const Call& call) {
+  const http::PathParams& params = call.params;
   json out;
   app.db->with_connection([&](store::Connection& c) {
-    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto project = project_ref_by_id(c, params.at("id"));
     auto r = c.exec(std::string("SELECT ") + kTokenColumns + " FROM gateway_tokens WHERE project_id = $1 AND jti = $2",
                     {project.id, params.at("jti")});
     if (r.empty()) throw ApiError(404, "Token not found");
@@ -62,15 +66,17 @@ http::Response get(AppState& app, const http::Request& req, const http::PathPara
   return json_response(200, out);
 }
 
-http::Response revoke(AppState& app, const http::Request& req, const http::PathParams& params) {
-  auto user = require_user(app, req);
+http::Response revoke(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
+  const http::PathParams& params = call.params;
+  const Principal& user = call.principal();
   json body = parse_object_body(req, true);
   reject_unknown_fields(body, {"reason"});
   auto reason = get_string(body, "reason");
   if (reason && reason->size() > 1000) throw validation_error("reason", "at most 1000 characters");
   std::optional<json> out;
   app.db->transaction([&](store::Connection& c) {
-    auto project = owned_project_ref(c, params.at("id"), user.user_id);
+    auto project = project_ref_by_id(c, params.at("id"));
     out = revoke_token(app, c, project.id, params.at("jti"), user.email, reason, req, user.user_id);
   });
   if (!out) throw ApiError(404, "Token not found or not active");
@@ -88,12 +94,12 @@ http::Response well_known_jwks(AppState& app) {
 
 }  // namespace
 
-void register_token_routes(http::Router& r, AppState& app) {
-  r.add("POST", "/projects/{id}/tokens", [&app](const http::Request& q, const http::PathParams& p) { return issue(app, q, p); });
-  r.add("GET", "/projects/{id}/tokens", [&app](const http::Request& q, const http::PathParams& p) { return list(app, q, p); });
-  r.add("GET", "/projects/{id}/tokens/{jti}", [&app](const http::Request& q, const http::PathParams& p) { return get(app, q, p); });
-  r.add("POST", "/projects/{id}/tokens/{jti}/revoke", [&app](const http::Request& q, const http::PathParams& p) { return revoke(app, q, p); });
-  r.add("GET", "/.well-known/jwks.json", [&app](const http::Request&, const http::PathParams&) { return well_known_jwks(app); });
+void register_token_routes(RouteTable& r, AppState& app) {
+  r.add("POST", "/projects/{id}/tokens", Access::kProjectOwner, [&app](const Call& c) { return issue(app, c); });
+  r.add("GET", "/projects/{id}/tokens", Access::kProjectOwner, [&app](const Call& c) { return list(app, c); });
+  r.add("GET", "/projects/{id}/tokens/{jti}", Access::kProjectOwner, [&app](const Call& c) { return get(app, c); });
+  r.add("POST", "/projects/{id}/tokens/{jti}/revoke", Access::kProjectOwner, [&app](const Call& c) { return revoke(app, c); });
+  r.add("GET", "/.well-known/jwks.json", Access::kPublic, [&app](const Call&) { return well_known_jwks(app); });
 }
 
 }  // namespace ag::control

@@ -9,25 +9,11 @@
 #include "common/time.hpp"
 #include "control/api/config_changes.hpp"
 #include "control/api/context.hpp"
+#include "control/api/routes.hpp"
 
 namespace ag::control {
 
 namespace {
-
-bool worker_authorised(const AppState& app, const http::Request& req) {
-  auto presented = req.header("x-worker-secret");
-  if (presented.empty()) presented = req.header("x-control-secret");
-  if (presented.empty()) return false;
-  // Hash both sides first so the comparison is constant-time whatever the lengths.
-  auto p = crypto::sha256(presented);
-  std::string_view pv(reinterpret_cast<const char*>(p.data()), p.size());
-  bool ok = false;
-  for (const auto& s : app.settings.worker_secrets) {
-    auto h = crypto::sha256(s);
-    ok |= crypto::constant_time_equal(pv, std::string_view(reinterpret_cast<const char*>(h.data()), h.size()));
-  }
-  return ok;
-}
 
 constexpr std::int64_t kMaxDeltaChanges = 10000;
 
@@ -262,8 +248,8 @@ void record_heartbeat(AppState& app, const http::Request& req) {
   });
 }
 
-http::Response config(AppState& app, const http::Request& req) {
-  if (!worker_authorised(app, req)) throw ApiError(401, "Invalid worker secret");
+http::Response config(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
   record_heartbeat(app, req);
   std::string since_s, wait_s;
   std::string worker_id;
@@ -294,8 +280,7 @@ http::Response config(AppState& app, const http::Request& req) {
 
 constexpr std::int64_t kLiveWindowMs = 90'000;  // a worker polls at least every ~25 s
 
-http::Response gateways(AppState& app, const http::Request& req) {
-  require_operator(app, req);
+http::Response gateways(AppState& app) {
   json list = json::array();
   std::int64_t version = 0, now = now_ms();
   app.db->with_connection([&](store::Connection& c) {
@@ -320,8 +305,8 @@ http::Response gateways(AppState& app, const http::Request& req) {
 }
 
 // Has every live worker applied `version` (default: the current one)?
-http::Response propagation(AppState& app, const http::Request& req) {
-  require_operator(app, req);
+http::Response propagation(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
   std::int64_t version = -1, current = 0, now = now_ms();
   std::string v;
   if (http::query_param(req.query, "version", v)) {
@@ -350,8 +335,8 @@ http::Response propagation(AppState& app, const http::Request& req) {
 
 // POST /internal/worker/token-usage {"tokens": [{"jti", "last_used_at"}]}: a worker's batched
 // report of the service tokens it saw; last_used_at only moves forward.
-http::Response token_usage(AppState& app, const http::Request& req) {
-  if (!worker_authorised(app, req)) throw ApiError(401, "Invalid worker secret");
+http::Response token_usage(AppState& app, const Call& call) {
+  const http::Request& req = call.req;
   json body = parse_object_body(req);
   reject_unknown_fields(body, {"tokens"});
   auto it = body.find("tokens");
@@ -377,11 +362,11 @@ http::Response token_usage(AppState& app, const http::Request& req) {
 
 }  // namespace
 
-void register_worker_config_routes(http::Router& r, AppState& app) {
-  r.add("POST", "/internal/worker/token-usage", [&app](const http::Request& q, const http::PathParams&) { return token_usage(app, q); });
-  r.add("GET", "/gateways", [&app](const http::Request& q, const http::PathParams&) { return gateways(app, q); });
-  r.add("GET", "/gateways/propagation", [&app](const http::Request& q, const http::PathParams&) { return propagation(app, q); });
-  r.add("GET", "/internal/worker/config", [&app](const http::Request& q, const http::PathParams&) { return config(app, q); });
+void register_worker_config_routes(RouteTable& r, AppState& app) {
+  r.add("POST", "/internal/worker/token-usage", Access::kWorker, [&app](const Call& c) { return token_usage(app, c); });
+  r.add("GET", "/gateways", Access::kOperator, [&app](const Call&) { return gateways(app); });
+  r.add("GET", "/gateways/propagation", Access::kOperator, [&app](const Call& c) { return propagation(app, c); });
+  r.add("GET", "/internal/worker/config", Access::kWorker, [&app](const Call& c) { return config(app, c); });
 }
 
 }  // namespace ag::control

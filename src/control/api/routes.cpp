@@ -1,0 +1,129 @@
+#include "control/api/routes.hpp"
+
+#include "common/crypto.hpp"
+#include "common/time.hpp"
+
+namespace ag::control {
+
+std::string_view access_name(Access access) {
+  switch (access) {
+    case Access::kPublic: return "public";
+    case Access::kOptionalUser: return "optional_user";
+    case Access::kUserOrRefreshToken: return "user_or_refresh_token";
+    case Access::kUser: return "user";
+    case Access::kProjectOwner: return "project_owner";
+    case Access::kOperator: return "operator";
+    case Access::kWorker: return "worker";
+  }
+  return "unknown";
+}
+
+void RouteTable::add(std::string method, std::string pattern, Access access, ApiHandler handler) {
+  router_.add(method, pattern, entries_.size());
+  entries_.push_back({access, std::move(handler)});
+  decls_.push_back({std::move(method), std::move(pattern), access});
+}
+
+RouteTable::Match RouteTable::match(std::string_view method, std::string_view path) const {
+  auto m = router_.match(method, path);
+  Match out;
+  out.outcome = m.outcome;
+  out.allow = std::move(m.allow);
+  out.params = std::move(m.params);
+  if (m.outcome == http::Router::Outcome::kFound) out.entry = &entries_[m.slot];
+  return out;
+}
+
+std::vector<RouteDecl> RouteTable::routes() const { return decls_; }
+
+namespace {
+
+// nullopt when no Authorization header; 401 when one is present but invalid.
+std::optional<Principal> bearer_user(AppState& app, const http::Request& req) {
+  auto auth = req.header("authorization");
+  if (auth.empty()) return std::nullopt;
+  if (auth.size() < 7 || !(auth.substr(0, 7) == "Bearer " || auth.substr(0, 7) == "bearer "))
+    throw unauthorized("Authorization header must be 'Bearer <token>'");
+  auto token = auth.substr(7);
+  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+  auto v = jwt::verify(app.jwt_alg, app.settings.jwt_secret, token);
+  if (!v.payload) throw unauthorized("Invalid or expired token");
+  json claims = json::parse(*v.payload, nullptr, false);
+  auto str = [&](const char* k) -> std::string {
+    auto it = claims.find(k);
+    return it != claims.end() && it->is_string() ? it->get<std::string>() : std::string{};
+  };
+  auto exp = claims.find("exp");
+  if (exp == claims.end() || !exp->is_number()) throw unauthorized("Invalid or expired token");
+  std::int64_t now = now_ms();
+  if (exp->get<double>() * 1000.0 <= static_cast<double>(now)) throw unauthorized("Token expired");
+  if (str("iss") != "antigravity" || str("aud") != "antigravity-control")
+    throw unauthorized("Invalid or expired token");
+  std::string sid = str("sid"), sub = str("sub");
+  if (sid.empty() || sub.empty()) throw unauthorized("Invalid or expired token");
+  std::optional<Principal> p;
+  app.db->with_connection([&](store::Connection& c) {
+    auto r = c.exec(
+        "SELECT u.id, u.email, u.name, s.expires_at, u.is_operator FROM sessions s JOIN users u ON u.id = s.user_id "
+        "WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3",
+        {sid, sub, now});
+    if (!r.empty())
+      p = Principal{r.rows[0].text(0), r.rows[0].text(1), r.rows[0].text(2), sid, r.rows[0].integer(3),
+                    r.rows[0].integer(4) != 0};
+  });
+  if (!p) throw unauthorized("Session revoked or expired");
+  return p;
+}
+
+// X-Worker-Secret (or the older X-Control-Secret) against every configured worker secret.
+bool worker_authorised(const AppState& app, const http::Request& req) {
+  auto presented = req.header("x-worker-secret");
+  if (presented.empty()) presented = req.header("x-control-secret");
+  if (presented.empty()) return false;
+  // Hash both sides first so the comparison is constant-time whatever the lengths.
+  auto p = crypto::sha256(presented);
+  std::string_view pv(reinterpret_cast<const char*>(p.data()), p.size());
+  bool ok = false;
+  for (const auto& s : app.settings.worker_secrets) {
+    auto h = crypto::sha256(s);
+    ok |= crypto::constant_time_equal(pv, std::string_view(reinterpret_cast<const char*>(h.data()), h.size()));
+  }
+  return ok;
+}
+
+// The one project-access question: may this user act on this project? 404 (not 403) otherwise,
+// so another user's project ids cannot be told from ids that do not exist.
+void require_project_access(AppState& app, const Principal& user, const std::string& project_id) {
+  bool ok = false;
+  if (crypto::is_uuid(project_id))
+    app.db->with_connection([&](store::Connection& c) {
+      ok = !c.exec("SELECT 1 FROM projects WHERE id = $1 AND owner_id = $2", {project_id, user.user_id}).empty();
+    });
+  if (!ok) throw ApiError(404, "Project not found");
+}
+
+}  // namespace
+
+void authorise(AppState& app, Access access, Call& call) {
+  switch (access) {
+    case Access::kPublic:
+      return;
+    case Access::kOptionalUser:
+    case Access::kUserOrRefreshToken:
+      call.user = bearer_user(app, call.req);
+      return;
+    case Access::kUser:
+    case Access::kProjectOwner:
+    case Access::kOperator:
+      call.user = bearer_user(app, call.req);
+      if (!call.user) throw unauthorized("Not authenticated");
+      if (access == Access::kOperator && !call.user->is_operator) throw ApiError(403, "Operators only");
+      if (access == Access::kProjectOwner) require_project_access(app, *call.user, call.param("id"));
+      return;
+    case Access::kWorker:
+      if (!worker_authorised(app, call.req)) throw ApiError(401, "Invalid worker secret");
+      return;
+  }
+}
+
+}  // namespace ag::control

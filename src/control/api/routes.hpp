@@ -1,0 +1,94 @@
+#pragma once
+// The control API's route table: every route is registered with the rule that says who may call
+// it, and ControlApp checks that rule before the handler runs. Handlers never check credentials
+// or ownership themselves; they receive the caller the rule established (Call::principal()).
+//
+//   routes.add("GET", "/projects/{id}", Access::kProjectOwner, handler);
+//
+// The rules and what each caller gets are in docs/api.md ("Who may call what"); /openapi.json
+// names each operation's rule as `x-antigravity-access`.
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "control/api/context.hpp"
+#include "http/router.hpp"
+
+namespace ag::control {
+
+enum class Access {
+  kPublic,              // no credential is looked at
+  kOptionalUser,        // a bearer token when one is sent (401 when it is invalid); none is fine
+  kUserOrRefreshToken,  // kOptionalUser; without a bearer the handler takes a refresh token from the body
+  kUser,                // a valid access token of a live session
+  kProjectOwner,        // kUser, and the project in `{id}` is the caller's (404 otherwise)
+  kOperator,            // kUser, and the caller is an operator (403 otherwise)
+  kWorker,              // a worker secret in X-Worker-Secret
+};
+std::string_view access_name(Access access);
+
+// One call of a route, as its rule admitted it.
+struct Call {
+  const http::Request& req;
+  const http::PathParams& params;
+  std::optional<Principal> user;  // the bearer's user, when the rule takes bearer tokens and one was sent
+
+  // The caller of a kUser, kProjectOwner or kOperator route.
+  const Principal& principal() const {
+    if (!user) throw std::logic_error("principal() on a route whose rule admits no user");
+    return *user;
+  }
+  const std::string& param(std::string_view name) const { return params.find(name)->second; }
+};
+using ApiHandler = std::function<http::Response(const Call&)>;
+
+struct RouteDecl {
+  std::string method;
+  std::string pattern;
+  Access access;
+};
+
+class RouteTable {
+ public:
+  void add(std::string method, std::string pattern, Access access, ApiHandler handler);
+
+  struct Entry {
+    Access access;
+    ApiHandler handler;
+  };
+  struct Match {
+    http::Router::Outcome outcome = http::Router::Outcome::kNotFound;
+    const Entry* entry = nullptr;
+    http::PathParams params;
+    std::string allow;
+  };
+  Match match(std::string_view method, std::string_view path) const;
+
+  // Every route with its rule, in registration order.
+  std::vector<RouteDecl> routes() const;
+
+ private:
+  http::Router router_;
+  std::vector<RouteDecl> decls_;
+  std::vector<Entry> entries_;
+};
+
+// Checks `access` for the request; fills call.user. Throws ApiError (401/403/404) when refused.
+void authorise(AppState& app, Access access, Call& call);
+
+// docs/openapi.json with `x-antigravity-access` (the rule's name) on each registered operation.
+std::string openapi_with_access(const std::vector<RouteDecl>& routes);
+
+// Route registration, one function per resource file.
+void register_auth_routes(RouteTable& r, AppState& app);
+void register_project_routes(RouteTable& r, AppState& app);
+void register_key_routes(RouteTable& r, AppState& app);
+void register_worker_config_routes(RouteTable& r, AppState& app);
+void register_meta_routes(RouteTable& r, AppState& app);
+void register_token_routes(RouteTable& r, AppState& app);
+void register_service_routes(RouteTable& r, AppState& app);
+
+}  // namespace ag::control
