@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
   int threads = 0;
   auto* control = app.add_subcommand("control", "Run the control plane (management API).");
   control->add_option("--listen", listen, "HOST:PORT to listen on (env CONTROL_LISTEN, default 127.0.0.1:8000)");
-  control->add_option("--threads", threads, "HTTP threads (env CONTROL_THREADS, default 4)")->check(CLI::Range(1, 256));
+  control->add_option("--threads", threads, "handler threads, also the database pool size (env CONTROL_THREADS, default 4)")->check(CLI::Range(1, 256));
 
   std::string wlisten, admin_listen, config_file, config_dir;
   int wthreads = 0;

@@ -61,13 +61,25 @@ http::Response ControlApp::protocol_error(int status, std::string detail) {
   return r;
 }
 
+namespace {
+std::string_view without_api_prefix(std::string_view path) {
+  if (path == "/api/v1") return "/";
+  if (path.rfind("/api/v1/", 0) == 0) path.remove_prefix(7);
+  return path;
+}
+}  // namespace
+
+bool ControlApp::runs_inline(const http::Request& req) const {
+  if (req.method == "OPTIONS") return true;
+  auto m = routes_.match(req.method, without_api_prefix(req.path));
+  return m.outcome != http::Router::Outcome::kFound || m.entry->runs == Runs::kInline;
+}
+
 http::Response ControlApp::handle(http::Request& req) {
   auto start = std::chrono::steady_clock::now();
   set_request_id(req);
   http::Response res;
-  std::string path = req.path;
-  if (path == "/api/v1" || path.rfind("/api/v1/", 0) == 0) path = path.substr(7);
-  if (path.empty()) path.push_back('/');
+  std::string path(without_api_prefix(req.path));
   auto origin = req.header("origin");
   bool cors = false;
   if (!origin.empty())
@@ -191,7 +203,10 @@ struct ControlServer::Impl {
     http::ServerOptions o;
     o.host = s.listen_host;
     o.port = s.listen_port;
-    o.threads = s.threads;
+    o.threads = s.io_threads;
+    o.handler_threads = s.threads;
+    o.tls_cert_file = s.tls_cert_file;
+    o.tls_key_file = s.tls_key_file;
     return o;
   }
   http::ServerOptions opts;
@@ -250,6 +265,7 @@ ControlServer::~ControlServer() {
 
 void ControlServer::start() {
   auto& im = *impl_;
+  im.opts.runs_inline = [this](const http::Request& r) { return impl_->app.runs_inline(r); };
   im.server = std::make_unique<http::Server>(
       im.opts, [this](http::Request& r) { return impl_->app.handle(r); },
       [this](int status, std::string detail) { return impl_->app.protocol_error(status, std::move(detail)); });
@@ -259,7 +275,8 @@ void ControlServer::start() {
   if (im.app.state().db->engine() == store::Engine::kPostgres)
     im.listener = std::make_unique<PgConfigListener>(im.app.state().settings.database_url, [server] { server->wake_all(); });
   std::string host = im.opts.host.find(':') != std::string::npos ? "[" + im.opts.host + "]" : im.opts.host;
-  spdlog::info("control plane listening on http://{}:{} (database: {})", host, im.server->bound_port(),
+  spdlog::info("control plane listening on {}://{}:{} (database: {})", im.server->tls() ? "https" : "http", host,
+               im.server->bound_port(),
                im.app.state().db->engine_name());
   im.thread = std::thread([this] { impl_->server->run(); });
   im.maintenance = std::thread([this] { impl_->run_maintenance(); });

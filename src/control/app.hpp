@@ -23,6 +23,9 @@ class ControlApp {
   // Handles one request end to end (request id, /api/v1 prefix, CORS, routing, errors, access
   // log). Never throws.
   http::Response handle(http::Request& req);
+  // True when the request's handler never blocks (unknown routes, preflights, static documents):
+  // the server answers it on its I/O thread even while every handler thread is busy.
+  bool runs_inline(const http::Request& req) const;
   // Answer for errors the HTTP layer detects before a request is complete (400/413/431).
   http::Response protocol_error(int status, std::string detail);
 

@@ -93,6 +93,11 @@ Settings load_settings() {
   s.access_ttl_sec = int_setting("ACCESS_TTL_SEC", 3600, 1, 7 * 24 * 3600);
   s.refresh_ttl_sec = int_setting("REFRESH_TTL_SEC", 30 * 24 * 3600, 60, 365LL * 24 * 3600);
   s.threads = static_cast<int>(int_setting("CONTROL_THREADS", 4, 1, 256));
+  s.io_threads = static_cast<int>(int_setting("CONTROL_IO_THREADS", 2, 1, 64));
+  s.tls_cert_file = env::get_or("CONTROL_TLS_CERT_FILE", "");
+  s.tls_key_file = env::get_or("CONTROL_TLS_KEY_FILE", "");
+  if (s.tls_cert_file.empty() != s.tls_key_file.empty())
+    throw std::runtime_error("CONTROL_TLS_CERT_FILE and CONTROL_TLS_KEY_FILE must be set together");
   parse_listen(env::get_or("CONTROL_LISTEN", "127.0.0.1:8000"), "CONTROL_LISTEN", s.listen_host,
                s.listen_port);
   s.cors_origins = split_csv(env::get_or("CORS_ORIGINS", ""));

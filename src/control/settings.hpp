@@ -20,7 +20,10 @@ struct Settings {
   std::vector<std::string> worker_secrets;  // any one of them authorises a worker
   std::string listen_host = "127.0.0.1";
   std::uint16_t listen_port = 8000;
-  int threads = 4;
+  int threads = 4;     // handler threads (requests that reach the database), also the connection pool size
+  int io_threads = 2;  // threads that read and write connections (and do TLS)
+  std::string tls_cert_file;  // both set: the control plane listens for HTTPS only
+  std::string tls_key_file;
   std::vector<std::string> cors_origins;
   // Service tokens (docs/services-and-tokens.md).
   std::string gateway_jwt_alg = "ES256";  // HS256 | ES256 | EdDSA: how new tokens are signed

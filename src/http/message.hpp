@@ -4,12 +4,15 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace ag::http {
+
+struct UpgradedConnection;  // http/upgrade.hpp
 
 struct Header {
   std::string name;  // as received (requests: lower-cased)
@@ -34,10 +37,14 @@ struct Response {
   int status = 200;
   std::vector<Header> headers;
   std::string body;
-  // Long poll: when set, the server holds the request for up to `defer_for` or until
-  // Server::wake_all(), then sends what `deferred()` returns instead of this response.
+  // Long poll: when set, the server holds the request (on no thread) for up to `defer_for` or
+  // until Server::wake_all(), then sends what `deferred()` returns instead of this response;
+  // `deferred` runs where handlers run (it may block).
   std::function<Response()> deferred;
   std::chrono::milliseconds defer_for{0};
+  // Upgrade: when set, the server writes nothing and hands the connection to `take_over` on the
+  // connection's I/O thread (which must not block); status and headers are then unused.
+  std::function<void(std::unique_ptr<UpgradedConnection>)> take_over;
 
   void set_header(std::string name, std::string value);
   std::string_view header(std::string_view name) const;  // case-insensitive

@@ -6,29 +6,37 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <cctype>
 #include <stdexcept>
 #include <thread>
+
+#include "http/upgrade.hpp"
 
 namespace ag::http {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
+namespace ssl = boost::asio::ssl;
 using tcp = asio::ip::tcp;
 
 struct Server::Impl {
@@ -38,6 +46,9 @@ struct Server::Impl {
   asio::io_context ioc;
   tcp::acceptor acceptor{ioc};
   std::uint16_t port = 0;
+  std::unique_ptr<ssl::context> tls;
+  // Declared after ioc: destroyed (joined) first, so no handler finishes into a dead io_context.
+  std::optional<asio::thread_pool> pool;
 
   // Long polls. Each session runs on its own strand, so a wake-up posted to that strand cannot
   // race the session arming its timer; `generation` closes the gap between the handler's check
@@ -59,7 +70,28 @@ struct Server::Impl {
   }
 
   Impl(ServerOptions o, RequestHandler h, ProtocolErrorHandler e)
-      : options(std::move(o)), handler(std::move(h)), on_error(std::move(e)), ioc(options.threads) {}
+      : options(std::move(o)), handler(std::move(h)), on_error(std::move(e)), ioc(options.threads) {
+    if (options.handler_threads > 0) pool.emplace(static_cast<std::size_t>(options.handler_threads));
+  }
+
+  // Runs `f` on the handler pool (or here, without one) and resumes the calling coroutine on its
+  // own strand with the result. The pool signals completion by cancelling a timer posted to the
+  // strand (the coroutine has suspended on it by then: the strand runs one thing at a time);
+  // Server::run() joins the pool before this frame can be destroyed.
+  template <class F>
+  asio::awaitable<Response> on_pool(F f) {
+    if (!pool) co_return f();
+    auto ex = co_await asio::this_coro::executor;
+    asio::steady_timer done(ex, asio::steady_timer::time_point::max());
+    Response out;
+    asio::post(*pool, [&out, &done, ex, f = std::move(f)]() mutable {
+      out = f();
+      asio::post(ex, [&done] { done.cancel(); });
+    });
+    boost::system::error_code ec;
+    co_await done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_return out;
+  }
 
   asio::awaitable<void> accept_loop() {
     for (;;) {
@@ -70,8 +102,31 @@ struct Server::Impl {
         spdlog::warn("accept failed: {}", ec.message());
         continue;
       }
-      asio::co_spawn(asio::make_strand(ioc), session(std::move(socket)), asio::detached);
+      std::string ip;
+      {
+        boost::system::error_code ignored;
+        auto ep = socket.remote_endpoint(ignored);
+        if (!ignored) ip = ep.address().to_string();
+        // A response written in two pieces (head, then body) would otherwise wait for the peer's
+        // delayed ACK (~40 ms, Nagle's algorithm).
+        socket.set_option(tcp::no_delay(true), ignored);
+      }
+      auto strand = asio::make_strand(ioc);
+      if (tls) {
+        asio::co_spawn(strand, tls_session(beast::tcp_stream(std::move(socket)), std::move(ip)), asio::detached);
+      } else {
+        asio::co_spawn(strand, session(beast::tcp_stream(std::move(socket)), std::move(ip)), asio::detached);
+      }
     }
+  }
+
+  asio::awaitable<void> tls_session(beast::tcp_stream tcp_stream, std::string ip) {
+    beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), *tls);
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(options.idle_timeout_sec));
+    boost::system::error_code ec;
+    co_await stream.async_handshake(ssl::stream_base::server, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;  // not TLS, or gave up: nothing to answer in
+    co_await session(std::move(stream), std::move(ip));
   }
 
   static Request to_request(bhttp::request<bhttp::string_body>& msg, const std::string& ip) {
@@ -87,19 +142,20 @@ struct Server::Impl {
                      [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
       r.headers.push_back({std::move(name), std::string(f.value())});
     }
-    r.body = std::move(msg.body());
+    r.body = std::move(msg.body());  // an upgrade hands over the head only
     r.remote_ip = ip;
     return r;
   }
 
-  asio::awaitable<void> write_response(beast::tcp_stream& stream, Response& res, bool keep_alive,
-                                       bool head, unsigned version, boost::system::error_code& ec) {
+  template <class Stream>
+  asio::awaitable<void> write_response(Stream& stream, Response& res, bool keep_alive, bool head,
+                                       unsigned version, boost::system::error_code& ec) {
     bhttp::response<bhttp::string_body> msg{static_cast<bhttp::status>(res.status), version};
     for (auto& h : res.headers) msg.set(h.name, h.value);
     msg.keep_alive(keep_alive);
     msg.body() = std::move(res.body);
     msg.prepare_payload();
-    stream.expires_after(std::chrono::seconds(options.idle_timeout_sec));
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(options.idle_timeout_sec));
     if (head) {
       bhttp::response_serializer<bhttp::string_body> sr{msg};
       co_await bhttp::async_write_header(stream, sr, asio::redirect_error(asio::use_awaitable, ec));
@@ -108,30 +164,36 @@ struct Server::Impl {
     }
   }
 
-  asio::awaitable<void> session(tcp::socket socket) {
-    std::string ip;
+  // Holds a long poll until wake_all() or its time is up, without a thread.
+  asio::awaitable<void> hold(std::uint64_t gen, std::chrono::milliseconds wait) {
+    auto w = std::make_shared<Waiter>(co_await asio::this_coro::executor);
     {
-      boost::system::error_code ec;
-      auto ep = socket.remote_endpoint(ec);
-      if (!ec) ip = ep.address().to_string();
-      // A response written in two pieces (head, then body) would otherwise wait for the peer's
-      // delayed ACK (~40 ms, Nagle's algorithm): measured as a 44-49 ms mode in the change
-      // stream's revocation latency on an idle stack.
-      socket.set_option(tcp::no_delay(true), ec);
+      std::lock_guard lock(waiters_mutex);
+      waiters.insert(w);
     }
-    beast::tcp_stream stream(std::move(socket));
+    if (generation.load() == gen) {
+      w->timer.expires_after(wait);
+      boost::system::error_code ec;
+      co_await w->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    std::lock_guard lock(waiters_mutex);
+    waiters.erase(w);
+  }
+
+  template <class Stream>
+  asio::awaitable<void> session(Stream stream, std::string ip) {
     beast::flat_buffer buffer;
     for (;;) {
       bhttp::request_parser<bhttp::string_body> parser;
       parser.header_limit(static_cast<std::uint32_t>(options.header_limit));
       parser.body_limit(options.body_limit);
-      stream.expires_after(std::chrono::seconds(options.idle_timeout_sec));
+      beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(options.idle_timeout_sec));
       boost::system::error_code ec;
       co_await bhttp::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
         if (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
             ec == asio::error::connection_reset || ec == beast::error::timeout ||
-            ec == asio::error::operation_aborted)
+            ec == asio::error::operation_aborted || ec == ssl::error::stream_truncated)
           break;
         int status = 400;
         std::string detail = "Malformed HTTP request";
@@ -151,31 +213,43 @@ struct Server::Impl {
       bool keep_alive = msg.keep_alive();
       bool head = msg.method() == bhttp::verb::head;
       unsigned version = msg.version();
-      Request req = to_request(msg, ip);
+      auto req = std::make_shared<Request>(to_request(msg, ip));
       std::uint64_t gen = generation.load();
-      Response res = handler(req);
+      auto run = [this, req] { return handler(*req); };
+      // (An if, not ?:, around co_await: g++ 12 miscompiles co_await inside a conditional.)
+      Response res;
+      if (options.runs_inline && options.runs_inline(*req)) {
+        res = run();
+      } else {
+        res = co_await on_pool(run);
+      }
+      if (res.take_over) {
+        beast::get_lowest_layer(stream).expires_never();
+        auto up = std::make_unique<UpgradedConnection>(
+            UpgradedConnection{std::move(stream), std::move(buffer), parser.release(), std::move(ip)});
+        res.take_over(std::move(up));
+        co_return;
+      }
       if (res.deferred) {
-        auto w = std::make_shared<Waiter>(co_await asio::this_coro::executor);
-        {
-          std::lock_guard lock(waiters_mutex);
-          waiters.insert(w);
-        }
-        if (generation.load() == gen) {
-          w->timer.expires_after(res.defer_for);
-          boost::system::error_code wec;
-          co_await w->timer.async_wait(asio::redirect_error(asio::use_awaitable, wec));
-        }
-        {
-          std::lock_guard lock(waiters_mutex);
-          waiters.erase(w);
-        }
-        res = res.deferred();
+        co_await hold(gen, res.defer_for);
+        res = co_await on_pool(std::move(res.deferred));
       }
       co_await write_response(stream, res, keep_alive, head, version, ec);
       if (ec || !keep_alive) break;
     }
+    co_await close(stream);
+  }
+
+  asio::awaitable<void> close(beast::tcp_stream& stream) {
     boost::system::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    co_return;
+  }
+  asio::awaitable<void> close(beast::ssl_stream<beast::tcp_stream>& stream) {
+    // close_notify, waiting a little for the peer's; then the socket closes with the stream.
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(2));
+    boost::system::error_code ignored;
+    co_await stream.async_shutdown(asio::redirect_error(asio::use_awaitable, ignored));
   }
 };
 
@@ -185,22 +259,36 @@ Server::Server(ServerOptions options, RequestHandler handler, ProtocolErrorHandl
 Server::~Server() = default;
 
 void Server::listen() {
+  auto& o = impl_->options;
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty())
+    throw std::runtime_error("TLS needs both a certificate file and a key file");
+  if (!o.tls_cert_file.empty()) {
+    auto ctx = std::make_unique<ssl::context>(ssl::context::tls_server);
+    ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                     ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::single_dh_use);
+    boost::system::error_code ec;
+    ctx->use_certificate_chain_file(o.tls_cert_file, ec);
+    if (ec) throw std::runtime_error("cannot load the TLS certificate chain '" + o.tls_cert_file + "': " + ec.message());
+    ctx->use_private_key_file(o.tls_key_file, ssl::context::pem, ec);
+    if (ec) throw std::runtime_error("cannot load the TLS private key '" + o.tls_key_file + "': " + ec.message());
+    impl_->tls = std::move(ctx);
+  }
   boost::system::error_code ec;
-  auto addr = asio::ip::make_address(impl_->options.host, ec);
-  if (ec) throw std::runtime_error("invalid listen address '" + impl_->options.host + "'");
-  tcp::endpoint ep{addr, impl_->options.port};
+  auto addr = asio::ip::make_address(o.host, ec);
+  if (ec) throw std::runtime_error("invalid listen address '" + o.host + "'");
+  tcp::endpoint ep{addr, o.port};
   auto& a = impl_->acceptor;
   a.open(ep.protocol(), ec);
   if (!ec) a.set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) a.bind(ep, ec);
   if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
   if (ec)
-    throw std::runtime_error("cannot listen on " + impl_->options.host + ":" +
-                             std::to_string(impl_->options.port) + ": " + ec.message());
+    throw std::runtime_error("cannot listen on " + o.host + ":" + std::to_string(o.port) + ": " + ec.message());
   impl_->port = a.local_endpoint().port();
 }
 
 std::uint16_t Server::bound_port() const { return impl_->port; }
+bool Server::tls() const { return impl_->tls != nullptr; }
 
 void Server::run() {
   asio::co_spawn(impl_->ioc, impl_->accept_loop(), asio::detached);
@@ -208,6 +296,7 @@ void Server::run() {
   for (int i = 1; i < impl_->options.threads; ++i) threads.emplace_back([this] { impl_->ioc.run(); });
   impl_->ioc.run();
   for (auto& t : threads) t.join();
+  if (impl_->pool) impl_->pool->join();
 }
 
 void Server::wake_all() { impl_->wake_all(); }

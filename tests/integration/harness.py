@@ -43,7 +43,7 @@ START_TIMEOUT_SEC = 20.0
 STOP_TIMEOUT_SEC = 10.0
 REQUEST_TIMEOUT_SEC = 30.0
 
-LISTEN_RE = re.compile(r"control plane listening on http://127\.0\.0\.1:(\d+)")
+LISTEN_RE = re.compile(r"control plane listening on https?://127\.0\.0\.1:(\d+)")
 
 # Variables the binary reads; cleared from the inherited environment so the developer's shell
 # cannot leak configuration into a test.

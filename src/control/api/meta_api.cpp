@@ -84,13 +84,13 @@ void register_meta_routes(RouteTable& r, AppState& app) {
   r.add("GET", "/audit", Access::kUser, [&app](const Call& c) { return audit_feed(app, c); });
   r.add("GET", "/openapi.json", Access::kPublic, [&app](const Call&) {
     return static_asset(app.openapi_document, "application/json");
-  });
+  }, Runs::kInline);
   r.add("GET", "/docs", Access::kPublic, [](const Call&) {
     auto res = static_asset(assets::docs_html(), "text/html; charset=utf-8");
     res.set_header("Content-Security-Policy",
                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'");
     return res;
-  });
+  }, Runs::kInline);
 }
 
 }  // namespace ag::control

@@ -18,9 +18,9 @@ std::string_view access_name(Access access) {
   return "unknown";
 }
 
-void RouteTable::add(std::string method, std::string pattern, Access access, ApiHandler handler) {
+void RouteTable::add(std::string method, std::string pattern, Access access, ApiHandler handler, Runs runs) {
   router_.add(method, pattern, entries_.size());
-  entries_.push_back({access, std::move(handler)});
+  entries_.push_back({access, std::move(handler), runs});
   decls_.push_back({std::move(method), std::move(pattern), access});
 }
 

@@ -45,6 +45,10 @@ struct Call {
 };
 using ApiHandler = std::function<http::Response(const Call&)>;
 
+// Where a handler runs: on the handler pool (it may block on the database), or on the I/O thread
+// (it never blocks: static documents).
+enum class Runs { kOnPool, kInline };
+
 struct RouteDecl {
   std::string method;
   std::string pattern;
@@ -53,11 +57,13 @@ struct RouteDecl {
 
 class RouteTable {
  public:
-  void add(std::string method, std::string pattern, Access access, ApiHandler handler);
+  void add(std::string method, std::string pattern, Access access, ApiHandler handler,
+           Runs runs = Runs::kOnPool);
 
   struct Entry {
     Access access;
     ApiHandler handler;
+    Runs runs = Runs::kOnPool;
   };
   struct Match {
     http::Router::Outcome outcome = http::Router::Outcome::kNotFound;
