@@ -65,20 +65,16 @@ bool token_command_selected(const TokenCommands* t) { return t && t->token && t-
 
 namespace {
 
-http::Request cli_request() {
-  http::Request req;
-  req.remote_ip = "cli";
-  req.headers.push_back({"x-request-id", "cli-" + crypto::random_base62(16)});
-  return req;
-}
+// The CLI acts with database access, not as a signed-in user: its audit records name no actor
+// and "cli" as the address.
+control::AuditContext cli_context() { return {std::nullopt, "cli", "cli-" + crypto::random_base62(16)}; }
 
 void print_json(const control::json& j) { std::printf("%s\n", j.dump(2).c_str()); }
 
 int run(const TokenCommands& t) {
   control::ControlApp app(control::load_settings());
   auto& st = app.state();
-  auto req = cli_request();
-  const std::optional<std::string> actor;  // no user: the audit record says "cli" as its address
+  const auto who = cli_context();
   if (t.create->parsed()) {
     control::json body = {{"service", t.service}, {"expiresInDays", t.expires_in_days}};
     if (!t.description.empty()) body["description"] = t.description;
@@ -89,7 +85,7 @@ int run(const TokenCommands& t) {
     control::json out;
     st.db->transaction([&](store::Connection& c) {
       auto project = control::project_ref(c, t.project);
-      out = control::issue_token(st, c, project, in, req, actor);
+      out = control::issue_token(st, c, project, in, who);
     });
     control::notify_config_change(st);
     if (t.output == "json") {
@@ -125,7 +121,7 @@ int run(const TokenCommands& t) {
     std::optional<control::json> out;
     st.db->transaction([&](store::Connection& c) {
       out = control::revoke_token(st, c, std::nullopt, t.jti, t.by,
-                                  t.reason.empty() ? std::nullopt : std::optional<std::string>(t.reason), req, actor);
+                                  t.reason.empty() ? std::nullopt : std::optional<std::string>(t.reason), who);
     });
     if (!out) {
       std::fprintf(stderr, "error: NOT_FOUND: no active token with jti %s\n", t.jti.c_str());
@@ -154,14 +150,14 @@ int run(const TokenCommands& t) {
       return 2;
     }
     std::string kid;
-    st.db->transaction([&](store::Connection& c) { kid = control::create_signing_key(st, c, *alg, req, actor); });
+    st.db->transaction([&](store::Connection& c) { kid = control::create_signing_key(st, c, *alg, who); });
     control::notify_config_change(st);
     print_json({{"kid", kid}, {"alg", jwt::key_alg_name(*alg)}});
     return 0;
   }
   if (t.keys_retire->parsed()) {
     bool ok = false;
-    st.db->transaction([&](store::Connection& c) { ok = control::retire_signing_key(st, c, t.kid, req, actor); });
+    st.db->transaction([&](store::Connection& c) { ok = control::retire_signing_key(st, c, t.kid, who); });
     if (!ok) {
       std::fprintf(stderr, "error: NOT_FOUND: no active key with kid %s\n", t.kid.c_str());
       return 1;
@@ -175,7 +171,7 @@ int run(const TokenCommands& t) {
     std::stringstream ss;
     ss << in.rdbuf();
     st.db->transaction([&](store::Connection& c) {
-      control::import_public_key(st, c, t.kid, *jwt::parse_key_alg(t.alg), ss.str(), req, actor);
+      control::import_public_key(st, c, t.kid, *jwt::parse_key_alg(t.alg), ss.str(), who);
     });
     control::notify_config_change(st);
     print_json({{"kid", t.kid}, {"alg", t.alg}, {"imported", true}});

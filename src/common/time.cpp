@@ -40,4 +40,9 @@ std::int64_t parse_rfc3339(std::string_view s) {
   return static_cast<std::int64_t>(timegm(&tm)) * 1000 + ms;
 }
 
+std::int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace ag

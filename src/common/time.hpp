@@ -7,6 +7,8 @@ namespace ag {
 
 // Milliseconds since the Unix epoch (system clock).
 std::int64_t now_ms();
+// Monotonic clock in nanoseconds (for intervals and deadlines, never for timestamps).
+std::int64_t steady_ns();
 // RFC 3339 UTC with second precision: 2026-11-22T18:34:27Z.
 std::string format_rfc3339(std::int64_t epoch_ms);
 // "2026-11-22T18:34:27Z" (optionally with fractional seconds, or +00:00) -> epoch ms; -1 when

@@ -41,7 +41,7 @@
 #include "common/time.hpp"
 #include "gateway/arena.hpp"
 #include "gateway/http1.hpp"
-#include "gateway/redis_limiter.hpp"
+#include "ratelimit/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
 #include "gateway/strict_http.hpp"
 #include "net/tls_client.hpp"

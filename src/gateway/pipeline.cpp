@@ -46,11 +46,6 @@ std::string_view reason_name(Reason r) {
   return "";
 }
 
-std::int64_t steady_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 bool valid_request_id(std::string_view id) { return ag::valid_request_id(id); }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/cidr.hpp"
+#include "common/time.hpp"
 #include "config/snapshot.hpp"
 #include "ratelimit/gcra.hpp"
 
@@ -150,6 +151,5 @@ void append_log_line(std::string& out, const Context& ctx, const LogFields& f, s
 // Hop-by-hop headers (RFC 9110 7.6.1) plus proxy-only ones that are never forwarded.
 bool is_hop_by_hop(std::string_view lower_name);
 void append_json_string(std::string& out, std::string_view s);
-std::int64_t steady_ns();
 
 }  // namespace ag::gateway

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "config/snapshot.hpp"
+#include "net/executor.hpp"
 #include "gateway/access_log.hpp"
 #include "gateway/pipeline.hpp"
 #include "gateway/geoip.hpp"
@@ -30,20 +31,21 @@
 #include "metrics/worker_metrics.hpp"
 #include "ratelimit/local_store.hpp"
 
+namespace ag::ratelimit {
+class RedisLimiter;
+}
+
 namespace ag::gateway {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
-// A concrete executor type instead of any_io_executor: measurably cheaper per operation.
-using Executor = asio::io_context::executor_type;
-using Socket = asio::basic_stream_socket<tcp, Executor>;
-using Acceptor = asio::basic_socket_acceptor<tcp, Executor>;
-using Timer = asio::basic_waitable_timer<std::chrono::steady_clock, asio::wait_traits<std::chrono::steady_clock>, Executor>;
-template <class T = void>
-using Task = asio::awaitable<T, Executor>;
-inline constexpr asio::use_awaitable_t<Executor> use_task{};
-
-class RedisLimiter;
+using net::Acceptor;
+using net::Executor;
+using net::Socket;
+using net::Task;
+using net::Timer;
+using net::use_task;
+using ratelimit::RedisLimiter;
 
 // Something with a deadline, checked by the thread's sweep (one coarse timer per thread instead
 // of a timer per operation: per-operation timers cost about a third of the throughput).

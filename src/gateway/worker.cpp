@@ -32,7 +32,7 @@
 #include "common/time.hpp"
 #include "config/sync.hpp"
 #include "common/listen.hpp"
-#include "gateway/redis_limiter.hpp"
+#include "ratelimit/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
 #include "gateway/strict_http.hpp"
 #include "net/tls_client.hpp"
@@ -258,9 +258,10 @@ struct Worker::Impl {
       threads.back()->ip_allow = &ip_allow;
     }
     if (!opts.redis_url.empty()) {
-      auto url = parse_redis_url(opts.redis_url);
+      auto url = ratelimit::parse_redis_url(opts.redis_url);
       for (auto& t : threads) {
-        redis.push_back(std::make_unique<RedisLimiter>(*t, url, 50));
+        redis.push_back(std::make_unique<RedisLimiter>(
+            t->ioc, t->limiter, [m = &t->metrics] { m->add(metrics::Counter::kRedisErrors); }, url, 50));
         t->redis = redis.back().get();
       }
     }

@@ -102,14 +102,23 @@ std::string require_string(const json& obj, std::string_view field) {
   return *v;
 }
 
-void audit(store::Connection& c, const http::Request& req, const std::optional<std::string>& actor,
-           std::string_view action, std::string_view target_type, const std::string& target_id,
-           const json& detail) {
+AuditContext audit_context(const http::Request& req, const std::optional<std::string>& actor) {
+  return {actor, req.remote_ip, std::string(request_id(req))};
+}
+
+void audit(store::Connection& c, const AuditContext& who, std::string_view action, std::string_view target_type,
+           const std::string& target_id, const json& detail) {
   c.exec(
       "INSERT INTO audit_log (actor_id, action, target_type, target_id, detail, request_id, ip, "
       "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-      {store::opt(actor), std::string(action), std::string(target_type), target_id, detail.dump(),
-       std::string(request_id(req)), req.remote_ip, now_ms()});
+      {store::opt(who.actor), std::string(action), std::string(target_type), target_id, detail.dump(),
+       who.request_id, who.ip, now_ms()});
+}
+
+void audit(store::Connection& c, const http::Request& req, const std::optional<std::string>& actor,
+           std::string_view action, std::string_view target_type, const std::string& target_id,
+           const json& detail) {
+  audit(c, audit_context(req, actor), action, target_type, target_id, detail);
 }
 
 std::int64_t bump_config_version(store::Connection& c) {

@@ -91,7 +91,19 @@ struct Principal {
   std::int64_t session_expires_at = 0;
   bool is_operator = false;  // may see the worker registry (docs/configuration.md, "Operators")
 };
+// Who did something, and from where, for the audit log: the signed-in user (none for the CLI or
+// an anonymous sign-up), the client's address ("cli" for the CLI) and the request id. Domain
+// functions take this, not an http::Request, so the CLI calls them directly.
+struct AuditContext {
+  std::optional<std::string> actor;
+  std::string ip;
+  std::string request_id;
+};
+AuditContext audit_context(const http::Request& req, const std::optional<std::string>& actor);
+
 // Appends an audit record in the caller's transaction.
+void audit(store::Connection& c, const AuditContext& who, std::string_view action, std::string_view target_type,
+           const std::string& target_id, const json& detail = json::object());
 void audit(store::Connection& c, const http::Request& req, const std::optional<std::string>& actor,
            std::string_view action, std::string_view target_type, const std::string& target_id,
            const json& detail = json::object());

@@ -74,8 +74,7 @@ std::string new_kid(jwt::KeyAlg alg) {
 
 // The key new tokens are signed with: for HS256 the configured secret; otherwise the newest
 // signing key of that algorithm, created on first use.
-std::shared_ptr<const jwt::ServiceKey> signer(AppState& app, store::Connection& c, const http::Request& req,
-                                              const std::optional<std::string>& actor) {
+std::shared_ptr<const jwt::ServiceKey> signer(AppState& app, store::Connection& c, const AuditContext& who) {
   auto alg = *jwt::parse_key_alg(app.settings.gateway_jwt_alg);
   if (alg == jwt::KeyAlg::kHS256) {
     if (app.settings.gateway_jwt_secret.empty())
@@ -95,7 +94,7 @@ std::shared_ptr<const jwt::ServiceKey> signer(AppState& app, store::Connection& 
       if (!key || !key->can_sign()) throw ApiError(503, "Signing key " + kid + " is unusable");
       return key;
     }
-    create_signing_key(app, c, alg, req, actor);
+    create_signing_key(app, c, alg, who);
   }
   throw ApiError(503, "No signing key available");
 }
@@ -166,14 +165,14 @@ IssueInput parse_issue_body(const json& body) {
 }
 
 json issue_token(AppState& app, store::Connection& c, const TokenProject& project, const IssueInput& in,
-                 const http::Request& req, const std::optional<std::string>& actor) {
+                 const AuditContext& who) {
   if (!project.slug)
     throw token_error("INVALID_PROJECT", "project: the project has no slug (set one with PATCH /projects/{id})");
   if (in.project_claim && *in.project_claim != *project.slug)
     throw token_error("INVALID_PROJECT", "project: does not match the project's slug '" + *project.slug + "'");
   if (c.exec("SELECT 1 FROM services WHERE project_id = $1 AND name = $2", {project.id, in.service}).empty())
     throw token_error("INVALID_SERVICE", "service: '" + in.service + "' is not a service of this project");
-  auto key = signer(app, c, req, actor);
+  auto key = signer(app, c, who);
   const std::int64_t now = now_ms();
   const std::int64_t iat = now / 1000;
   const std::int64_t exp = iat + in.expires_in_days * 86400;
@@ -191,7 +190,7 @@ json issue_token(AppState& app, store::Connection& c, const TokenProject& projec
           store::opt(in.backend), store::opt(in.description), store::opt(in.created_by), now, exp * 1000,
           in.metadata.is_null() ? store::Value(nullptr) : store::Value(in.metadata.dump()), alg,
           key->kid().empty() ? store::Value(nullptr) : store::Value(key->kid()), store::opt(in.created_by_label)});
-  audit(c, req, actor, "token.issue", "token", jti,
+  audit(c, who, "token.issue", "token", jti,
         {{"project_id", project.id}, {"service", in.service}, {"expires_at", iso_time(exp * 1000)}, {"alg", alg}});
   return {{"token", token},
           {"jti", jti},
@@ -227,8 +226,7 @@ json token_record(const store::Row& r) {
 
 std::optional<json> revoke_token(AppState& app, store::Connection& c, const std::optional<std::string>& project_id,
                                  const std::string& jti, const std::optional<std::string>& by,
-                                 const std::optional<std::string>& reason, const http::Request& req,
-                                 const std::optional<std::string>& actor) {
+                                 const std::optional<std::string>& reason, const AuditContext& who) {
   // FOR UPDATE on PostgreSQL so two concurrent revocations cannot both succeed.
   std::string lock = app.db->engine() == store::Engine::kPostgres ? " FOR UPDATE" : "";
   auto r = c.exec(std::string("SELECT ") + kTokenColumns + " FROM gateway_tokens WHERE jti = $1 AND is_active = 1" + lock, {jti});
@@ -241,7 +239,7 @@ std::optional<json> revoke_token(AppState& app, store::Connection& c, const std:
          "ON CONFLICT (jti) DO NOTHING",
          {jti, now, expires, store::opt(reason)});
   if (expires > now) ConfigChanges(app, c).token_revoke(jti, expires);
-  audit(c, req, actor, "token.revoke", "token", jti,
+  audit(c, who, "token.revoke", "token", jti,
         {{"project_id", r.rows[0].text(16)}, {"reason", reason ? json(*reason) : json(nullptr)}});
   auto after = c.exec(std::string("SELECT ") + kTokenColumns + " FROM gateway_tokens WHERE jti = $1", {jti});
   return token_record(after.rows.at(0));
@@ -251,8 +249,7 @@ std::int64_t cleanup_expired_revocations(store::Connection& c) {
   return c.exec("DELETE FROM gateway_tokens_revoked WHERE expires_at <= $1", {now_ms()}).affected;
 }
 
-std::string create_signing_key(AppState& app, store::Connection& c, jwt::KeyAlg alg, const http::Request& req,
-                               const std::optional<std::string>& actor) {
+std::string create_signing_key(AppState& app, store::Connection& c, jwt::KeyAlg alg, const AuditContext& who) {
   if (alg == jwt::KeyAlg::kHS256) throw ApiError(422, "alg: signing keys are ES256 or EdDSA (HS256 uses GATEWAY_JWT_SECRET)");
   auto pair = jwt::generate_key_pair(alg);
   std::string kid = new_kid(alg);
@@ -260,21 +257,20 @@ std::string create_signing_key(AppState& app, store::Connection& c, jwt::KeyAlg 
          {kid, std::string(jwt::key_alg_name(alg)), pair.public_pem, seal(app, pair.private_pem, kid), now_ms()});
   sodium_memzero(pair.private_pem.data(), pair.private_pem.size());
   ConfigChanges(app, c).jwt_keys_set();
-  audit(c, req, actor, "signing_key.create", "signing_key", kid, {{"alg", jwt::key_alg_name(alg)}});
+  audit(c, who, "signing_key.create", "signing_key", kid, {{"alg", jwt::key_alg_name(alg)}});
   return kid;
 }
 
-bool retire_signing_key(AppState& app, store::Connection& c, const std::string& kid, const http::Request& req,
-                        const std::optional<std::string>& actor) {
+bool retire_signing_key(AppState& app, store::Connection& c, const std::string& kid, const AuditContext& who) {
   auto r = c.exec("UPDATE jwt_signing_keys SET retired_at = $1 WHERE kid = $2 AND retired_at IS NULL", {now_ms(), kid});
   if (r.affected == 0) return false;
   ConfigChanges(app, c).jwt_keys_set();
-  audit(c, req, actor, "signing_key.retire", "signing_key", kid);
+  audit(c, who, "signing_key.retire", "signing_key", kid);
   return true;
 }
 
 void import_public_key(AppState& app, store::Connection& c, const std::string& kid, jwt::KeyAlg alg,
-                       const std::string& pem, const http::Request& req, const std::optional<std::string>& actor) {
+                       const std::string& pem, const AuditContext& who) {
   if (kid.empty() || kid.size() > 128) throw ApiError(422, "kid: 1 to 128 characters");
   if (alg == jwt::KeyAlg::kHS256) throw ApiError(422, "alg: ES256 or EdDSA");
   auto key = jwt::ServiceKey::from_pem(kid, alg, pem);
@@ -285,7 +281,7 @@ void import_public_key(AppState& app, store::Connection& c, const std::string& k
   c.exec("INSERT INTO jwt_signing_keys (kid, alg, public_pem, private_sealed, created_at) VALUES ($1, $2, $3, NULL, $4)",
          {kid, std::string(jwt::key_alg_name(alg)), key->public_pem(), now_ms()});
   ConfigChanges(app, c).jwt_keys_set();
-  audit(c, req, actor, "signing_key.import", "signing_key", kid, {{"alg", jwt::key_alg_name(alg)}});
+  audit(c, who, "signing_key.import", "signing_key", kid, {{"alg", jwt::key_alg_name(alg)}});
 }
 
 json list_signing_keys(store::Connection& c) {

@@ -39,7 +39,7 @@ IssueInput parse_issue_body(const json& body);
 
 // Signs and records a token; returns {token, jti, expiresAt, project, service, alg, kid}.
 json issue_token(AppState& app, store::Connection& c, const TokenProject& project, const IssueInput& in,
-                 const http::Request& req, const std::optional<std::string>& actor);
+                 const AuditContext& who);
 
 inline constexpr const char* kTokenColumns =
     "jti, project, service, backend, description, created_by, created_at, expires_at, last_used_at, is_active, "
@@ -49,21 +49,18 @@ json token_record(const store::Row& row);
 // Revokes an active token (of `project_id` when given). nullopt when nothing active matched.
 std::optional<json> revoke_token(AppState& app, store::Connection& c, const std::optional<std::string>& project_id,
                                  const std::string& jti, const std::optional<std::string>& by,
-                                 const std::optional<std::string>& reason, const http::Request& req,
-                                 const std::optional<std::string>& actor);
+                                 const std::optional<std::string>& reason, const AuditContext& who);
 
 // Deletes revocations whose token has expired anyway; returns how many.
 std::int64_t cleanup_expired_revocations(store::Connection& c);
 
 // Signing keys. A new key becomes the signer for its algorithm; returns its kid.
-std::string create_signing_key(AppState& app, store::Connection& c, jwt::KeyAlg alg, const http::Request& req,
-                               const std::optional<std::string>& actor);
+std::string create_signing_key(AppState& app, store::Connection& c, jwt::KeyAlg alg, const AuditContext& who);
 // false when no such key (or already retired).
-bool retire_signing_key(AppState& app, store::Connection& c, const std::string& kid, const http::Request& req,
-                        const std::optional<std::string>& actor);
+bool retire_signing_key(AppState& app, store::Connection& c, const std::string& kid, const AuditContext& who);
 // A verify-only public key (tokens minted elsewhere). Throws ApiError 422/409.
 void import_public_key(AppState& app, store::Connection& c, const std::string& kid, jwt::KeyAlg alg,
-                       const std::string& pem, const http::Request& req, const std::optional<std::string>& actor);
+                       const std::string& pem, const AuditContext& who);
 // [{kid, alg, created_at, retired_at, signing}] newest first.
 json list_signing_keys(store::Connection& c);
 // {"keys": [JWK...]} of the keys not retired.

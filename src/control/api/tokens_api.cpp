@@ -24,7 +24,7 @@ http::Response issue(AppState& app, const Call& call) {
   json out;
   app.db->transaction([&](store::Connection& c) {
     auto project = project_ref_by_id(c, params.at("id"));
-    out = issue_token(app, c, project, in, req, user.user_id);
+    out = issue_token(app, c, project, in, audit_context(req, user.user_id));
   });
   notify_config_change(app);  // a first token may have created a signing key
   return json_response(201, out);
@@ -77,7 +77,7 @@ http::Response revoke(AppState& app, const Call& call) {
   std::optional<json> out;
   app.db->transaction([&](store::Connection& c) {
     auto project = project_ref_by_id(c, params.at("id"));
-    out = revoke_token(app, c, project.id, params.at("jti"), user.email, reason, req, user.user_id);
+    out = revoke_token(app, c, project.id, params.at("jti"), user.email, reason, audit_context(req, user.user_id));
   });
   if (!out) throw ApiError(404, "Token not found or not active");
   notify_config_change(app);

@@ -1,4 +1,4 @@
-#include "gateway/redis_limiter.hpp"
+#include "ratelimit/redis_limiter.hpp"
 
 #include <hiredis/hiredis.h>
 
@@ -13,8 +13,13 @@
 #include <stdexcept>
 
 #include "common/crypto.hpp"
+#include "common/time.hpp"
 
-namespace ag::gateway {
+namespace ag::ratelimit {
+
+namespace asio = boost::asio;
+using net::use_task;
+using tcp = asio::ip::tcp;
 
 using error_code = boost::system::error_code;
 
@@ -78,15 +83,21 @@ RedisUrl parse_redis_url(const std::string& url) {
   return u;
 }
 
-RedisLimiter::RedisLimiter(ThreadRuntime& rt, RedisUrl url, std::int64_t timeout_ms)
-    : rt_(rt), url_(std::move(url)), timeout_ms_(timeout_ms), socket_(rt.ioc.get_executor()) {}
+RedisLimiter::RedisLimiter(asio::io_context& ioc, LocalStore& fallback, std::function<void()> on_error, RedisUrl url,
+                           std::int64_t timeout_ms)
+    : ioc_(ioc),
+      fallback_(fallback),
+      on_error_(std::move(on_error)),
+      url_(std::move(url)),
+      timeout_ms_(timeout_ms),
+      socket_(ioc.get_executor()) {}
 
 RedisLimiter::~RedisLimiter() {
   if (reader_) redisReaderFree(reader_);
 }
 
 void RedisLimiter::start() {
-  asio::co_spawn(rt_.ioc, connection_loop(), asio::detached);
+  asio::co_spawn(ioc_, connection_loop(), asio::detached);
 }
 
 void RedisLimiter::stop() {
@@ -109,7 +120,7 @@ void RedisLimiter::append_command(std::initializer_list<std::string_view> args) 
   }
   if (!writing_ && up_) {
     writing_ = true;
-    asio::co_spawn(rt_.ioc, write_loop(), asio::detached);
+    asio::co_spawn(ioc_, write_loop(), asio::detached);
   }
 }
 
@@ -164,7 +175,7 @@ void RedisLimiter::on_reply(void* r) {
         pending_.push_back({nullptr});
         append_command({"SCRIPT", "LOAD", kScript});
       }
-      rt_.metrics.add(metrics::Counter::kRedisErrors);
+      if (on_error_) on_error_();
     }
     p.waiter->timer.cancel();
   }
@@ -175,12 +186,12 @@ Task<void> RedisLimiter::connection_loop() {
   std::int64_t backoff_ms = 100;
   while (!stopping_) {
     error_code ec;
-    tcp::resolver resolver(rt_.ioc);
+    tcp::resolver resolver(ioc_);
     auto results = co_await resolver.async_resolve(url_.host, std::to_string(url_.port), asio::redirect_error(use_task, ec));
     if (!ec) {
-      socket_ = Socket(rt_.ioc.get_executor());
+      socket_ = Socket(ioc_.get_executor());
       // Bounded connect: a timer closes the socket if the connect takes too long.
-      Timer guard(rt_.ioc.get_executor());
+      Timer guard(ioc_.get_executor());
       guard.expires_after(std::chrono::milliseconds(500));
       guard.async_wait([this](error_code e) {
         if (!e) {
@@ -194,7 +205,7 @@ Task<void> RedisLimiter::connection_loop() {
     if (ec) {
       if (backoff_ms == 100 || backoff_ms >= 5000)
         spdlog::warn("redis {}:{} unreachable ({}); rate limits are local until it is back", url_.host, url_.port, ec.message());
-      Timer wait(rt_.ioc.get_executor());
+      Timer wait(ioc_.get_executor());
       wait.expires_after(std::chrono::milliseconds(backoff_ms));
       co_await wait.async_wait(asio::redirect_error(use_task, ec));
       backoff_ms = std::min<std::int64_t>(backoff_ms * 2, 5000);
@@ -243,9 +254,9 @@ Task<void> RedisLimiter::connection_loop() {
   }
 }
 
-Task<ratelimit::Decision> RedisLimiter::check(std::uint64_t tag, const ratelimit::Policy& policy) {
+Task<Decision> RedisLimiter::check(std::uint64_t tag, const Policy& policy) {
   auto local = [&] {
-    auto d = rt_.limiter.check(tag, policy, steady_ns());
+    auto d = fallback_.check(tag, policy, steady_ns());
     d.fallback = true;
     return d;
   };
@@ -254,7 +265,7 @@ Task<ratelimit::Decision> RedisLimiter::check(std::uint64_t tag, const ratelimit
   int klen = std::snprintf(key, sizeof key, "ag:rl:%016llx", static_cast<unsigned long long>(tag));
   std::int64_t interval_us = policy.interval_ns() / 1000;
   std::string a1 = std::to_string(interval_us), a2 = std::to_string(interval_us * (policy.burst + 1));
-  auto w = std::make_shared<Waiter>(rt_.ioc);
+  auto w = std::make_shared<Waiter>(ioc_);
   w->timer.expires_after(std::chrono::milliseconds(timeout_ms_));
   pending_.push_back({w});
   append_command({"EVALSHA", sha_, "1", std::string_view(key, klen), a1, a2});
@@ -278,4 +289,4 @@ Task<ratelimit::Decision> RedisLimiter::check(std::uint64_t tag, const ratelimit
   co_return local();
 }
 
-}  // namespace ag::gateway
+}  // namespace ag::ratelimit

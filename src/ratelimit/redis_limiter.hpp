@@ -9,13 +9,19 @@
 #include <optional>
 #include <string>
 
-#include "gateway/runtime.hpp"
+#include <functional>
+
+#include "net/executor.hpp"
 #include "ratelimit/gcra.hpp"
 #include "ratelimit/local_store.hpp"
 
 struct redisReader;
 
-namespace ag::gateway {
+namespace ag::ratelimit {
+
+using net::Socket;
+using net::Task;
+using net::Timer;
 
 struct RedisUrl {
   std::string host = "127.0.0.1";
@@ -29,19 +35,22 @@ RedisUrl parse_redis_url(const std::string& url);
 
 class RedisLimiter {
  public:
-  RedisLimiter(ThreadRuntime& rt, RedisUrl url, std::int64_t timeout_ms);
+  // Runs on `ioc` (one worker thread's); decides with `fallback` while Redis cannot answer;
+  // calls `on_error` for each error reply (the worker counts them).
+  RedisLimiter(net::asio::io_context& ioc, LocalStore& fallback, std::function<void()> on_error, RedisUrl url,
+               std::int64_t timeout_ms);
   ~RedisLimiter();
 
   // Starts the connection loop on the runtime's thread.
   void start();
   void stop();
-  Task<ratelimit::Decision> check(std::uint64_t tag, const ratelimit::Policy& policy);
+  Task<Decision> check(std::uint64_t tag, const Policy& policy);
 
  private:
   struct Waiter {
-    explicit Waiter(asio::io_context& ioc) : timer(ioc.get_executor()) {}
+    explicit Waiter(net::asio::io_context& ioc) : timer(ioc.get_executor()) {}
     Timer timer;
-    std::optional<ratelimit::Decision> result;
+    std::optional<Decision> result;
     bool abandoned = false;
   };
   struct Pending {
@@ -54,7 +63,9 @@ class RedisLimiter {
   void on_reply(void* reply);
   void append_command(std::initializer_list<std::string_view> args);
 
-  ThreadRuntime& rt_;
+  net::asio::io_context& ioc_;
+  LocalStore& fallback_;
+  std::function<void()> on_error_;
   RedisUrl url_;
   std::int64_t timeout_ms_;
   Socket socket_;
@@ -69,4 +80,4 @@ class RedisLimiter {
   std::string sha_;
 };
 
-}  // namespace ag::gateway
+}  // namespace ag::ratelimit
