@@ -51,7 +51,12 @@
 #include "gateway/arena.hpp"
 #include "common/ascii.hpp"
 #include "gateway/http1.hpp"
-#include "gateway/pipeline.hpp"
+#include "gateway/pipeline/context.hpp"
+#include "gateway/stages/accept/client.hpp"
+#include "gateway/stages/identify/credentials.hpp"
+#include "gateway/stages/log/log_line.hpp"
+#include "gateway/stages/proxy/headers.hpp"
+#include "gateway/stages/risk/endpoint.hpp"
 #include "gateway/strict_http.hpp"
 
 namespace {

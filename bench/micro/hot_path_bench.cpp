@@ -14,8 +14,13 @@
 #include "config/snapshot.hpp"
 #include "common/api_key.hpp"
 #include "gateway/http1.hpp"
-#include "gateway/pipeline.hpp"
-#include "gateway/risk.hpp"
+#include "gateway/pipeline/context.hpp"
+#include "gateway/stages/accept/client.hpp"
+#include "gateway/stages/identify/credentials.hpp"
+#include "gateway/stages/log/log_line.hpp"
+#include "gateway/stages/proxy/headers.hpp"
+#include "gateway/stages/risk/endpoint.hpp"
+#include "gateway/stages/risk/risk.hpp"
 #include "ratelimit/local_store.hpp"
 
 namespace {

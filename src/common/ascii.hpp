@@ -1,5 +1,5 @@
 #pragma once
-// ASCII case folding for protocol tokens (header names, JOSE "typ", Connection options): locale-free,
+// ASCII helpers for protocol tokens: case folding (header names, JOSE "typ", Connection options): locale-free,
 // bytes outside A-Z unchanged.
 #include <cstddef>
 #include <string_view>
@@ -13,6 +13,13 @@ constexpr bool iequals_ascii(std::string_view a, std::string_view b) {
   for (std::size_t i = 0; i < a.size(); ++i)
     if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
   return true;
+}
+
+// Without leading and trailing spaces and tabs (HTTP's optional whitespace, list separators).
+constexpr std::string_view trim_ows(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
 }
 
 }  // namespace ag

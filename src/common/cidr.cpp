@@ -5,6 +5,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "common/ascii.hpp"
+
 namespace ag {
 
 bool parse_ip(std::string_view s, unsigned char out[16]) {
@@ -21,19 +23,12 @@ bool parse_ip(std::string_view s, unsigned char out[16]) {
   }
   return inet_pton(AF_INET6, buf, out) == 1;
 }
-namespace {
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-}  // namespace
 
 std::vector<Cidr> parse_cidrs(std::string_view list) {
   std::vector<Cidr> out;
   while (!list.empty()) {
     auto comma = list.find(',');
-    std::string_view item = trim(list.substr(0, comma));
+    std::string_view item = trim_ows(list.substr(0, comma));
     list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
     if (item.empty()) continue;
     Cidr c;

@@ -1,10 +1,11 @@
 // Over 600 lines: the connection's I/O (head and body reading, local replies, the proxy exchange
 // with retries, the WebSocket tunnel) lives in one coroutine class whose state the parts share;
-// splitting it into pipeline stages and an exchange is a change of its own (docs/architecture.md,
-// "Not yet split").
+// moving the exchange and the tunnel to stages/proxy/ is a change of its own
+// (docs/architecture.md, "Not yet split").
 //
-// The worker's request loop: one coroutine per client connection, walking the pipeline stages
-// (pipeline.hpp) for each request and doing the I/O between them. Design notes:
+// The worker's request loop: one coroutine per client connection. For each request it reads the
+// head and hands it to the pipeline (pipeline/runner.hpp), which calls back for the I/O: a local
+// reply, or the upstream exchange (stage 6). Design notes:
 // - Heads are rendered into one reused buffer per connection, instead of Beast's serializer, and
 //   written with the body bytes that arrived with them in one syscall: small bodies (<= 2 KiB)
 //   copied behind the head (one buffer: send(2)), larger ones as a gather write (sendmsg(2)).
@@ -359,7 +360,7 @@ void from_lean(const http1::Head& h, Message& m) {
   else m.content_length.reset();
 }
 
-class Connection final : public Tracked {
+class Connection final : public Tracked, public Exchange {
  public:
   Connection(ThreadRuntime& rt, Socket socket)
       : rt_(rt), sock_(std::move(socket)), buf_(std::max<std::size_t>(64 * 1024, rt.opts.max_header_bytes + 8192)) {
@@ -414,15 +415,22 @@ class Connection final : public Tracked {
   }
 
   Task<bool> handle(ReqParser& parser, const Message& req);
-  Task<bool> assess_risk(Context& ctx, std::string_view method, std::string_view path, std::string_view ua,
-                         const Message& req, LocalReply& reply);
-  bool authenticate(Context& ctx, std::string_view target, LocalReply& reply);
-  const config::ServiceTarget* pick_target(const config::Service& svc, const config::ServiceTarget* avoid);
+  // The pipeline's I/O (Exchange), for the request in cur_.
+  Task<bool> reply(Context& ctx, const LocalReply& reply) override {
+    // An unread request body would be taken for the next request: close instead.
+    return send_local(ctx, reply, cur_.req->version, cur_.req->keep_alive && !cur_.req->has_body,
+                      cur_.req->verb == http::verb::head);
+  }
+  Task<bool> proxy(Context& ctx) override { return exchange(ctx, *cur_.parser, *cur_.req, cur_.req->keep_alive); }
+  Task<void> pause(std::int64_t ms) override;
+  struct Current {
+    ReqParser* parser = nullptr;
+    const Message* req = nullptr;
+  } cur_;
   Task<bool> send_local(Context& ctx, const LocalReply& reply, unsigned version, bool keep_alive,
                         bool head_only = false);
-  Task<bool> proxy(Context& ctx, ReqParser& parser, const Message& req, bool keep_alive);
+  Task<bool> exchange(Context& ctx, ReqParser& parser, const Message& req, bool keep_alive);
   Task<bool> tunnel(Context& ctx);
-  void finish(Context& ctx, std::string_view method, std::string_view path, std::string_view ua);
   void add_rate_headers(const Context& ctx, std::string& out) const;
   char* chunk() {
     if (!chunk_) chunk_ = std::make_unique<char[]>(kChunk);
@@ -488,7 +496,7 @@ Task<void> Connection::run() {
       Context ctx;
       ctx.start_ns = read_started_ns;  // a 408's latency is the time the client kept us waiting
       ctx.client_ip = peer_ip_;
-      ctx.request_id = rt_.next_request_id();
+      ctx.request_id = rt_.ids.next();
       LocalReply reply;
       if (timed_out_) {
         // Partial headers that never completed: 408. An idle keep-alive connection: just close.
@@ -504,7 +512,7 @@ Task<void> Connection::run() {
       }
       timed_out_ = false;
       co_await send_local(ctx, reply, 11, false);
-      finish(ctx, "", "", "");
+      rt_.pipeline->log.run(ctx, RequestView{});
       break;
     }
     Message req;
@@ -578,18 +586,6 @@ Task<bool> Connection::send_local(Context& ctx, const LocalReply& reply, unsigne
   co_return !ec && keep;
 }
 
-void Connection::finish(Context& ctx, std::string_view method, std::string_view path, std::string_view ua) {
-  std::int64_t end = rt_.coarse_now_ns = steady_ns();
-  if (rt_.log.enabled()) {
-    // Lines collect per thread and go to the log writer in batches (see ThreadRuntime::flush_log).
-    append_log_line(rt_.log_line, ctx, LogFields{method, path, ua}, end);
-    if (rt_.log_line.size() >= 32 * 1024) rt_.flush_log();
-  }
-  rt_.metrics.request(ctx.project ? ctx.project->metrics_slot : 0,
-                      ctx.reason == Reason::kNone ? metrics::Decision::kAllow : metrics::Decision::kBlock, ctx.status);
-  rt_.metrics.latency.observe(static_cast<double>(end - ctx.start_ns) / 1e6);
-  if (ctx.upstream_ns >= 0) rt_.metrics.upstream_latency.observe(static_cast<double>(ctx.upstream_ns) / 1e6);
-}
 
 
 void Connection::scan_headers(const Message& req) {
@@ -648,250 +644,48 @@ void Connection::scan_headers(const Message& req) {
   facts.underscore_name = req.underscore;
 }
 
+// The connection's part of a request: the head's facts for the stages, then the pipeline
+// (pipeline/runner.cpp), which calls back into reply() or proxy() and logs the request.
 Task<bool> Connection::handle(ReqParser& parser, const Message& req) {
   Context ctx;
   ctx.start_ns = rt_.coarse_now_ns = steady_ns();
-  ctx.snapshot = rt_.snapshot;  // pinned: a reload mid-request does not affect this request
   joined_connection_.clear();
   joined_xff_.clear();
   joined_te_.clear();
   scan_headers(req);
-  auto rid = seen_.request_id;
-  ctx.request_id = valid_request_id(rid) ? std::string(rid) : rt_.next_request_id();
-  ctx.client_ip = rt_.trusted.empty() ? peer_ip_ : client_ip(peer_ip_, seen_.xff, rt_.trusted);
-  std::string_view method = req.method;
-  std::string_view target = req.target;
-  std::string_view path = target.substr(0, target.find('?'));
-  std::string_view ua = seen_.user_agent;
-  bool keep_alive = req.keep_alive;
-  bool has_body = req.has_body;
-  unsigned version = req.version;
-  bool head = req.verb == http::verb::head;
-
+  RequestView view;
+  view.method = req.method;
+  view.target = req.target;
+  view.path = view.target.substr(0, view.target.find('?'));
+  view.user_agent = seen_.user_agent;
+  view.has_user_agent = seen_.has_user_agent;
+  view.peer_ip = peer_ip_;
+  view.request_id = seen_.request_id;
+  view.xff = seen_.xff;
+  view.api_key = seen_.api_key;
+  view.has_api_key = seen_.has_api_key;
+  view.authorization = seen_.authorization;
+  view.has_body = req.has_body;
+  view.content_length = req.content_length;
+  view.path_buf = &path_buf_;
+  view.target_buf = &target_buf_;
   // A keep-alive client sends the same Host every time: checked once per connection.
   seen_.facts.host_valid = seen_.facts.host_count == 1 && seen_.facts.host == valid_host_;
-  LocalReply reply = strict::check_head(seen_.facts, rt_.opts.underscore_headers);
-  if (reply.status == 0 && !seen_.facts.host_valid && seen_.facts.host_count == 1) valid_host_.assign(seen_.facts.host);
-  bool ok = reply.status == 0;  // an ambiguous head is refused before anything else
-  if (!ok) {
-    // reply set, and the connection closes after it
-  } else if (!ctx.snapshot) {
-    reply = {503, Reason::kNotReady, "Gateway not ready: configuration not loaded"};
-    ok = false;
-  } else if (target.empty() || target.front() != '/') {
-    reply = {400, Reason::kBadRequest, "Request target must be an absolute path"};
-    ok = false;
-  } else if (rt_.opts.normalize_path) {
-    // Routing, credentials and the upstream all see the same, normalised path.
-    auto r = strict::normalize_path(path, rt_.opts.merge_slashes, path_buf_);
-    if (r == strict::PathResult::kAboveRoot) {
-      reply = {400, Reason::kBadRequest, "Request path climbs above the root"};
-      ok = false;
-    } else if (r == strict::PathResult::kChanged) {
-      target_buf_ = path_buf_;
-      target_buf_.append(target.substr(path.size()));
-      target = target_buf_;
-      path = std::string_view(target_buf_).substr(0, path_buf_.size());
-    }
-  }
-  ctx.request_target = target;
-  // Worker-wide IP lists first: a denied address gets no other work done.
-  if (ok && cidr_refused(*rt_.ip_deny, *rt_.ip_allow, ctx.client_ip)) {
-    reply = {403, Reason::kIpDenied, "Forbidden"};
-    rt_.metrics.add(metrics::Counter::kRiskRuleIpDeny);
-    ok = false;
-  }
-  // An address that keeps failing authentication is refused before any key is checked.
-  if (ok && rt_.risk->auth_blocked(ctx.client_ip, ctx.start_ns)) {
-    reply = {429, Reason::kAuthFailures, "Too many failed authentication attempts"};
-    rt_.metrics.add(metrics::Counter::kRiskRuleAuthFailures);
-    ok = false;
-  }
-  if (ok) {
-    ok = authenticate(ctx, target, reply);
-    if (!ok && (reply.reason == Reason::kKeyInvalid || reply.reason == Reason::kTokenInvalid ||
-                reply.reason == Reason::kTokenRevoked))
-      rt_.risk->auth_failed(ctx.client_ip, ctx.start_ns);
-  }
-  if (ok) ok = co_await assess_risk(ctx, method, path, ua, req, reply);
-  if (ok) {
-    const ratelimit::Policy& policy = ctx.policy;
-    // The key's limiter slot is named by the first 8 bytes of its SHA-256 (computed by identify).
-    if (rt_.redis) ctx.limit = co_await rt_.redis->check(ctx.key_tag, policy);
-    else ctx.limit = rt_.limiter.check(ctx.key_tag, policy, ctx.start_ns);
-    ctx.limit_checked = true;
-    if (ctx.limit.fallback) rt_.metrics.add(metrics::Counter::kRateLimitFallback);
-    if (!ctx.limit.allowed) {
-      rt_.metrics.add(metrics::Counter::kRateLimitLimited);
-      reply = {429, Reason::kRateLimited, "Rate limit exceeded"};
-      ok = false;
-    } else {
-      rt_.metrics.add(metrics::Counter::kRateLimitAllowed);
-    }
-  }
-  if (ok && has_body) {
-    auto len = req.content_length;
-    if (len && static_cast<std::int64_t>(*len) > ctx.project->max_body_bytes) {
-      reply = {413, Reason::kBodyTooLarge, "Request body too large"};
-      ok = false;
-    }
-  }
-  bool keep;
-  if (!ok) {
-    // An unread request body would be taken for the next request: close instead.
-    keep = co_await send_local(ctx, reply, version, keep_alive && !has_body, head);
-  } else {
-    keep = co_await proxy(ctx, parser, req, keep_alive);
-  }
-  finish(ctx, method, path, ua);
-  co_return keep;
+  view.framing = strict::check_head(seen_.facts, rt_.opts.underscore_headers);
+  if (view.framing.status == 0 && !seen_.facts.host_valid && seen_.facts.host_count == 1) valid_host_.assign(seen_.facts.host);
+  cur_ = {&parser, &req};
+  co_return co_await run_request(*rt_.pipeline, ctx, view, *this);
 }
 
-
-// The project's IP lists, then the risk score (docs/risk.md). In shadow mode the decision is
-// logged and counted but not applied; IP lists apply in both modes.
-Task<bool> Connection::assess_risk(Context& ctx, std::string_view method, std::string_view path, std::string_view ua,
-                                   const Message& req, LocalReply& reply) {
-  const config::RiskPolicy& p = *ctx.project->risk;
-  if (cidr_refused(p.ip_deny, p.ip_allow, ctx.client_ip)) {
-    reply = {403, Reason::kIpDenied, "Forbidden by IP policy"};
-    rt_.metrics.add(metrics::Counter::kRiskRuleIpDeny);
-    co_return false;
-  }
-  if (!p.country_deny.empty() || !p.country_allow.empty()) {
-    // Without a database an allow list cannot be satisfied (fail closed); a deny list is skipped.
-    std::string cc = rt_.geoip ? rt_.geoip->country(ctx.client_ip) : std::string();
-    auto listed = [&](const std::vector<std::string>& l) { return std::find(l.begin(), l.end(), cc) != l.end(); };
-    if ((!cc.empty() && listed(p.country_deny)) || (!p.country_allow.empty() && (cc.empty() || !listed(p.country_allow)))) {
-      reply = {403, Reason::kIpDenied, "Forbidden by country policy"};
-      ctx.reason_detail = cc.empty() ? "country_unknown" : "country_denied";
-      rt_.metrics.add(metrics::Counter::kRiskRuleCountry);
-      co_return false;
-    }
-  }
-  if (!p.enabled) co_return true;
-  RiskInput in;
-  in.caller = ctx.key_tag;
-  in.ip = ctx.client_ip;
-  std::string normalised;
-  if (needs_normalising(path)) normalised = normalise_endpoint(path);
-  in.endpoint = normalised.empty() ? path : std::string_view(normalised);
-  in.method = method;
-  in.user_agent = ua;
-  in.user_agent_present = seen_.has_user_agent;
-  if (req.content_length) in.content_length = static_cast<std::int64_t>(*req.content_length);
-  RiskResult r = rt_.risk->evaluate(p, in, ctx.start_ns);
-  ctx.risk_evaluated = true;
-  ctx.risk_score = r.score;
-  ctx.risk_decision = static_cast<std::uint8_t>(r.decision);
-  ctx.risk_rules = r.rules;
-  ctx.risk_shadow = p.shadow && r.decision != RiskDecision::kAllow;
-  for (std::size_t i = 0; i < kRiskRuleCount; ++i)
-    if (r.rules & (1u << i))
-      rt_.metrics.add(static_cast<metrics::Counter>(static_cast<int>(metrics::Counter::kRiskRuleVelocity) + static_cast<int>(i)));
-  rt_.metrics.add(r.decision == RiskDecision::kBlock      ? metrics::Counter::kRiskBlock
-                  : r.decision == RiskDecision::kThrottle ? metrics::Counter::kRiskThrottle
-                                                          : metrics::Counter::kRiskAllow);
-  if (ctx.risk_shadow) {
-    rt_.metrics.add(metrics::Counter::kRiskShadowed);
-    co_return true;
-  }
-  if (r.decision == RiskDecision::kBlock) {
-    reply = {429, Reason::kRiskBlocked, "Request blocked by risk policy"};
-    co_return false;
-  }
-  if (r.decision == RiskDecision::kThrottle) {
-    if (p.throttle_delay) {
-      Timer t(rt_.ioc.get_executor());
-      t.expires_after(std::chrono::milliseconds(p.throttle_delay_ms));
-      error_code ec;
-      co_await t.async_wait(asio::redirect_error(use_task, ec));
-      rt_.coarse_now_ns = steady_ns();
-    } else {
-      // A tighter limit for this caller, in its own limiter slot.
-      ratelimit::Policy tight{std::max<std::int64_t>(1, static_cast<std::int64_t>(ctx.policy.requests_per_minute * p.throttle_limit_factor)),
-                              static_cast<std::int64_t>(ctx.policy.burst * p.throttle_limit_factor)};
-      auto d = rt_.limiter.check(ctx.key_tag ^ 0x7468726f74746c65ull, tight, ctx.start_ns);
-      if (!d.allowed) {
-        reply = {429, Reason::kRiskThrottled, "Rate limit exceeded (throttled by risk policy)"};
-        co_return false;
-      }
-    }
-  }
-  co_return true;
+Task<void> Connection::pause(std::int64_t ms) {
+  Timer t(rt_.ioc.get_executor());
+  t.expires_after(std::chrono::milliseconds(ms));
+  error_code ec;
+  co_await t.async_wait(asio::redirect_error(use_task, ec));
+  rt_.coarse_now_ns = steady_ns();
 }
 
-// Route and credentials (docs/services-and-tokens.md): a service route takes an API key of its
-// project or a service token naming it; any other path takes an API key, as before.
-bool Connection::authenticate(Context& ctx, std::string_view target, LocalReply& reply) {
-  const bool service_route = match_service_route(ctx, target);
-  const config::Project* route_project = ctx.project;
-  const bool has_key = seen_.has_api_key;
-  std::string_view authz = has_key ? std::string_view{} : seen_.authorization;
-  const bool has_bearer = !bearer_token(authz).empty();
-  if (has_key || (!service_route && !has_bearer)) {
-    if (!identify(ctx, seen_.api_key, has_key, now_ms(), reply))
-      return false;
-    if (service_route && ctx.project != route_project) {
-      reply = {403, Reason::kRouteForbidden, "API key not valid for this route"};
-      ctx.project = route_project;
-      return false;
-    }
-  } else if (has_bearer) {
-    std::string claim_project, claim_service;
-    if (!identify_token(ctx, rt_.token_cache, authz, rt_.token_check, now_ms() / 1000, claim_project, claim_service, reply))
-      return false;
-    if (!service_route || claim_project != ctx.project->slug || claim_service != ctx.service->name) {
-      reply = {403, Reason::kRouteForbidden, "Token not valid for this route"};
-      return false;
-    }
-    ctx.policy = ratelimit::Policy{ctx.project->rate.requests_per_minute, ctx.project->rate.burst};
-    // The token's limiter slot: a hash of its jti (keys use their digest; a collision only shares a limit).
-    ctx.key_tag = std::hash<std::string_view>{}(ctx.jti) ^ 0x9e3779b97f4a7c15ull;
-    if (!rt_.opts.control_url.empty()) {
-      std::lock_guard lock(rt_.usage_mutex);
-      if (rt_.token_use.size() < 100000) rt_.token_use[ctx.jti] = now_ms();
-    }
-  } else {
-    reply = {401, Reason::kCredentialsMissing, "Credentials missing"};
-    return false;
-  }
-  if (!ctx.service && ctx.project->upstream.url.empty()) {
-    reply = {404, Reason::kNoRoute, "No route for this path"};
-    return false;
-  }
-  return true;
-}
-
-// A healthy, not ejected target: round robin, or the fewest requests in flight (ties in round
-// robin order). `avoid` (a target that just failed) is skipped when another is available.
-const config::ServiceTarget* Connection::pick_target(const config::Service& svc, const config::ServiceTarget* avoid) {
-  const std::size_t n = svc.targets.size();
-  if (n == 0) return nullptr;
-  std::uint32_t& pos = rt_.rr[svc.targets.front().state.get()];
-  const std::size_t start = pos++ % n;
-  const config::ServiceTarget* best = nullptr;
-  const config::ServiceTarget* fallback = nullptr;
-  std::int32_t best_load = 0;
-  const std::int64_t now = rt_.coarse_now_ns;
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto& t = svc.targets[(start + i) % n];
-    if (!t.state->available(now)) continue;
-    if (&t == avoid) {
-      fallback = &t;
-      continue;
-    }
-    if (!svc.least_request) return &t;
-    std::int32_t load = t.state->in_flight.load(std::memory_order_relaxed);
-    if (!best || load < best_load) {
-      best = &t;
-      best_load = load;
-    }
-  }
-  return best ? best : fallback;
-}
-
-Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req, bool keep_alive) {
+Task<bool> Connection::exchange(Context& ctx, ReqParser& parser, const Message& req, bool keep_alive) {
   unsigned version = req.version;
   bool head_req = req.verb == http::verb::head;
   // A service's target is chosen per attempt; its health state learns from each exchange.
@@ -917,7 +711,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
     }
   };
   if (svc) {
-    target = pick_target(*svc, nullptr);
+    target = stages::pick_target(*svc, nullptr, rt_.rr, rt_.coarse_now_ns);
     if (!target)
       co_return co_await send_local(ctx, {503, Reason::kNoHealthyTarget, "No healthy upstream target"}, version,
                                     keep_alive && !req.has_body);
@@ -1043,7 +837,7 @@ Task<bool> Connection::proxy(Context& ctx, ReqParser& parser, const Message& req
   // Moves a retry to another target of the service (its host and base path in the head).
   auto switch_target = [&] {
     if (!svc) return;
-    const config::ServiceTarget* next = pick_target(*svc, target);
+    const config::ServiceTarget* next = stages::pick_target(*svc, target, rt_.rr, rt_.coarse_now_ns);
     if (!next || next == target) return;
     up_head_.replace(host_at, host_end - 2 - host_at, next->upstream.host_header);
     up_head_.replace(target_at, upp->base_path.size(), next->upstream.base_path);

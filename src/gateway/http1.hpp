@@ -16,6 +16,8 @@
 // same method, target, version, status and fields (checked by the unit tests and the
 // http_request_head fuzz target).
 #include <array>
+
+#include "common/ascii.hpp"
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -62,8 +64,7 @@ Result parse_response(std::string_view in, Head& head);
 // Case-insensitive comparison of a field name (or a token) with `lower`, which must consist of
 // lower-case letters, digits and '-' only.
 bool name_is(std::string_view name, std::string_view lower);
-// `s` without leading and trailing spaces and tabs (RFC 9110 OWS).
-std::string_view trim_ows(std::string_view s);
+using ag::trim_ows;  // common/ascii.hpp
 // True when `token` is in the comma-separated list (case-insensitive, optional whitespace).
 bool has_token(std::string_view list, std::string_view token);
 

@@ -17,16 +17,22 @@
 #include <unordered_map>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "config/snapshot.hpp"
 #include "net/executor.hpp"
-#include "gateway/access_log.hpp"
-#include "gateway/pipeline.hpp"
-#include "gateway/geoip.hpp"
-#include "gateway/risk.hpp"
+#include "gateway/stages/log/access_log.hpp"
+#include "gateway/pipeline/context.hpp"
+#include "gateway/pipeline/runner.hpp"
+#include "gateway/stages/accept/client.hpp"
+#include "gateway/stages/identify/credentials.hpp"
+#include "gateway/stages/log/log_line.hpp"
+#include "gateway/stages/proxy/headers.hpp"
+#include "gateway/stages/risk/geoip.hpp"
+#include "gateway/stages/risk/risk.hpp"
 #include "gateway/worker.hpp"
 #include "metrics/worker_metrics.hpp"
 #include "ratelimit/local_store.hpp"
@@ -97,8 +103,8 @@ struct ThreadRuntime {
   bool draining = false;
   std::int64_t coarse_now_ns = 0;  // steady clock, refreshed per request and per sweep
   std::int64_t drain_deadline_ns = 0;
-  std::string log_line;  // access-log lines not yet handed to the writer
-  // Hands the pending lines to the access-log writer: at 32 KiB, on every sweep, and at exit.
+  // Hands the pending access-log lines to the writer: on every sweep, and at exit (the log
+  // stage also does at 32 KiB).
   void flush_log();
 
   // Intrusive list of live client connections.
@@ -117,25 +123,23 @@ struct ThreadRuntime {
   // Service tokens: verified-token cache, claim checks, and the JTIs seen since the last report.
   TokenCache token_cache;
   TokenCheck token_check;
-  std::mutex usage_mutex;  // taken by this thread per token request and by the reporter
-  std::unordered_map<std::string, std::int64_t> token_use;  // jti -> last use (unix ms)
+  stages::TokenUsage usage;
   // Overload state shared by the threads (owned by the worker).
   std::atomic<std::int64_t>* open_connections = nullptr;
   std::atomic<bool>* memory_over = nullptr;
   std::int64_t last_shed_log_ns = 0;
   std::int64_t last_trim_ns = 0;
-  // Risk engine (shared by the threads) and the worker-wide IP lists.
+  // Risk engine (shared by the threads).
   RiskEngine* risk = nullptr;
   const GeoIp* geoip = nullptr;  // null without WORKER_GEOIP_DB
-  const std::vector<Cidr>* ip_deny = nullptr;
-  const std::vector<Cidr>* ip_allow = nullptr;
   // Round-robin positions, by service (its first target's state).
   std::unordered_map<const void*, std::uint32_t> rr;
 
-  // Request ids: a random per-thread prefix and a counter (unique, cheap, not guessable in bulk).
-  std::string id_prefix;
-  std::uint64_t id_counter = 0;
-  std::string next_request_id();
+  RequestIds ids;
+
+  // The request pipeline (pipeline/runner.hpp), built once the services above are set.
+  std::optional<Pipeline> pipeline;
+  void build_pipeline(const stages::Accept::Config& accept);
 };
 
 // The request loop for one accepted client connection.

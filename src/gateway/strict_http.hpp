@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "gateway/pipeline.hpp"
+#include "gateway/pipeline/context.hpp"
 
 namespace ag::gateway::strict {
 

@@ -48,12 +48,21 @@ using error_code = boost::system::error_code;
 ThreadRuntime::ThreadRuntime(std::size_t i, const WorkerOptions& o, metrics::Shard& shard, AccessLog& l,
                              ratelimit::LocalStore& lim, const std::vector<Cidr>& t)
     : index(i), opts(o), metrics(shard), log(l), limiter(lim), trusted(t) {
-  id_prefix = crypto::random_base62(8);  // 8 + '-' + counter stays within std::string's SSO
   token_check.audience = opts.jwt_audience;
   token_check.issuer = opts.jwt_issuer;
   token_check.leeway_s = opts.jwt_leeway_sec;
   coarse_now_ns = steady_ns();
-  log_line.reserve(40 * 1024);
+}
+
+void ThreadRuntime::build_pipeline(const stages::Accept::Config& accept) {
+  pipeline.emplace(Pipeline{
+      stages::Accept(accept, snapshot, *risk, metrics, ids),
+      stages::Identify(token_check, token_cache, *risk, opts.control_url.empty() ? nullptr : &usage),
+      stages::Risk(*risk, geoip, limiter, metrics),
+      stages::RateLimit(limiter, redis, metrics),
+      stages::Route{},
+      stages::Log(log, index, metrics, coarse_now_ns),
+  });
 }
 
 void ThreadRuntime::track(Tracked* t) {
@@ -125,18 +134,7 @@ void ThreadRuntime::sweep(std::int64_t now) {
 }
 
 void ThreadRuntime::flush_log() {
-  if (log_line.empty()) return;
-  if (!log.append(index, log_line)) metrics.add(metrics::Counter::kLogLinesDropped);
-  log_line.clear();
-}
-
-std::string ThreadRuntime::next_request_id() {
-  std::string id = id_prefix;
-  id += '-';
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, ++id_counter, 36);
-  id.append(buf, r.ptr);
-  return id;
+  if (pipeline) pipeline->log.flush();
 }
 
 // ---------------------------------------------------------------- options
@@ -254,8 +252,6 @@ struct Worker::Impl {
       threads.back()->geoip = geoip.get();
       threads.back()->open_connections = &open_connections;
       threads.back()->memory_over = &memory_over;
-      threads.back()->ip_deny = &ip_deny;
-      threads.back()->ip_allow = &ip_allow;
     }
     if (!opts.redis_url.empty()) {
       auto url = ratelimit::parse_redis_url(opts.redis_url);
@@ -265,10 +261,17 @@ struct Worker::Impl {
         t->redis = redis.back().get();
       }
     }
+    accept_config.normalize_path = opts.normalize_path;
+    accept_config.merge_slashes = opts.merge_slashes;
+    accept_config.trusted_proxies = trusted;
+    accept_config.ip_deny = ip_deny;
+    accept_config.ip_allow = ip_allow;
+    for (auto& t : threads) t->build_pipeline(accept_config);
   }
 
   WorkerOptions opts;
   std::vector<Cidr> trusted, ip_deny, ip_allow;
+  stages::Accept::Config accept_config;  // the accept stage's const part, shared by the threads
   std::unique_ptr<RiskEngine> risk;
   std::unique_ptr<GeoIp> geoip;
   std::atomic<std::int64_t> open_connections{0};
@@ -600,8 +603,8 @@ void Worker::Impl::run_usage_reports() {
     for (auto& t : threads) {
       std::unordered_map<std::string, std::int64_t> taken;
       {
-        std::lock_guard lock(t->usage_mutex);
-        taken.swap(t->token_use);
+        std::lock_guard lock(t->usage.mutex);
+        taken.swap(t->usage.last_used);
       }
       for (auto& [jti, ms] : taken) {
         auto& v = pending[jti];

@@ -1,4 +1,9 @@
-#include "gateway/pipeline.hpp"
+#include "gateway/pipeline/context.hpp"
+#include "gateway/stages/accept/client.hpp"
+#include "gateway/stages/identify/credentials.hpp"
+#include "gateway/stages/log/log_line.hpp"
+#include "gateway/stages/proxy/headers.hpp"
+#include "gateway/stages/risk/endpoint.hpp"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +13,7 @@
 #include "common/crypto.hpp"
 #include "config/snapshot.hpp"
 #include "common/api_key.hpp"
-#include "gateway/risk.hpp"
+#include "gateway/stages/risk/risk.hpp"
 
 namespace ag::gateway {
 namespace {

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "gateway/risk.hpp"
+#include "gateway/stages/risk/risk.hpp"
 
 namespace ag::gateway {
 namespace {

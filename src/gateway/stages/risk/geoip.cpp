@@ -1,4 +1,4 @@
-#include "gateway/geoip.hpp"
+#include "gateway/stages/risk/geoip.hpp"
 
 #include <maxminddb.h>
 

@@ -1,4 +1,4 @@
-#include "gateway/risk.hpp"
+#include "gateway/stages/risk/risk.hpp"
 
 #include <algorithm>
 #include <bit>

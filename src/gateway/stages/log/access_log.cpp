@@ -1,4 +1,4 @@
-#include "gateway/access_log.hpp"
+#include "gateway/stages/log/access_log.hpp"
 
 #include <fcntl.h>
 #include <sys/resource.h>
