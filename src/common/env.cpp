@@ -1,5 +1,8 @@
 #include "common/env.hpp"
 
+#include <charconv>
+#include <stdexcept>
+
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -74,6 +77,17 @@ std::optional<std::string> get(const char* name) {
 std::string get_or(const char* name, std::string fallback) {
   auto v = get(name);
   return v ? *v : std::move(fallback);
+}
+
+std::int64_t get_int(const char* name, std::int64_t def, std::int64_t lo, std::int64_t hi) {
+  auto v = get(name);
+  if (!v) return def;
+  std::int64_t out = 0;
+  auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
+  if (ec != std::errc{} || p != v->data() + v->size() || out < lo || out > hi)
+    throw std::runtime_error(std::string(name) + " must be an integer between " + std::to_string(lo) + " and " +
+                             std::to_string(hi));
+  return out;
 }
 
 }  // namespace ag::env

@@ -1,5 +1,6 @@
 #pragma once
 // Environment access and the `.env` file: real environment variables always win over the file.
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,5 +18,8 @@ int load_dotenv_file(const std::string& path);
 
 std::optional<std::string> get(const char* name);
 std::string get_or(const char* name, std::string fallback);
+// An integer setting: `def` when unset; std::runtime_error naming the variable and the range
+// when it is not an integer in [lo, hi].
+std::int64_t get_int(const char* name, std::int64_t def, std::int64_t lo, std::int64_t hi);
 
 }  // namespace ag::env

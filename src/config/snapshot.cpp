@@ -15,6 +15,8 @@
 #include <mutex>
 #include <thread>
 
+#include "common/http_url.hpp"
+#include "common/json_string.hpp"
 #include "common/slug.hpp"
 #include "common/time.hpp"
 
@@ -60,49 +62,18 @@ bool hex_digest(std::string_view hex, KeyDigest& out) {
 
 std::string parse_upstream(std::string_view url, Upstream& u) {
   u.url = std::string(url);
-  std::string_view rest;
-  if (url.substr(0, 7) == "http://") {
-    rest = url.substr(7);
-    u.port = 80;
-  } else if (url.substr(0, 8) == "https://") {
-    rest = url.substr(8);
-    u.port = 443;
-    u.tls = true;
-  } else {
-    return "must start with http:// or https://";
-  }
-  auto slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  std::string_view path = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash);
+  HttpUrl h;
+  if (auto error = parse_http_url(url, h); !error.empty()) return error;
+  u.tls = h.tls;
+  u.port = h.port;
+  std::string_view path = h.path;
   while (!path.empty() && path.back() == '/') path.remove_suffix(1);
   u.base_path = std::string(path);
-  if (authority.empty()) return "has no host";
-  std::string_view host = authority;
-  std::string_view port;
-  if (authority.front() == '[') {
-    auto close = authority.find(']');
-    if (close == std::string_view::npos) return "has an invalid IPv6 host";
-    host = authority.substr(1, close - 1);
-    if (close + 1 < authority.size()) {
-      if (authority[close + 1] != ':') return "has an invalid host";
-      port = authority.substr(close + 2);
-    }
-  } else if (auto c = authority.rfind(':'); c != std::string_view::npos) {
-    host = authority.substr(0, c);
-    port = authority.substr(c + 1);
-  }
-  if (host.empty()) return "has no host";
-  if (!port.empty()) {
-    unsigned p = 0;
-    auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
-    if (ec != std::errc{} || ptr != port.data() + port.size() || p == 0 || p > 65535) return "has an invalid port";
-    u.port = static_cast<std::uint16_t>(p);
-  }
-  u.host = std::string(host);
-  u.host_header = std::string(authority);
+  u.host = std::string(h.host);
+  u.host_header = std::string(h.authority);
   // The scheme is part of the pool's key: an https:// and an http:// upstream on the same
   // authority never share connections.
-  u.pool_key = (u.tls ? "https://" : "http://") + std::string(authority);
+  u.pool_key = (u.tls ? "https://" : "http://") + std::string(h.authority);
   return {};
 }
 
@@ -867,32 +838,7 @@ std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
     });
   std::string out;
   out.reserve(256 + s.key_count * 200);
-  // Control characters are escaped (\u00XX): dropping them would change ids and could empty them.
-  auto str = [&](std::string_view v) {
-    static constexpr char kHex[] = "0123456789abcdef";
-    out += '"';
-    for (char c : v) {
-      if (c == '"' || c == '\\') out += '\\';
-      if (static_cast<unsigned char>(c) >= 0x20) {
-        out += c;
-      } else {
-        out += "\\u00";
-        out += kHex[(c >> 4) & 0xf];
-        out += kHex[c & 0xf];
-      }
-    }
-    out += '"';
-  };
-  // PEM text has newlines: escaped rather than dropped.
-  auto str_escaped = [&](std::string_view v) {
-    out += '"';
-    for (char c : v) {
-      if (c == '"' || c == '\\') out += '\\';
-      if (c == '\n') out += "\\n";
-      else if (static_cast<unsigned char>(c) >= 0x20) out += c;
-    }
-    out += '"';
-  };
+  auto str = [&](std::string_view v) { json_text::append_json_string(out, v); };
   out += "{\"schema\":1,\"full\":true,\"version\":" + std::to_string(s.version) +
          ",\"saved_at_ms\":" + std::to_string(saved_at_ms) + ",\"projects\":[";
   bool first_p = true;
@@ -954,7 +900,7 @@ std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms) {
       out += ",\"alg\":";
       str(k.alg);
       out += ",\"public_key\":";
-      str_escaped(k.public_pem);
+      str(k.public_pem);
       out += '}';
     }
     out += "],\"revoked_tokens\":[";

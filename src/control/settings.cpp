@@ -21,17 +21,6 @@ namespace ag::control {
 
 namespace {
 
-std::int64_t int_setting(const char* name, std::int64_t def, std::int64_t lo, std::int64_t hi) {
-  auto v = env::get(name);
-  if (!v) return def;
-  std::int64_t out = 0;
-  auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
-  if (ec != std::errc{} || p != v->data() + v->size() || out < lo || out > hi)
-    throw std::runtime_error(std::string(name) + " must be an integer between " +
-                             std::to_string(lo) + " and " + std::to_string(hi));
-  return out;
-}
-
 std::vector<std::string> split_csv(const std::string& s) {
   std::vector<std::string> out;
   std::size_t i = 0;
@@ -90,10 +79,10 @@ Settings load_settings() {
       throw std::runtime_error("JWT_ALGORITHM must be HS256, HS384 or HS512 (got '" + *alg + "')");
     s.jwt_algorithm = *alg;
   }
-  s.access_ttl_sec = int_setting("ACCESS_TTL_SEC", 3600, 1, 7 * 24 * 3600);
-  s.refresh_ttl_sec = int_setting("REFRESH_TTL_SEC", 30 * 24 * 3600, 60, 365LL * 24 * 3600);
-  s.threads = static_cast<int>(int_setting("CONTROL_THREADS", 4, 1, 256));
-  s.io_threads = static_cast<int>(int_setting("CONTROL_IO_THREADS", 2, 1, 64));
+  s.access_ttl_sec = env::get_int("ACCESS_TTL_SEC", 3600, 1, 7 * 24 * 3600);
+  s.refresh_ttl_sec = env::get_int("REFRESH_TTL_SEC", 30 * 24 * 3600, 60, 365LL * 24 * 3600);
+  s.threads = static_cast<int>(env::get_int("CONTROL_THREADS", 4, 1, 256));
+  s.io_threads = static_cast<int>(env::get_int("CONTROL_IO_THREADS", 2, 1, 64));
   s.tls_cert_file = env::get_or("CONTROL_TLS_CERT_FILE", "");
   s.tls_key_file = env::get_or("CONTROL_TLS_KEY_FILE", "");
   if (s.tls_cert_file.empty() != s.tls_key_file.empty())

@@ -44,6 +44,7 @@
 #include "gateway/http1.hpp"
 #include "ratelimit/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
+#include "gateway/stages/proxy/upstream_head.hpp"
 #include "gateway/strict_http.hpp"
 #include "net/tls_client.hpp"
 
@@ -124,20 +125,9 @@ enum class Phase : std::uint8_t { kFirstHeader, kIdle, kRequestBody, kConnect, k
 
 using http1::has_token;
 
-// The field names a Connection value lists as further hop-by-hop fields; "keep-alive" and
-// "close" (the common values) name none, which spares a token search per forwarded field.
-std::string_view connection_options(std::string_view connection) {
-  return http1::name_is(connection, "keep-alive") || http1::name_is(connection, "close") ? std::string_view{} : connection;
-}
-
 bool idempotent(http::verb v) {
   return v == http::verb::get || v == http::verb::head || v == http::verb::options || v == http::verb::put ||
          v == http::verb::delete_ || v == http::verb::trace;
-}
-
-void append_num(std::string& out, std::uint64_t v) {
-  char buf[24];
-  out.append(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
 }
 
 void append_hex(std::string& out, std::uint64_t v) {
@@ -145,21 +135,6 @@ void append_hex(std::string& out, std::uint64_t v) {
   out.append(buf, std::to_chars(buf, buf + sizeof buf, v, 16).ptr);
 }
 
-bool has_underscore(std::string_view name) { return std::memchr(name.data(), '_', name.size()) != nullptr; }
-
-// Header names are compared in lower case; this lowers into a stack buffer (no allocation).
-struct LowerName {
-  explicit LowerName(std::string_view s) {
-    len = s.size() < sizeof buf ? s.size() : sizeof buf;
-    for (std::size_t i = 0; i < len; ++i) {
-      char c = s[i];
-      buf[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-    }
-  }
-  std::string_view view() const { return {buf, len}; }
-  char buf[64];
-  std::size_t len;
-};
 
 
 // `into` = `into` + ", " + `more` (a field repeated: RFC 9110 5.3 joins the values in order).
@@ -725,94 +700,28 @@ Task<bool> Connection::exchange(Context& ctx, ReqParser& parser, const Message& 
   bool chunked_in = req.chunked;
   auto content_length = req.content_length;
   bool upgrade = req.upgrade && has_token(seen_.upgrade, "websocket");
-  auto conn_hdr = connection_options(seen_.connection);
   bool expect_continue = has_body && http1::name_is(seen_.expect, "100-continue");
 
-  // --- the upstream request head -----------------------------------------------------------
-  up_head_.clear();
-  up_head_.append(req.method.data(), req.method.size());
-  up_head_ += ' ';
-  const std::size_t target_at = up_head_.size();  // where the request target starts (a retry may change the host)
-  up_head_ += upp->base_path;
-  if (svc) {
-    if (ctx.forward_target.empty() || ctx.forward_target.front() != '/') up_head_ += '/';
-    up_head_.append(ctx.forward_target.data(), ctx.forward_target.size());
-  } else {
-    up_head_.append(ctx.request_target.data(), ctx.request_target.size());
-  }
-  up_head_ += " HTTP/1.1\r\nHost: "sv;
-  const std::size_t host_at = up_head_.size();
-  up_head_ += upp->host_header;
-  up_head_ += "\r\n"sv;
-  const std::size_t host_end = up_head_.size();
-  std::string_view xff = seen_.xff, client_host = seen_.facts.host;
+  // --- the upstream request head (stages/proxy/upstream_head.hpp) -----------------------------
+  UpstreamHeadInput hin;
+  hin.method = req.method;
+  hin.upstream = upp;
+  hin.fields = {req.begin(), req.end()};
+  hin.peer_ip = peer_ip_;
+  hin.xff = seen_.xff;
+  hin.client_host = seen_.facts.host;
+  hin.connection = seen_.connection;
+  hin.peer_trusted = peer_trusted_;
   // The parser noted whether any name holds a '_' (rare): only then is each name looked at.
-  const bool drop_underscores = req.underscore && rt_.opts.underscore_headers != strict::Underscores::kAllow;
-  for (const auto& f : req) {
-    std::string_view name = f.name;
-    LowerName ln(name);
-    std::string_view n = ln.view();
-    if (is_hop_by_hop(n) || n == "host" || n == "content-length" || n == "x-forwarded-proto" || n == "x-forwarded-for" ||
-        n == "x-forwarded-host" || n == "x-request-id" || n.substr(0, 10) == "x-gateway-" || (expect_continue && n == "expect"))
-      continue;
-    // A backend that folds '_' into '-' would read X_Gateway_Project as one of ours (nginx and
-    // Envoy drop such names too).
-    if (drop_underscores && has_underscore(name)) continue;
-    // Client addresses only the gateway, or a trusted proxy before it, may state.
-    if (strict::is_client_ip_field(n) && (!peer_trusted_ || n == "x-real-ip")) continue;
-    if (ctx.jwt && n == "authorization") continue;  // the gateway credential stays here
-    if (!conn_hdr.empty() && has_token(conn_hdr, n)) continue;
-    up_head_.append(name.data(), name.size());
-    up_head_ += ": "sv;
-    up_head_.append(f.value.data(), f.value.size());
-    up_head_ += "\r\n"sv;
-  }
-  up_head_ += "X-Forwarded-For: "sv;
-  if (!xff.empty()) {
-    up_head_.append(xff.data(), xff.size());
-    up_head_ += ", "sv;
-  }
-  up_head_ += peer_ip_;
-  up_head_ += "\r\nX-Real-IP: "sv;
-  up_head_ += ctx.client_ip;
-  up_head_ += "\r\nX-Forwarded-Proto: http\r\n"sv;
-  if (!client_host.empty()) {
-    up_head_ += "X-Forwarded-Host: "sv;
-    up_head_.append(client_host.data(), client_host.size());
-    up_head_ += "\r\n"sv;
-  }
-  up_head_ += "X-Request-Id: "sv;
-  up_head_ += ctx.request_id;
-  up_head_ += "\r\nX-Gateway-Project: "sv;
-  up_head_ += ctx.project->id;
-  up_head_ += "\r\n"sv;
-  if (ctx.key && !ctx.key->id.empty()) {
-    up_head_ += "X-Gateway-Key-Id: "sv;
-    up_head_ += ctx.key->id.view();
-    up_head_ += "\r\n"sv;
-  }
-  if (svc) {
-    up_head_ += "X-Gateway-Service: "sv;
-    up_head_ += svc->name;
-    up_head_ += "\r\n"sv;
-  }
-  if (ctx.jwt) {
-    up_head_ += "X-Gateway-JTI: "sv;
-    up_head_ += ctx.jti;
-    up_head_ += "\r\n"sv;
-  }
-  if (upgrade) up_head_ += "Connection: Upgrade\r\nUpgrade: websocket\r\n"sv;
-  if (has_body) {
-    if (chunked_in || !content_length) {
-      up_head_ += "Transfer-Encoding: chunked\r\n"sv;
-    } else {
-      up_head_ += "Content-Length: "sv;
-      append_num(up_head_, *content_length);
-      up_head_ += "\r\n"sv;
-    }
-  }
-  up_head_ += "\r\n"sv;
-  bool send_chunked = has_body && (chunked_in || !content_length);
+  hin.drop_underscores = req.underscore && rt_.opts.underscore_headers != strict::Underscores::kAllow;
+  hin.expect_continue = expect_continue;
+  hin.upgrade = upgrade;
+  hin.has_body = has_body;
+  hin.chunked = chunked_in;
+  hin.content_length = content_length;
+  const UpstreamHeadMarks marks = build_upstream_head(up_head_, ctx, hin);
+  const std::size_t target_at = marks.target_at, host_at = marks.host_at, host_end = marks.host_end;
+  const bool send_chunked = marks.send_chunked;
 
   if (expect_continue) {
     static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";

@@ -38,16 +38,57 @@ bool FetchCancel::cancelled() const {
   return cancelled_;
 }
 
-ClientResult fetch(const std::string& method, const std::string& url, const std::vector<Header>& headers,
-                   const std::string& body, std::chrono::milliseconds timeout, std::size_t max_body,
-                   FetchCancel* cancel) {
-  ClientResult out;
-  const bool tls = url.rfind("https://", 0) == 0;
-  if (!tls && url.rfind("http://", 0) != 0) {
-    out.error = "only http:// and https:// URLs are supported";
-    return out;
+namespace {
+
+// One exchange on a caller's io_context; every handler holds the state alive.
+struct Fetch : std::enable_shared_from_this<Fetch> {
+  Fetch(asio::io_context& ioc, ClientResult& result) : stream(ioc), resolver(ioc), out(result) {}
+  beast::tcp_stream stream;
+  asio::ip::tcp::resolver resolver;
+  beast::flat_buffer buffer;
+  bhttp::request<bhttp::string_body> req;
+  bhttp::response_parser<bhttp::string_body> parser;
+  std::unique_ptr<asio::ssl::stream<beast::tcp_stream&>> tls_stream;
+  ClientResult& out;
+
+  void fail(const char* what, boost::system::error_code ec) { out.error = std::string(what) + ": " + ec.message(); }
+
+  // The exchange once connected (and, for https://, after the handshake), on either stream.
+  template <class Stream>
+  void exchange(Stream& s) {
+    bhttp::async_write(s, req, [self = shared_from_this(), &s](boost::system::error_code ec, std::size_t) {
+      if (ec) return self->fail("write", ec);
+      bhttp::async_read(s, self->buffer, self->parser, [self](boost::system::error_code ec, std::size_t) {
+        if (ec == asio::ssl::error::stream_truncated) {  // a close without close_notify ends a close-delimited body
+          boost::system::error_code eof_ec;
+          self->parser.put_eof(eof_ec);
+          if (!eof_ec && self->parser.is_done()) ec = {};
+        }
+        if (ec) return self->fail("read", ec);
+        auto& res = self->parser.get();
+        auto& out = self->out;
+        out.ok = true;
+        out.status = static_cast<int>(res.result_int());
+        for (const auto& f : res) {
+          std::string name(f.name_string());
+          std::transform(name.begin(), name.end(), name.begin(),
+                         [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+          out.headers.push_back({std::move(name), std::string(f.value())});
+        }
+        out.body = std::move(res.body());
+      });
+    });
   }
-  std::string rest = url.substr(tls ? 8 : 7);
+};
+
+// Starts `r` on `ioc`; `out` receives the result by the time ioc.run() returns.
+void start_fetch(asio::io_context& ioc, const FetchRequest& r, ClientResult& out) {
+  const bool tls = r.url.rfind("https://", 0) == 0;
+  if (!tls && r.url.rfind("http://", 0) != 0) {
+    out.error = "only http:// and https:// URLs are supported";
+    return;
+  }
+  std::string rest = r.url.substr(tls ? 8 : 7);
   auto slash = rest.find('/');
   std::string authority = rest.substr(0, slash);
   std::string target = slash == std::string::npos ? "/" : rest.substr(slash);
@@ -61,73 +102,50 @@ ClientResult fetch(const std::string& method, const std::string& url, const std:
     port = authority.substr(c + 1);
   }
 
-  asio::io_context ioc;
-  beast::tcp_stream stream(ioc);
-  asio::ip::tcp::resolver resolver(ioc);
-  beast::flat_buffer buffer;
-  bhttp::request<bhttp::string_body> req;
-  bhttp::response_parser<bhttp::string_body> parser;
-  parser.body_limit(max_body);
-  auto verb = bhttp::string_to_verb(method);
-  req.method(verb == bhttp::verb::unknown ? bhttp::verb::get : verb);
-  req.target(target);
-  req.version(11);
-  req.set(bhttp::field::host, authority);
-  req.set(bhttp::field::connection, "close");
-  for (const auto& h : headers) req.set(h.name, h.value);
-  if (!body.empty()) req.body() = body;
-  req.prepare_payload();
-
-  auto fail = [&](const char* what, boost::system::error_code ec) {
-    out.error = std::string(what) + ": " + ec.message();
-  };
-  // The exchange once connected (and, for https://, after the handshake), on either stream.
-  auto exchange = [&](auto& s) {
-    bhttp::async_write(s, req, [&](boost::system::error_code ec, std::size_t) {
-      if (ec) return fail("write", ec);
-      bhttp::async_read(s, buffer, parser, [&](boost::system::error_code ec, std::size_t) {
-        if (ec == asio::ssl::error::stream_truncated) {  // a close without close_notify ends a close-delimited body
-          boost::system::error_code eof_ec;
-          parser.put_eof(eof_ec);
-          if (!eof_ec && parser.is_done()) ec = {};
-        }
-        if (ec) return fail("read", ec);
-        auto& res = parser.get();
-        out.ok = true;
-        out.status = static_cast<int>(res.result_int());
-        for (const auto& f : res) {
-          std::string name(f.name_string());
-          std::transform(name.begin(), name.end(), name.begin(),
-                         [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-          out.headers.push_back({std::move(name), std::string(f.value())});
-        }
-        out.body = std::move(res.body());
-      });
-    });
-  };
-  std::unique_ptr<asio::ssl::stream<beast::tcp_stream&>> tls_stream;
+  auto f = std::make_shared<Fetch>(ioc, out);
+  f->parser.body_limit(r.max_body);
+  auto verb = bhttp::string_to_verb(r.method);
+  f->req.method(verb == bhttp::verb::unknown ? bhttp::verb::get : verb);
+  f->req.target(target);
+  f->req.version(11);
+  f->req.set(bhttp::field::host, authority);
+  f->req.set(bhttp::field::connection, "close");
+  for (const auto& h : r.headers) f->req.set(h.name, h.value);
+  if (!r.body.empty()) f->req.body() = r.body;
+  f->req.prepare_payload();
   if (tls) {
-    tls_stream = std::make_unique<asio::ssl::stream<beast::tcp_stream&>>(stream, tls::client_context());
-    if (!tls::prepare_client(tls_stream->native_handle(), host)) {
+    f->tls_stream = std::make_unique<asio::ssl::stream<beast::tcp_stream&>>(f->stream, tls::client_context());
+    if (!tls::prepare_client(f->tls_stream->native_handle(), host)) {
       out.error = "TLS: invalid host " + host;
-      return out;
+      return;
     }
   }
-  stream.expires_after(timeout);
-  resolver.async_resolve(host, port, [&](boost::system::error_code ec, asio::ip::tcp::resolver::results_type results) {
-    if (ec) return fail("resolve", ec);
-    stream.async_connect(results, [&](boost::system::error_code ec, const asio::ip::tcp::endpoint&) {
-      if (ec) return fail("connect", ec);
+  f->stream.expires_after(r.timeout);
+  f->resolver.async_resolve(host, port, [f](boost::system::error_code ec, asio::ip::tcp::resolver::results_type results) {
+    if (ec) return f->fail("resolve", ec);
+    f->stream.async_connect(results, [f](boost::system::error_code ec, const asio::ip::tcp::endpoint&) {
+      if (ec) return f->fail("connect", ec);
       // The request goes out in pieces: without this, the second waits for a delayed ACK (Nagle).
       boost::system::error_code nd;
-      stream.socket().set_option(asio::ip::tcp::no_delay(true), nd);
-      if (!tls_stream) return exchange(stream);
-      tls_stream->async_handshake(asio::ssl::stream_base::client, [&](boost::system::error_code ec) {
-        if (ec) return fail("TLS handshake", ec);
-        exchange(*tls_stream);
+      f->stream.socket().set_option(asio::ip::tcp::no_delay(true), nd);
+      if (!f->tls_stream) return f->exchange(f->stream);
+      f->tls_stream->async_handshake(asio::ssl::stream_base::client, [f](boost::system::error_code ec) {
+        if (ec) return f->fail("TLS handshake", ec);
+        f->exchange(*f->tls_stream);
       });
     });
   });
+}
+
+}  // namespace
+
+ClientResult fetch(const std::string& method, const std::string& url, const std::vector<Header>& headers,
+                   const std::string& body, std::chrono::milliseconds timeout, std::size_t max_body,
+                   FetchCancel* cancel) {
+  ClientResult out;
+  asio::io_context ioc;
+  start_fetch(ioc, FetchRequest{method, url, headers, body, timeout, max_body}, out);
+  if (!out.error.empty()) return out;
   if (cancel) {
     std::lock_guard lock(cancel->m_);
     if (cancel->cancelled_) {
@@ -142,6 +160,14 @@ ClientResult fetch(const std::string& method, const std::string& url, const std:
     cancel->ioc_ = nullptr;
     if (cancel->cancelled_ && !out.ok) out.error = "cancelled";
   }
+  return out;
+}
+
+std::vector<ClientResult> fetch_all(const std::vector<FetchRequest>& requests) {
+  std::vector<ClientResult> out(requests.size());
+  asio::io_context ioc;
+  for (std::size_t i = 0; i < requests.size(); ++i) start_fetch(ioc, requests[i], out[i]);
+  ioc.run();
   return out;
 }
 

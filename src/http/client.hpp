@@ -1,6 +1,7 @@
 #pragma once
-// A small blocking HTTP/1.1 client for background work (config sync, health checks): one
-// request per call on a private event loop, with an overall deadline. Not for the request path.
+// A small blocking HTTP/1.1 client for background work (config sync, health checks): requests on
+// a private event loop in the calling thread, each with an overall deadline. Not for the
+// request path.
 #include <chrono>
 #include <mutex>
 #include <string>
@@ -38,5 +39,17 @@ class FetchCancel {
 ClientResult fetch(const std::string& method, const std::string& url, const std::vector<Header>& headers,
                    const std::string& body, std::chrono::milliseconds timeout,
                    std::size_t max_body = 512 * 1024 * 1024, FetchCancel* cancel = nullptr);
+
+struct FetchRequest {
+  std::string method = "GET";
+  std::string url;
+  std::vector<Header> headers;
+  std::string body;
+  std::chrono::milliseconds timeout{5000};
+  std::size_t max_body = 512 * 1024 * 1024;
+};
+// Runs every request at once on one event loop in the calling thread (no thread per request);
+// returns when all are done or past their deadlines, results in the same order.
+std::vector<ClientResult> fetch_all(const std::vector<FetchRequest>& requests);
 
 }  // namespace ag::http

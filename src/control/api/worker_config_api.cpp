@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "common/crypto.hpp"
+#include "common/json_string.hpp"
 #include "common/time.hpp"
 #include "control/api/config_changes.hpp"
 #include "control/api/context.hpp"
@@ -16,24 +17,6 @@ namespace ag::control {
 namespace {
 
 constexpr std::int64_t kMaxDeltaChanges = 10000;
-
-void append_escaped(std::string& out, std::string_view v) {
-  out += '"';
-  for (unsigned char c : v) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\u00";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-}
 
 // The full document, written straight into one string: with a million keys, building a JSON
 // tree first cost several seconds and gigabytes; this is one pass over the rows.
@@ -83,7 +66,7 @@ http::Response full_document(AppState& app, const http::Request& req, bool compa
                   if (!first_rev) body += ',';
                   first_rev = false;
                   body += "{\"jti\":";
-                  append_escaped(body, r.text(0));
+                  json_text::append_json_string(body, r.text(0));
                   body += ",\"expires_at\":\"" + iso_time(r.integer(1)) + "\"}";
                 });
     body += "],\"projects\":[";
@@ -94,23 +77,23 @@ http::Response full_document(AppState& app, const http::Request& req, bool compa
     auto open_project = [&](const store::Row& p) {
       if (next_project > 0) body += ',';
       body += "{\"id\":";
-      append_escaped(body, p.text(0));
+      json_text::append_json_string(body, p.text(0));
       body += ",\"name\":";
-      append_escaped(body, p.text(1));
+      json_text::append_json_string(body, p.text(1));
       body += ",\"slug\":";
       if (p.is_null(7)) body += "null";
-      else append_escaped(body, p.text(7));
+      else json_text::append_json_string(body, p.text(7));
       body += ",\"risk\":";
       body += p.is_null(8) ? std::string("null") : p.text(8);
       auto svc = services.find(p.text(0));
       body += ",\"services\":[" + (svc == services.end() ? std::string() : svc->second) + "]";
       body += ",\"upstream_url\":";
-      append_escaped(body, p.text(2));
+      json_text::append_json_string(body, p.text(2));
       body += ",\"upstream_base_url\":";
-      append_escaped(body, p.text(2));
+      json_text::append_json_string(body, p.text(2));
       body += ",\"domains\":[],\"rate_limit\":{\"requests_per_minute\":" + p.text(3) + ",\"burst\":" + p.text(4) +
               "},\"key_policy\":";
-      append_escaped(body, p.text(5));
+      json_text::append_json_string(body, p.text(5));
       body += ",\"max_body_bytes\":" + p.text(6);
       hashes.clear();
       keys.clear();

@@ -1,5 +1,7 @@
 #include "control/service/validation.hpp"
 
+#include "common/http_url.hpp"
+
 #include <charconv>
 
 namespace ag::control {
@@ -29,50 +31,11 @@ std::string check_email(std::string_view email) {
 
 std::string check_upstream_url(std::string& url) {
   if (url.size() > 2048) return "must be at most 2048 characters";
-  std::string_view u = url;
-  std::size_t scheme_len = 0;
-  if (lower_ascii(u.substr(0, 7)) == "http://") scheme_len = 7;
-  else if (lower_ascii(u.substr(0, 8)) == "https://") scheme_len = 8;
-  else return "must be an absolute http:// or https:// URL";
-  for (char c : u)
-    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return "must not contain spaces or control characters";
-  if (u.find('?') != std::string_view::npos) return "must not contain a query string";
-  if (u.find('#') != std::string_view::npos) return "must not contain a fragment";
-  auto rest = u.substr(scheme_len);
-  auto slash = rest.find('/');
-  auto authority = rest.substr(0, slash);
-  if (authority.find('@') != std::string_view::npos) return "must not contain user info";
-  if (authority.empty()) return "must include a host";
-  std::string_view host = authority, port;
-  if (authority.front() == '[') {
-    auto close = authority.find(']');
-    if (close == std::string_view::npos || close == 1) return "has an invalid IPv6 host";
-    host = authority.substr(0, close + 1);
-    auto after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':') return "has an invalid host";
-      port = after.substr(1);
-      if (port.empty()) return "has an empty port";
-    }
-  } else if (auto colon = authority.rfind(':'); colon != std::string_view::npos) {
-    host = authority.substr(0, colon);
-    port = authority.substr(colon + 1);
-    if (port.empty()) return "has an empty port";
-  }
-  if (host.empty()) return "must include a host";
-  if (host.front() != '[') {
-    for (char c : host)
-      if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.'))
-        return "has an invalid host";
-  }
-  if (!port.empty()) {
-    unsigned p = 0;
-    auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
-    if (ec != std::errc{} || ptr != port.data() + port.size() || p < 1 || p > 65535)
-      return "port must be 1-65535";
-  }
-  if (!url.empty() && url.back() == '/' && url.size() > scheme_len + authority.size()) url.pop_back();
-  url.replace(0, scheme_len, scheme_len == 7 ? "http://" : "https://");  // the worker expects lower case
+  HttpUrl u;
+  if (auto error = parse_http_url(url, u); !error.empty()) return error;
+  const std::size_t scheme_len = u.tls ? 8 : 7;
+  if (url.back() == '/' && url.size() > scheme_len + u.authority.size()) url.pop_back();
+  url.replace(0, scheme_len, u.tls ? "https://" : "http://");  // the worker expects lower case
   return {};
 }
 

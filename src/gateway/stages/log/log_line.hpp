@@ -4,6 +4,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/json_string.hpp"
 #include "gateway/pipeline/context.hpp"
 
 namespace ag::gateway {
@@ -13,7 +14,6 @@ struct LogFields {
 };
 // One JSON access-log line (with trailing '\n') appended to `out`.
 void append_log_line(std::string& out, const Context& ctx, const LogFields& f, std::int64_t end_ns);
-// A JSON string (quotes included) with invalid UTF-8 replaced by U+FFFD.
-void append_json_string(std::string& out, std::string_view s);
+using json_text::append_json_string;  // common/json_string.hpp
 
 }  // namespace ag::gateway

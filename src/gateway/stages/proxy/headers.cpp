@@ -1,5 +1,7 @@
 #include "gateway/stages/proxy/headers.hpp"
 
+#include "gateway/http1.hpp"
+
 namespace ag::gateway {
 
 using namespace std::string_view_literals;
@@ -15,6 +17,10 @@ bool is_hop_by_hop(std::string_view n) {
     case 19: return n == "proxy-authorization" || n == "proxy-authenticate";
     default: return false;
   }
+}
+
+std::string_view connection_options(std::string_view connection) {
+  return http1::name_is(connection, "keep-alive") || http1::name_is(connection, "close") ? std::string_view{} : connection;
 }
 
 }  // namespace ag::gateway
