@@ -126,20 +126,25 @@ http::Response ControlApp::handle(http::Request& req) {
     }
   };
   finish_headers(res);
-  if (res.deferred) {
-    // A held long poll: its final response gets the same headers.
-    res.deferred = [inner = std::move(res.deferred), finish_headers] {
-      http::Response r;
-      try {
-        r = inner();
-      } catch (const std::exception& e) {
-        spdlog::error("deferred response failed: {}", e.what());
-        r = error_response(503, "Database unavailable, try again");
-      }
-      finish_headers(r);
-      return r;
-    };
-  }
+  // A held long poll: its final response (or its next hold) gets the same headers.
+  struct Finish {
+    static void wrap(http::Response& res, const std::function<void(http::Response&)>& finish) {
+      if (!res.deferred) return;
+      res.deferred = [inner = std::move(res.deferred), finish] {
+        http::Response r;
+        try {
+          r = inner();
+        } catch (const std::exception& e) {
+          spdlog::error("deferred response failed: {}", e.what());
+          r = error_response(503, "Database unavailable, try again");
+        }
+        finish(r);
+        wrap(r, finish);
+        return r;
+      };
+    }
+  };
+  Finish::wrap(res, finish_headers);
   auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
   // Access log: never bodies, never headers (they carry credentials).
   // Unchanged-config polls from workers (304) would drown everything else: debug level.

@@ -39,7 +39,7 @@ struct Response {
   std::string body;
   // Long poll: when set, the server holds the request (on no thread) for up to `defer_for` or
   // until Server::wake_all(), then sends what `deferred()` returns instead of this response;
-  // `deferred` runs where handlers run (it may block).
+  // `deferred` runs where handlers run (it may block), and may answer with another hold.
   std::function<Response()> deferred;
   std::chrono::milliseconds defer_for{0};
   // Upgrade: when set, the server writes nothing and hands the connection to `take_over` on the

@@ -230,9 +230,12 @@ struct Server::Impl {
         res.take_over(std::move(up));
         co_return;
       }
-      if (res.deferred) {
+      // A long poll; its answer may be another hold (a wake-up that brought it nothing).
+      while (res.deferred) {
         co_await hold(gen, res.defer_for);
-        res = co_await on_pool(std::move(res.deferred));
+        gen = generation.load();  // before the check: a change committed during it wakes the next hold
+        auto resume = std::move(res.deferred);
+        res = co_await on_pool(std::move(resume));
       }
       co_await write_response(stream, res, keep_alive, head, version, ec);
       if (ec || !keep_alive) break;

@@ -231,6 +231,25 @@ void record_heartbeat(AppState& app, const http::Request& req) {
   });
 }
 
+// A long poll at `since`: held until a change commits, then answered with the delta. A wake-up
+// that brings nothing new for this poll (a change another process had already sent, the PostgreSQL
+// listener's catch-up wake-up) holds it again for the rest of its time instead of answering an
+// empty delta early.
+http::Response hold_for_changes(AppState& app, std::int64_t since, bool compact,
+                                std::chrono::steady_clock::time_point deadline) {
+  http::Response held;
+  held.defer_for = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  held.deferred = [&app, since, compact, deadline] {
+    bool empty = false;
+    auto d = delta_document(app, since, &empty);
+    if (!d) return full_document(app, http::Request{}, compact);
+    if (empty && std::chrono::steady_clock::now() + std::chrono::milliseconds(5) < deadline)
+      return hold_for_changes(app, since, compact, deadline);
+    return std::move(*d);
+  };
+  return held;
+}
+
 http::Response config(AppState& app, const Call& call) {
   const http::Request& req = call.req;
   record_heartbeat(app, req);
@@ -251,14 +270,7 @@ http::Response config(AppState& app, const Call& call) {
   if (!delta) return full_document(app, http::Request{}, compact);
   if (!empty || wait == 0) return std::move(*delta);
   // Nothing new: hold the request until a change commits or the wait ends (long poll).
-  http::Response held;
-  held.defer_for = std::chrono::seconds(wait);
-  held.deferred = [&app, since, compact] {
-    bool e = false;
-    auto d = delta_document(app, since, &e);
-    return d ? std::move(*d) : full_document(app, http::Request{}, compact);
-  };
-  return held;
+  return hold_for_changes(app, since, compact, std::chrono::steady_clock::now() + std::chrono::seconds(wait));
 }
 
 constexpr std::int64_t kLiveWindowMs = 90'000;  // a worker polls at least every ~25 s

@@ -140,6 +140,37 @@ TEST(Server, LongPollsHoldNoHandlerThread) {
   for (auto& p : polls) EXPECT_EQ(p.get().second, "woken");
 }
 
+TEST(Server, ALongPollWokenForNothingIsHeldAgain) {
+  ServerOptions o;
+  o.port = 0;
+  o.threads = 1;
+  o.handler_threads = 1;
+  std::atomic<int> checks{0};
+  Running r(o, [&](Request&) {
+    Response held;
+    held.defer_for = std::chrono::seconds(30);
+    held.deferred = [&] {
+      if (++checks == 1) {  // the first wake-up brought nothing for this poll: hold again
+        Response again;
+        again.defer_for = std::chrono::seconds(30);
+        again.deferred = [] { return text("changed"); };
+        return again;
+      }
+      return text("unexpected");
+    };
+    return held;
+  });
+  auto port = r.server.bound_port();
+  auto poll = std::async(std::launch::async, [&] { return get(port, "/poll"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  r.server.wake_all();
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  EXPECT_EQ(checks.load(), 1);
+  EXPECT_EQ(poll.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout) << "still held";
+  r.server.wake_all();
+  EXPECT_EQ(poll.get().second, "changed");
+}
+
 asio::awaitable<void> echo(std::unique_ptr<UpgradedConnection> up) {
   auto& plain = std::get<UpgradedConnection::Plain>(up->stream);
   websocket::stream<beast::tcp_stream> ws(std::move(plain));
