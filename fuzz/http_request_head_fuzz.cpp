@@ -50,7 +50,7 @@
 #include "common/api_key.hpp"
 #include "gateway/arena.hpp"
 #include "common/ascii.hpp"
-#include "gateway/http1.hpp"
+#include "http/h1/http1.hpp"
 #include "gateway/pipeline/context.hpp"
 #include "gateway/stages/accept/client.hpp"
 #include "gateway/stages/identify/credentials.hpp"
@@ -188,7 +188,7 @@ void read_body(std::string_view& src, std::size_t step, beast::flat_buffer& b, R
 }
 
 // --- the lean parser against Beast's ---------------------------------------------------------
-namespace http1 = ag::gateway::http1;
+namespace http1 = ag::http1;
 
 [[noreturn]] void disagree(const char* what, std::string_view in) {
   std::fprintf(stderr, "http1 differential: %s (input %zu bytes:", what, in.size());
@@ -301,7 +301,7 @@ void check_log_line(const std::string& line) {
 void check_strict(const http::request<http::buffer_body, http::basic_fields<ArenaAllocator<char>>>& req,
                   const ReqParser& parser, std::string_view path) {
   namespace strict = ag::gateway::strict;
-  using ag::gateway::http1::name_is;
+  using ag::http1::name_is;
   strict::HeadFacts f;
   f.version = req.version();
   std::string te;

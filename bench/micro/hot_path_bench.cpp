@@ -13,7 +13,7 @@
 #include "common/service_token.hpp"
 #include "config/snapshot.hpp"
 #include "common/api_key.hpp"
-#include "gateway/http1.hpp"
+#include "http/h1/http1.hpp"
 #include "gateway/pipeline/context.hpp"
 #include "gateway/stages/accept/client.hpp"
 #include "gateway/stages/identify/credentials.hpp"
@@ -276,10 +276,10 @@ void beast_head(benchmark::State& state, std::string_view head) {
 }
 template <bool isRequest>
 void lean_head(benchmark::State& state, std::string_view head) {
-  ag::gateway::http1::Head h;
+  ag::http1::Head h;
   for (auto _ : state) {
-    auto r = isRequest ? ag::gateway::http1::parse_request(head, h) : ag::gateway::http1::parse_response(head, h);
-    if (r != ag::gateway::http1::Result::kComplete) state.SkipWithError("lean parser did not complete the head");
+    auto r = isRequest ? ag::http1::parse_request(head, h) : ag::http1::parse_response(head, h);
+    if (r != ag::http1::Result::kComplete) state.SkipWithError("lean parser did not complete the head");
     std::size_t n = 0;
     for (const auto& f : h) n += f.value.size();
     benchmark::DoNotOptimize(n);

@@ -41,7 +41,7 @@
 #include "common/crypto.hpp"
 #include "common/time.hpp"
 #include "gateway/arena.hpp"
-#include "gateway/http1.hpp"
+#include "http/h1/http1.hpp"
 #include "ratelimit/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
 #include "gateway/stages/proxy/upstream_head.hpp"

@@ -2,7 +2,7 @@
 
 #include <array>
 
-#include "gateway/http1.hpp"
+#include "http/h1/http1.hpp"
 
 namespace ag::gateway::strict {
 

@@ -1,6 +1,6 @@
 #include "gateway/stages/proxy/headers.hpp"
 
-#include "gateway/http1.hpp"
+#include "http/h1/http1.hpp"
 
 namespace ag::gateway {
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "gateway/http1.hpp"
+#include "http/h1/http1.hpp"
 #include "gateway/pipeline/context.hpp"
 
 namespace ag::gateway {

@@ -22,7 +22,7 @@
 #include <cstdint>
 #include <string_view>
 
-namespace ag::gateway::http1 {
+namespace ag::http1 {
 
 struct Field {
   std::string_view name, value;  // value without surrounding whitespace
@@ -68,4 +68,4 @@ using ag::trim_ows;  // common/ascii.hpp
 // True when `token` is in the comma-separated list (case-insensitive, optional whitespace).
 bool has_token(std::string_view list, std::string_view token);
 
-}  // namespace ag::gateway::http1
+}  // namespace ag::http1

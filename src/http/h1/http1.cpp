@@ -1,11 +1,11 @@
-#include "gateway/http1.hpp"
+#include "http/h1/http1.hpp"
 
 #include <cstring>
 
 #include "common/ascii.hpp"
 #include "common/swar.hpp"
 
-namespace ag::gateway::http1 {
+namespace ag::http1 {
 
 namespace {
 
@@ -257,4 +257,4 @@ Result parse_response(std::string_view in, Head& h) {
   return parse_fields(in, at, h, Kind::kResponse);
 }
 
-}  // namespace ag::gateway::http1
+}  // namespace ag::http1

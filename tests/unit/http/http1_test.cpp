@@ -1,9 +1,9 @@
-// The lean HTTP/1.x head parser (src/gateway/http1.hpp): what it completes, what it leaves
+// The lean HTTP/1.x head parser (src/http/h1/http1.hpp): what it completes, what it leaves
 // incomplete, what it declines, and — for everything it completes — that Beast's parser (the
 // authority, Boost 1.74) completes the same head with the same meaning. The differential check is
 // one helper used by the explicit cases and by a randomized test over mutated heads.
 #include "common/ascii.hpp"
-#include "gateway/http1.hpp"
+#include "http/h1/http1.hpp"
 
 #include <boost/asio/buffer.hpp>
 #include <boost/beast/http/empty_body.hpp>
@@ -25,7 +25,7 @@
 #include <utility>
 #include <vector>
 
-namespace ag::gateway::http1 {
+namespace ag::http1 {
 namespace {
 
 namespace http = boost::beast::http;
@@ -1128,4 +1128,4 @@ TEST(Http1Differential, RandomizedMutatedHeads) {
 }
 
 }  // namespace
-}  // namespace ag::gateway::http1
+}  // namespace ag::http1
