@@ -3,6 +3,8 @@
 // share the same OpenSSL key state; split, each piece would need that state exported.
 #include "common/service_token.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include "common/ascii.hpp"
 
 #include "common/slug.hpp"

@@ -1,6 +1,7 @@
 #include "common/service_token.hpp"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
