@@ -108,7 +108,8 @@ TEST_F(Stages, IdentifyFindsTheKeyAndCountsFailures) {
   EXPECT_EQ(ctx.policy.burst, 1);
   Context bad;
   ASSERT_EQ(accept(bad).status, 0);
-  req.api_key = generate_api_key().key;
+  const std::string unknown = generate_api_key().key;  // well-formed, not in the snapshot
+  req.api_key = unknown;
   EXPECT_EQ(identify.run(bad, req).reason, Reason::kKeyInvalid);
   EXPECT_FALSE(risk.auth_blocked("203.0.113.7", 0));
   EXPECT_EQ(identify.run(bad, req).reason, Reason::kKeyInvalid);
