@@ -141,6 +141,10 @@ int main(int argc, char** argv) {
   auto* control = app.add_subcommand("control", "Run the control plane (management API).");
   control->add_option("--listen", listen, "HOST:PORT to listen on (env CONTROL_LISTEN, default 127.0.0.1:8000)");
   control->add_option("--threads", threads, "handler threads, also the database pool size (env CONTROL_THREADS, default 4)")->check(CLI::Range(1, 256));
+  control->footer(
+      "Other settings come from the environment (docs/configuration.md): the database, secrets, token lifetimes,\n"
+      "CORS_ORIGINS, CONTROL_IO_THREADS (threads for reading, writing, TLS and held long polls, default 2), and\n"
+      "CONTROL_TLS_CERT_FILE with CONTROL_TLS_KEY_FILE (PEM; both set = the listener speaks HTTPS only).");
 
   std::string wlisten, admin_listen, config_file, config_dir;
   int wthreads = 0;
