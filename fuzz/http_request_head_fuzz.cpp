@@ -1,6 +1,6 @@
 // libFuzzer target for the worker's request parsing (src/gateway/connection.cpp): the bytes a
 // client sends go through Beast's request_parser<buffer_body, ArenaAllocator<char>> fed with
-// put() exactly as read_head() does (header_limit = the default WORKER_MAX_HEADER_BYTES, no body
+// put() exactly as read_head() (http/h1/read.hpp) does (header_limit = the default WORKER_MAX_HEADER_BYTES, no body
 // limit, fields carved from the connection's Arena), then through what the worker does with a
 // parsed head: request id, client address behind trusted proxies, service-route matching against
 // a small snapshot, credentials (API key lookup, bearer token), the access-log line, and the
@@ -9,7 +9,7 @@
 // Input: byte 0 chooses how the bytes arrive (read size 1..256, or the worker's 8 KiB reads);
 // the rest is what the client sends, up to end of stream.
 //
-// The lean head parser (gateway/http1.hpp), which read_head() tries before Beast's, is checked
+// The lean head parser (http/h1/http1.hpp), which read_head() tries before Beast's, is checked
 // against Beast on the same bytes: the client's bytes at the start of every request on the
 // connection go to http1::parse_request, and the whole input also to http1::parse_response (the
 // corpus has response heads too). Whenever the lean parser completes a head, Beast's parser

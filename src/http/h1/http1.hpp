@@ -20,6 +20,7 @@
 #include "common/ascii.hpp"
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 
 namespace ag::http1 {
@@ -67,5 +68,7 @@ bool name_is(std::string_view name, std::string_view lower);
 using ag::trim_ows;  // common/ascii.hpp
 // True when `token` is in the comma-separated list (case-insensitive, optional whitespace).
 bool has_token(std::string_view list, std::string_view token);
+// True when a field name holds a '_' (such names are dropped or refused: WORKER_UNDERSCORE_HEADERS).
+inline bool has_underscore(std::string_view name) { return std::memchr(name.data(), '_', name.size()) != nullptr; }
 
 }  // namespace ag::http1

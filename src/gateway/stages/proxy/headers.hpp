@@ -6,6 +6,8 @@
 #include <string>
 #include <string_view>
 
+#include "http/h1/http1.hpp"
+
 namespace ag::gateway {
 
 // Hop-by-hop headers (RFC 9110 7.6.1) plus proxy-only ones that are never forwarded.
@@ -15,7 +17,7 @@ bool is_hop_by_hop(std::string_view lower_name);
 // "close" (the common values) name none, which spares a token search per forwarded field.
 std::string_view connection_options(std::string_view connection);
 
-inline bool has_underscore(std::string_view name) { return std::memchr(name.data(), '_', name.size()) != nullptr; }
+using http1::has_underscore;
 
 inline void append_num(std::string& out, std::uint64_t v) {
   char buf[24];
