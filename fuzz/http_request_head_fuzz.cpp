@@ -58,6 +58,11 @@
 #include "gateway/stages/proxy/headers.hpp"
 #include "gateway/stages/risk/endpoint.hpp"
 #include "gateway/strict_http.hpp"
+#include "config/context.hpp"
+
+// Snapshots here resolve IP literals only: a fuzzed document names arbitrary hosts, and real DNS
+// lookups would make each execution as slow as the resolver.
+static ag::config::BuildContext fuzz_ctx(std::make_unique<ag::config::NumericResolver>());
 
 namespace {
 
@@ -100,7 +105,7 @@ World& world() {
        "keys":[{"id":"k1","public_id":"Fuzz0001","hash":")" + hash + R"(","expires_at":null}]},
       {"id":"p-plain","name":"plain","upstream_base_url":"http://127.0.0.1:9004","keys":[]}],
       "revoked_tokens":[{"jti":"revoked-jti","expires_at":null}]})";
-    auto built = ag::config::build_snapshot(doc);
+    auto built = ag::config::build_snapshot(doc, fuzz_ctx);
     if (!built.snapshot) __builtin_trap();
     nw->snapshot = built.snapshot;
     nw->trusted = ag::gateway::parse_cidrs("10.0.0.0/8, ::1/128, 192.168.1.5");

@@ -4,7 +4,7 @@
 // the worker saves it to disk, and must build again from that text (a saved snapshot that cannot
 // be loaded would leave a restarted worker without its last good config).
 //
-// Upstream hosts are resolved numerically only (numeric_resolver.cpp): the seeds use IP literals.
+// Upstream hosts are resolved numerically only (a config::NumericResolver): the seeds use IP literals.
 #include <spdlog/spdlog.h>
 
 #include <cstddef>
@@ -16,6 +16,11 @@
 
 #include "common/crypto.hpp"
 #include "config/snapshot.hpp"
+#include "config/context.hpp"
+
+// Snapshots here resolve IP literals only: a fuzzed document names arbitrary hosts, and real DNS
+// lookups would make each execution as slow as the resolver.
+static ag::config::BuildContext fuzz_ctx(std::make_unique<ag::config::NumericResolver>());
 
 namespace {
 
@@ -35,7 +40,7 @@ const std::shared_ptr<const ag::config::Snapshot>& base() {
   static const std::shared_ptr<const ag::config::Snapshot> snap = [] {
     spdlog::set_level(spdlog::level::off);
     ag::crypto::init();
-    auto built = ag::config::build_snapshot(kBase);
+    auto built = ag::config::build_snapshot(kBase, fuzz_ctx);
     if (!built.snapshot) {
       std::fprintf(stderr, "base snapshot: %s\n", built.error.c_str());
       __builtin_trap();
@@ -47,7 +52,7 @@ const std::shared_ptr<const ag::config::Snapshot>& base() {
 
 void round_trip(const ag::config::Snapshot& s, const char* what) {
   const std::string saved = ag::config::serialize_snapshot(s, kSavedAtMs);
-  auto again = ag::config::build_snapshot(saved);
+  auto again = ag::config::build_snapshot(saved, fuzz_ctx);
   if (!again.snapshot) {
     std::fprintf(stderr, "%s: the serialized snapshot does not build: %s\n%s\n", what, again.error.c_str(),
                  saved.c_str());
@@ -62,7 +67,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto& b = base();
   const std::string_view text(reinterpret_cast<const char*>(data), size);
 
-  auto full = ag::config::build_snapshot(text);
+  auto full = ag::config::build_snapshot(text, fuzz_ctx);
   if (full.snapshot) {
     if (!full.snapshot->tokens || !full.snapshot->slugs) __builtin_trap();
     round_trip(*full.snapshot, "full document");
@@ -70,7 +75,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     __builtin_trap();
   }
 
-  auto delta = ag::config::apply_delta(b, text);
+  auto delta = ag::config::apply_delta(b, text, fuzz_ctx);
   if (delta.snapshot) {
     round_trip(*delta.snapshot, "delta");
   } else if (delta.error.empty()) {

@@ -5,7 +5,7 @@
 //
 // Files named by public_key_file are read as they are (the operator's own files), so inputs whose
 // YAML names one are skipped: the fuzzer would otherwise read whatever path it invents (/dev/zero
-// included). Upstream hosts are resolved numerically only (numeric_resolver.cpp).
+// included). Upstream hosts are resolved numerically only (a config::NumericResolver).
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -22,6 +22,11 @@
 
 #include "common/crypto.hpp"
 #include "config/sync.hpp"
+#include "config/context.hpp"
+
+// Snapshots here resolve IP literals only: a fuzzed document names arbitrary hosts, and real DNS
+// lookups would make each execution as slow as the resolver.
+static ag::config::BuildContext fuzz_ctx(std::make_unique<ag::config::NumericResolver>());
 
 namespace {
 
@@ -73,7 +78,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::fclose(f);
 
   std::shared_ptr<const ag::config::Snapshot> published;
-  auto source = ag::config::make_yaml_dir_source(d, std::chrono::hours(1),
+  auto source = ag::config::make_yaml_dir_source(fuzz_ctx, d, std::chrono::hours(1),
                                                  [&](std::shared_ptr<const ag::config::Snapshot> s) { published = s; });
   source->start();
   source->stop();

@@ -22,6 +22,10 @@
 #include "gateway/stages/risk/endpoint.hpp"
 #include "gateway/stages/risk/risk.hpp"
 #include "ratelimit/local_store.hpp"
+#include "config/context.hpp"
+
+// The context this file builds snapshots with (config/context.hpp).
+static ag::config::BuildContext bench_ctx;
 
 namespace {
 
@@ -38,7 +42,7 @@ struct Fixture {
       doc += R"({"id":"k)" + std::to_string(i) + R"(","hash":")" + g.hash_hex + R"(","expires_at":null})";
     }
     doc += "]}]}";
-    snapshot = config::build_snapshot(doc).snapshot;
+    snapshot = config::build_snapshot(doc, bench_ctx).snapshot;
   }
   std::string key;
   std::shared_ptr<const config::Snapshot> snapshot;
@@ -110,7 +114,7 @@ void BM_ApplyOneKeyDelta(benchmark::State& state) {
   auto g = generate_api_key();
   std::string delta = R"({"since":1,"version":2,"changes":[{"version":2,"op":"key.upsert","project_id":"bench","key":{"id":"new","hash":")" +
                       g.hash_hex + R"(","expires_at":null}}]})";
-  for (auto _ : state) benchmark::DoNotOptimize(config::apply_delta(f.snapshot, delta).snapshot);
+  for (auto _ : state) benchmark::DoNotOptimize(config::apply_delta(f.snapshot, delta, bench_ctx).snapshot);
 }
 BENCHMARK(BM_ApplyOneKeyDelta);
 
@@ -182,7 +186,7 @@ void BM_TokenCacheHit(benchmark::State& state) {
                         {"projects", nlohmann::json::array()},
                         {"jwt_keys", {{{"kid", "es-bench"}, {"alg", "ES256"}, {"public_key", f.es->public_pem()}}}},
                         {"revoked_tokens", {{{"jti", "some-other-token"}, {"expires_at", nullptr}}}}};
-  auto snap = config::build_snapshot(doc.dump()).snapshot;
+  auto snap = config::build_snapshot(doc.dump(), bench_ctx).snapshot;
   gateway::TokenCache cache;
   gateway::TokenCheck check;
   const std::string authz = "Bearer " + f.es_token;

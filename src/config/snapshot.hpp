@@ -141,10 +141,6 @@ struct TokenState {
   bool is_revoked(std::string_view jti) const { return !revoked.empty() && revoked.find(jti) != revoked.end(); }
 };
 
-// The HS256 secret the worker verifies with, from its own environment (never in a document).
-// Set once at start-up, before any snapshot is built.
-void set_hmac_token_key(std::shared_ptr<const jwt::ServiceKey> key);
-
 // A short identifier stored inline: a million keys with heap-allocated ids cost a million
 // allocations to build and ~50 MB more to hold.
 template <std::size_t N>
@@ -307,25 +303,22 @@ struct Snapshot {
   RatePolicy rate_for(const KeyEntry& k, const Project& p) const { return k.has_rate_override ? k.rate_override : p.rate; }
 };
 
-// Assigns stable metrics slots to project ids (slot 0 = no project). Thread-safe.
-std::uint32_t metrics_slot_for(std::string_view project_id);
-// The project id of each assigned slot, for the metrics exposition.
-std::vector<std::string> metrics_slot_names();
-
 struct BuildResult {
   std::shared_ptr<const Snapshot> snapshot;  // null on error
   std::string error;                         // names the field, e.g. "projects[3].keys[0].hash: ..."
 };
 
-// Parses and validates a full worker-config document and resolves upstream hosts (blocking DNS:
-// call it off the request path).
-BuildResult build_snapshot(std::string_view json_text);
+struct BuildContext;  // context.hpp: the resolver, slots and key state that outlive a snapshot
+
+// Parses and validates a full worker-config document (sections/, build.cpp) and resolves
+// upstream hosts with ctx's resolver (blocking DNS: call it off the request path).
+BuildResult build_snapshot(std::string_view json_text, BuildContext& ctx);
 
 // Applies a delta document (docs/config-stream.md) to `base`, sharing every shard and project it
 // does not touch. Fails (leaving `base` as it is) on a version gap or an invalid change.
-BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string_view json_text);
+BuildResult apply_delta(const std::shared_ptr<const Snapshot>& base, std::string_view json_text, BuildContext& ctx);
 
-// The snapshot as a full worker-config document (what the worker saves to disk).
+// The snapshot as a full worker-config document (what the worker saves to disk; serialize.cpp).
 std::string serialize_snapshot(const Snapshot& s, std::int64_t saved_at_ms);
 
 }  // namespace ag::config

@@ -36,7 +36,7 @@ bool json_says_full(std::string_view body) {
 // Shared thread + interruptible sleep for both sources.
 class PollingSource : public ConfigSource {
  public:
-  explicit PollingSource(PublishFn publish) : publish_(std::move(publish)) {}
+  PollingSource(BuildContext& ctx, PublishFn publish) : ctx_(ctx), publish_(std::move(publish)) {}
   ~PollingSource() override { stop(); }
   void start() override {
     thread_ = std::thread([this] { loop(); });
@@ -52,10 +52,11 @@ class PollingSource : public ConfigSource {
   }
 
  protected:
+  BuildContext& ctx_;
   // One poll; returns how long to wait before the next.
   virtual std::chrono::milliseconds poll_once() = 0;
   bool apply(const std::string& text, const char* origin) {
-    auto r = build_snapshot(text);
+    auto r = build_snapshot(text, ctx_);
     if (!r.snapshot) {
       stats.errors.fetch_add(1);
       spdlog::error("config from {} rejected, keeping the previous one: {}", origin, r.error);
@@ -86,8 +87,8 @@ class PollingSource : public ConfigSource {
 
 class ControlPlaneSource final : public PollingSource {
  public:
-  ControlPlaneSource(ControlPlaneSourceOptions o, PublishFn p, SavedSnapshot initial)
-      : PollingSource(p), opts_(std::move(o)), publish_(std::move(p)) {
+  ControlPlaneSource(BuildContext& ctx, ControlPlaneSourceOptions o, PublishFn p, SavedSnapshot initial)
+      : PollingSource(ctx, p), opts_(std::move(o)), publish_(std::move(p)) {
     while (!opts_.base_url.empty() && opts_.base_url.back() == '/') opts_.base_url.pop_back();
     current_ = std::move(initial.snapshot);
     confirmed_at_ms_ = initial.confirmed_at_ms;
@@ -146,7 +147,7 @@ class ControlPlaneSource final : public PollingSource {
       return failure("HTTP " + std::to_string(r.status) + (r.status == 401 ? " (check CONTROL_WORKER_SHARED_SECRET)" : ""));
     bool full = json_says_full(r.body) || !current_ || force_full_;
     auto apply_start = std::chrono::steady_clock::now();
-    BuildResult built = full ? build_snapshot(r.body) : apply_delta(current_, r.body);
+    BuildResult built = full ? build_snapshot(r.body, ctx_) : apply_delta(current_, r.body, ctx_);
     if (!built.snapshot) {
       stats.errors.fetch_add(1);
       spdlog::error("config {} from the control plane rejected, keeping version {}: {}", full ? "document" : "delta",
@@ -267,8 +268,8 @@ class ControlPlaneSource final : public PollingSource {
 
 class FileSource final : public PollingSource {
  public:
-  FileSource(std::string path, std::chrono::milliseconds poll, PublishFn p)
-      : PollingSource(std::move(p)), path_(std::move(path)), poll_(poll) {}
+  FileSource(BuildContext& ctx, std::string path, std::chrono::milliseconds poll, PublishFn p)
+      : PollingSource(ctx, std::move(p)), path_(std::move(path)), poll_(poll) {}
   ~FileSource() override { stop(); }
 
  protected:
@@ -305,12 +306,12 @@ class FileSource final : public PollingSource {
 
 }  // namespace
 
-std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOptions opts, PublishFn publish,
-                                                        SavedSnapshot initial) {
-  return std::make_unique<ControlPlaneSource>(std::move(opts), std::move(publish), std::move(initial));
+std::unique_ptr<ConfigSource> make_control_plane_source(BuildContext& ctx, ControlPlaneSourceOptions opts,
+                                                        PublishFn publish, SavedSnapshot initial) {
+  return std::make_unique<ControlPlaneSource>(ctx, std::move(opts), std::move(publish), std::move(initial));
 }
 
-SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::milliseconds max_age) {
+SavedSnapshot load_saved_snapshot(BuildContext& ctx, const std::string& path, std::chrono::milliseconds max_age) {
   SavedSnapshot out;
   std::shared_ptr<const Snapshot> current;
   std::int64_t confirmed = -1;
@@ -320,7 +321,7 @@ SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::millisec
     std::stringstream ss;
     ss << in.rdbuf();
     std::string text = ss.str();
-    auto built = build_snapshot(text);
+    auto built = build_snapshot(text, ctx);
     if (built.snapshot) {
       auto number_after = [](const std::string& t, const std::string& key) -> std::int64_t {
         auto pos = t.find("\"" + key + "\":");
@@ -347,8 +348,8 @@ SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::millisec
   for (const auto& r : journal.records) {
     if (current && r.version <= current->version) continue;  // already in the saved file
     BuildResult b;
-    if (r.kind == JournalKind::kFull) b = build_snapshot(r.document);
-    else if (current) b = apply_delta(current, r.document);
+    if (r.kind == JournalKind::kFull) b = build_snapshot(r.document, ctx);
+    else if (current) b = apply_delta(current, r.document, ctx);
     else b.error = "a delta without the snapshot it applies to";
     if (!b.snapshot) {
       out.journal_note = "journal record for version " + std::to_string(r.version) + " not applied (" + b.error + ")";
@@ -377,8 +378,9 @@ SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::millisec
   return out;
 }
 
-std::unique_ptr<ConfigSource> make_file_source(std::string path, std::chrono::milliseconds poll, PublishFn publish) {
-  return std::make_unique<FileSource>(std::move(path), poll, std::move(publish));
+std::unique_ptr<ConfigSource> make_file_source(BuildContext& ctx, std::string path, std::chrono::milliseconds poll,
+                                              PublishFn publish) {
+  return std::make_unique<FileSource>(ctx, std::move(path), poll, std::move(publish));
 }
 
 }  // namespace ag::config

@@ -1,8 +1,8 @@
 #pragma once
 // Where the worker's config comes from, behind one interface: the control plane
 // (GET /internal/worker/config, polled with If-None-Match) or a file (reloaded when it changes).
-// Each source runs on its own thread, builds snapshots off the request path, and hands every
-// good one to `publish`. A document that fails to build is logged and dropped: the previous
+// Each source runs on its own thread, builds snapshots off the request path with its owner's
+// BuildContext (context.hpp), and hands every good one to `publish`. A document that fails to build is logged and dropped: the previous
 // snapshot stays in force.
 #include <atomic>
 #include <chrono>
@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "config/context.hpp"
 #include "config/snapshot.hpp"
 
 namespace ag::config {
@@ -60,14 +61,16 @@ struct SavedSnapshot {
   std::size_t replayed = 0;          // journal records applied on top of it
   std::string journal_note;          // a journal record that could not be applied, or a torn tail
 };
-SavedSnapshot load_saved_snapshot(const std::string& path, std::chrono::milliseconds max_age);
+SavedSnapshot load_saved_snapshot(BuildContext& ctx, const std::string& path, std::chrono::milliseconds max_age);
 // `publish(nullptr)` withdraws the config (fail closed) when it has become too old.
 // `initial`: a saved snapshot already published; the source continues from its version.
-std::unique_ptr<ConfigSource> make_control_plane_source(ControlPlaneSourceOptions opts, PublishFn publish,
-                                                        SavedSnapshot initial = {});
-std::unique_ptr<ConfigSource> make_file_source(std::string path, std::chrono::milliseconds poll, PublishFn publish);
+std::unique_ptr<ConfigSource> make_control_plane_source(BuildContext& ctx, ControlPlaneSourceOptions opts,
+                                                        PublishFn publish, SavedSnapshot initial = {});
+std::unique_ptr<ConfigSource> make_file_source(BuildContext& ctx, std::string path, std::chrono::milliseconds poll,
+                                              PublishFn publish);
 // A directory of YAML files (docs/services-and-tokens.md "File mode"), checked every `poll`.
 // Throws std::runtime_error when `dir` is not a directory.
-std::unique_ptr<ConfigSource> make_yaml_dir_source(std::string dir, std::chrono::milliseconds poll, PublishFn publish);
+std::unique_ptr<ConfigSource> make_yaml_dir_source(BuildContext& ctx, std::string dir, std::chrono::milliseconds poll,
+                                                  PublishFn publish);
 
 }  // namespace ag::config

@@ -190,8 +190,8 @@ DirState scan(const fs::path& dir) {
 
 class YamlDirSource final : public ConfigSource {
  public:
-  YamlDirSource(std::string dir, std::chrono::milliseconds poll, PublishFn publish)
-      : dir_(std::move(dir)), poll_(poll), publish_(std::move(publish)) {}
+  YamlDirSource(BuildContext& ctx, std::string dir, std::chrono::milliseconds poll, PublishFn publish)
+      : ctx_(ctx), dir_(std::move(dir)), poll_(poll), publish_(std::move(publish)) {}
   ~YamlDirSource() override { stop(); }
 
   void start() override {
@@ -235,7 +235,7 @@ class YamlDirSource final : public ConfigSource {
       spdlog::error("config dir {}: {}; keeping the previous config", dir_, e.what());
       return;
     }
-    auto built = build_snapshot(text);
+    auto built = build_snapshot(text, ctx_);
     if (!built.snapshot) {
       stats.errors.fetch_add(1);
       spdlog::error("config dir {}: {}; keeping the previous config", dir_, built.error);
@@ -249,6 +249,7 @@ class YamlDirSource final : public ConfigSource {
     publish_(built.snapshot);
   }
 
+  BuildContext& ctx_;
   std::string dir_;
   std::chrono::milliseconds poll_;
   PublishFn publish_;
@@ -263,9 +264,10 @@ class YamlDirSource final : public ConfigSource {
 
 }  // namespace
 
-std::unique_ptr<ConfigSource> make_yaml_dir_source(std::string dir, std::chrono::milliseconds poll, PublishFn publish) {
+std::unique_ptr<ConfigSource> make_yaml_dir_source(BuildContext& ctx, std::string dir, std::chrono::milliseconds poll,
+                                                  PublishFn publish) {
   if (!std::filesystem::is_directory(dir)) throw std::runtime_error("--config-dir: '" + dir + "' is not a directory");
-  return std::make_unique<YamlDirSource>(std::move(dir), poll, std::move(publish));
+  return std::make_unique<YamlDirSource>(ctx, std::move(dir), poll, std::move(publish));
 }
 
 }  // namespace ag::config

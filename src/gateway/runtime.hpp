@@ -68,7 +68,7 @@ class Tracked {
 };
 
 // TLS over an upstream's socket (https:// upstreams); the type lives where TLS is used
-// (connection.cpp), so the TLS headers stay out of this one.
+// (connection.hpp), so the TLS headers stay out of this one.
 struct TlsStream;
 struct TlsStreamDelete {
   void operator()(TlsStream* s) const noexcept;

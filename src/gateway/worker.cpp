@@ -1,6 +1,6 @@
-// Over 600 lines: the worker's start-up and shutdown (thread pools, options, accept and shedding,
-// admin listener, config source, health checks, usage reports) share Worker::Impl; splitting
-// them is a change of its own (docs/architecture.md, "Not yet split").
+// The worker's start-up and shutdown: thread pools, accept and shedding, the admin listener, the
+// config source, health checks and usage reports share Worker::Impl. Options are read in
+// options.cpp; a thread's runtime is runtime.cpp.
 #include "gateway/worker.hpp"
 #include <utility>
 
@@ -42,177 +42,6 @@
 namespace ag::gateway {
 
 using error_code = boost::system::error_code;
-
-// ---------------------------------------------------------------- ThreadRuntime
-
-ThreadRuntime::ThreadRuntime(std::size_t i, const WorkerOptions& o, metrics::Shard& shard, AccessLog& l,
-                             ratelimit::LocalStore& lim, const std::vector<Cidr>& t)
-    : index(i), opts(o), metrics(shard), log(l), limiter(lim), trusted(t) {
-  token_check.audience = opts.jwt_audience;
-  token_check.issuer = opts.jwt_issuer;
-  token_check.leeway_s = opts.jwt_leeway_sec;
-  coarse_now_ns = steady_ns();
-}
-
-void ThreadRuntime::build_pipeline(const stages::Accept::Config& accept) {
-  pipeline.emplace(Pipeline{
-      stages::Accept(accept, snapshot, *risk, metrics, ids),
-      stages::Identify(token_check, token_cache, *risk, opts.control_url.empty() ? nullptr : &usage),
-      stages::Risk(*risk, geoip, limiter, metrics),
-      stages::RateLimit(limiter, redis, metrics),
-      stages::Route{},
-      stages::Log(log, index, metrics, coarse_now_ns),
-  });
-}
-
-void ThreadRuntime::track(Tracked* t) {
-  if (open_connections) open_connections->fetch_add(1, std::memory_order_relaxed);
-  t->prev = nullptr;
-  t->next = head;
-  if (head) head->prev = t;
-  head = t;
-  ++live;
-}
-
-void ThreadRuntime::untrack(Tracked* t) {
-  if (t->prev) t->prev->next = t->next;
-  else head = t->next;
-  if (t->next) t->next->prev = t->prev;
-  t->prev = t->next = nullptr;
-  --live;
-  if (open_connections) open_connections->fetch_sub(1, std::memory_order_relaxed);
-}
-
-namespace {
-// True while an idle pooled connection is still usable: the upstream has neither closed it nor
-// sent anything unasked. One non-blocking peek per idle connection per sweep, and before a request
-// whose body could not be replayed on another connection. (An async wait per
-// idle period instead would cost an epoll_ctl and a cancellation on every proxied request, about
-// 4 % of the worker's CPU under load; a connection that closes between two sweeps is caught by
-// the proxy's retry on a fresh connection.)
-bool idle_upstream_alive(UpstreamConn& c) {
-  char byte;
-  ssize_t n = ::recv(c.socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
-}  // namespace
-
-std::unique_ptr<UpstreamConn> ThreadRuntime::take_pooled(const std::string& key, bool verify) {
-  auto it = pools.find(key);
-  if (it == pools.end()) return nullptr;
-  auto& v = it->second;
-  while (!v.empty()) {
-    auto c = std::move(v.back());
-    v.pop_back();
-    if (!verify || idle_upstream_alive(*c)) return c;
-  }
-  return nullptr;
-}
-
-void ThreadRuntime::give_back(std::unique_ptr<UpstreamConn> c) {
-  if (draining) return;  // closes it
-  c->idle_since_ns = coarse_now_ns;
-  auto& v = pools[c->pool_key];
-  if (v.size() >= 256) return;  // enough idle connections to this upstream
-  v.push_back(std::move(c));
-}
-
-void ThreadRuntime::sweep(std::int64_t now) {
-  for (Tracked* t = head; t;) {
-    Tracked* next = t->next;  // on_deadline never unlinks synchronously, but be safe
-    if (t->deadline_ns <= now) t->on_deadline();
-    t = next;
-  }
-  const std::int64_t idle_limit = opts.upstream_idle_ms * 1'000'000;
-  for (auto& [key, v] : pools) {
-    // Oldest first: drop those idle too long (before the upstream's own keep-alive timeout).
-    std::size_t keep_from = 0;
-    while (keep_from < v.size() && now - v[keep_from]->idle_since_ns > idle_limit) ++keep_from;
-    if (keep_from > 0) v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(keep_from));
-    std::erase_if(v, [](const std::unique_ptr<UpstreamConn>& c) { return !idle_upstream_alive(*c); });
-  }
-}
-
-void ThreadRuntime::flush_log() {
-  if (pipeline) pipeline->log.flush();
-}
-
-// ---------------------------------------------------------------- options
-
-namespace {
-
-// One of `allowed` (case-sensitive), or `def` when unset; anything else stops the start.
-std::string env_choice(const char* name, const char* def, std::initializer_list<const char*> allowed) {
-  auto v = env::get(name);
-  if (!v) return def;
-  std::string list;
-  for (const char* a : allowed) {
-    if (*v == a) return *v;
-    list += list.empty() ? "" : ", ";
-    list += a;
-  }
-  throw std::runtime_error(std::string(name) + " must be one of: " + list);
-}
-
-bool env_switch(const char* name, bool def) {
-  auto v = env_choice(name, def ? "on" : "off", {"on", "off", "true", "false", "1", "0"});
-  return v == "on" || v == "true" || v == "1";
-}
-
-}  // namespace
-
-WorkerOptions load_worker_options() {
-  WorkerOptions o;
-  parse_listen(env::get_or("WORKER_LISTEN", "0.0.0.0:8080"), "WORKER_LISTEN", o.listen_host, o.listen_port);
-  parse_listen(env::get_or("WORKER_ADMIN_LISTEN", "127.0.0.1:9901"), "WORKER_ADMIN_LISTEN", o.admin_host,
-                        o.admin_port);
-  o.threads = static_cast<int>(env::get_int("WORKER_THREADS", 0, 0, 256));
-  o.trusted_proxies = env::get_or("WORKER_TRUSTED_PROXIES", "");
-  o.header_timeout_ms = env::get_int("WORKER_HEADER_TIMEOUT_SEC", 10, 1, 3600) * 1000;
-  o.idle_timeout_ms = env::get_int("WORKER_IDLE_TIMEOUT_SEC", 60, 1, 86400) * 1000;
-  o.upstream_connect_timeout_ms = env::get_int("WORKER_UPSTREAM_CONNECT_TIMEOUT_MS", 3000, 10, 600000);
-  o.upstream_timeout_ms = env::get_int("WORKER_UPSTREAM_TIMEOUT_SEC", 30, 1, 86400) * 1000;
-  o.drain_ms = env::get_int("WORKER_DRAIN_SEC", 15, 0, 3600) * 1000;
-  o.max_header_bytes = static_cast<std::size_t>(env::get_int("WORKER_MAX_HEADER_BYTES", 16384, 1024, 1 << 20));
-  o.access_log = env::get_or("WORKER_ACCESS_LOG", "stdout");
-  o.redis_url = env::get_or("REDIS_URL", "");
-  o.config_file = env::get_or("WORKER_CONFIG_FILE", "");
-  o.control_url = env::get_or("CONTROL_API_BASE_URL", "");
-  o.control_secret = env::get_or("CONTROL_WORKER_SHARED_SECRET", env::get_or("WORKER_SECRET_KEY", ""));
-  o.poll_ms = env::get_int("WORKER_CONFIG_POLL_SEC", 1, 1, 3600) * 1000;
-  o.snapshot_path = env::get_or("WORKER_SNAPSHOT_PATH", "worker-snapshot.json");
-  if (o.snapshot_path == "off") o.snapshot_path.clear();
-  o.snapshot_interval_ms = env::get_int("WORKER_SNAPSHOT_INTERVAL_SEC", 5, 1, 86400) * 1000;
-  o.snapshot_max_age_ms = env::get_int("WORKER_SNAPSHOT_MAX_AGE_SEC", 86400, 1, 365LL * 86400) * 1000;
-  o.journal_fsync = env_switch("WORKER_JOURNAL_FSYNC", false);
-  o.normalize_path = env_switch("WORKER_PATH_NORMALIZATION", true);
-  o.merge_slashes = env_switch("WORKER_MERGE_SLASHES", true);
-  auto us = env_choice("WORKER_UNDERSCORE_HEADERS", "drop", {"drop", "allow", "reject"});
-  o.underscore_headers = us == "allow"    ? strict::Underscores::kAllow
-                         : us == "reject" ? strict::Underscores::kReject
-                                          : strict::Underscores::kDrop;
-  o.config_dir = env::get_or("WORKER_CONFIG_DIR", "");
-  o.jwt_secret = env::get_or("GATEWAY_JWT_SECRET", "");
-  if (!o.jwt_secret.empty() && o.jwt_secret.size() < 32)
-    throw std::runtime_error("GATEWAY_JWT_SECRET must be at least 32 characters");
-  o.jwt_audience = env::get_or("GATEWAY_JWT_AUDIENCE", "");
-  o.jwt_issuer = env::get_or("GATEWAY_JWT_ISSUER", "");
-  o.jwt_leeway_sec = env::get_int("GATEWAY_JWT_LEEWAY_SEC", 30, 0, 3600);
-  o.usage_report_ms = env::get_int("WORKER_USAGE_REPORT_SEC", 30, 1, 3600) * 1000;
-  o.ip_deny = env::get_or("WORKER_IP_DENY", "");
-  o.ip_allow = env::get_or("WORKER_IP_ALLOW", "");
-  o.auth_failure_limit = env::get_int("WORKER_AUTH_FAILURE_LIMIT", 50, 0, 1000000);
-  o.auth_failure_window_sec = env::get_int("WORKER_AUTH_FAILURE_WINDOW_SEC", 60, 1, 86400);
-  o.risk_slots = static_cast<std::size_t>(env::get_int("WORKER_RISK_SLOTS", 65536, 16, 1 << 24));
-  o.max_connections = env::get_int("WORKER_MAX_CONNECTIONS", 0, 0, 10'000'000);
-  o.geoip_db = env::get_or("WORKER_GEOIP_DB", "");
-  o.ready_wait_ms = env::get_int("WORKER_READY_WAIT_SEC", 5, 0, 300) * 1000;
-  o.max_memory_mb = env::get_int("WORKER_MAX_MEMORY_MB", 0, 0, 1'000'000);
-  o.upstream_ca_file = env::get_or("WORKER_UPSTREAM_CA_FILE", "");
-  return o;
-}
-
-// ---------------------------------------------------------------- Worker
 
 struct Worker::Impl {
   explicit Impl(WorkerOptions o) : opts(std::move(o)) {
@@ -273,6 +102,9 @@ struct Worker::Impl {
   std::vector<std::thread> os_threads;
   std::unique_ptr<http::Server> admin;
   std::thread admin_thread;
+  // Owned here so the source (which builds snapshots with it) and the metrics share it; declared
+  // before `source`, so destroyed after it.
+  config::BuildContext build;
   std::unique_ptr<config::ConfigSource> source;
   std::atomic<bool> ready{false};
   // Background work off the request path: active health checks of service targets and reports
@@ -399,7 +231,7 @@ struct Worker::Impl {
         registry->config_errors.store(source->stats.errors.load());
         registry->config_apply_us.store(source->stats.last_apply_us.load());
       }
-      r.body = registry->render(config::metrics_slot_names());
+      r.body = registry->render(build.slots.names());
       r.set_header("Content-Type", "text/plain; version=0.0.4");
       return r;
     }
@@ -428,7 +260,7 @@ Worker::~Worker() {
 
 void Worker::start() {
   auto& im = *impl_;
-  if (!im.opts.jwt_secret.empty()) config::set_hmac_token_key(jwt::ServiceKey::hmac(im.opts.jwt_secret));
+  if (!im.opts.jwt_secret.empty()) im.build.hmac_key = jwt::ServiceKey::hmac(im.opts.jwt_secret);
   error_code ec;
   auto addr = asio::ip::make_address(im.opts.listen_host, ec);
   if (ec) throw std::runtime_error("invalid WORKER_LISTEN address '" + im.opts.listen_host + "'");
@@ -463,9 +295,9 @@ void Worker::start() {
 
   auto publish = [this](std::shared_ptr<const config::Snapshot> s) { this->publish(std::move(s)); };
   if (!im.opts.config_dir.empty()) {
-    im.source = config::make_yaml_dir_source(im.opts.config_dir, std::chrono::milliseconds(im.opts.poll_ms), publish);
+    im.source = config::make_yaml_dir_source(im.build, im.opts.config_dir, std::chrono::milliseconds(im.opts.poll_ms), publish);
   } else if (!im.opts.config_file.empty()) {
-    im.source = config::make_file_source(im.opts.config_file, std::chrono::milliseconds(1000), publish);
+    im.source = config::make_file_source(im.build, im.opts.config_file, std::chrono::milliseconds(1000), publish);
   } else if (!im.opts.control_url.empty()) {
     config::ControlPlaneSourceOptions co;
     co.base_url = im.opts.control_url;
@@ -477,7 +309,7 @@ void Worker::start() {
     co.journal_sync = im.opts.journal_fsync;
     config::SavedSnapshot saved;
     if (!co.snapshot_path.empty()) {
-      saved = config::load_saved_snapshot(co.snapshot_path, co.max_age);
+      saved = config::load_saved_snapshot(im.build, co.snapshot_path, co.max_age);
       if (saved.snapshot) {
         spdlog::info("serving saved config version {} from {} and {} journal record(s) ({} projects, {} keys) until the "
                      "control plane answers",
@@ -502,7 +334,7 @@ void Worker::start() {
       return "&worker_id=" + worker_id + "&address=" + address + "&uptime=" +
              std::to_string((now_ms() - started) / 1000) + "&requests=" + std::to_string(impl_->registry->total_requests());
     };
-    im.source = config::make_control_plane_source(co, publish, std::move(saved));
+    im.source = config::make_control_plane_source(im.build, co, publish, std::move(saved));
   } else {
     spdlog::warn("no config source: set CONTROL_API_BASE_URL or --config; every request gets 503 until then");
   }

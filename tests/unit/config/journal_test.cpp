@@ -17,6 +17,10 @@
 #include "common/time.hpp"
 #include "config/snapshot.hpp"
 #include "config/sync.hpp"
+#include "config/context.hpp"
+
+// The context this file builds snapshots with (config/context.hpp).
+static ag::config::BuildContext test_ctx;
 
 namespace ag::config {
 namespace {
@@ -70,7 +74,7 @@ class JournalTest : public ::testing::Test {
   }
   // A snapshot of version 10 with keys 0..4, saved now.
   void save_base() {
-    auto base = build_snapshot(full_doc(10, 5));
+    auto base = build_snapshot(full_doc(10, 5), test_ctx);
     ASSERT_TRUE(base.snapshot) << base.error;
     ASSERT_TRUE(files::save_private_atomically(snap_, serialize_snapshot(*base.snapshot, now_ms())));
   }
@@ -101,7 +105,7 @@ TEST_F(JournalTest, RecordsRoundTrip) {
 TEST_F(JournalTest, ReplayAppliesRecordsNewerThanTheSnapshot) {
   save_base();
   journal_revocations(2);
-  auto loaded = load_saved_snapshot(snap_, std::chrono::hours(1));
+  auto loaded = load_saved_snapshot(test_ctx, snap_, std::chrono::hours(1));
   ASSERT_TRUE(loaded.snapshot) << loaded.problem;
   EXPECT_EQ(loaded.snapshot->version, 12);
   EXPECT_EQ(loaded.saved_version, 10);
@@ -114,13 +118,13 @@ TEST_F(JournalTest, ReplayAppliesRecordsNewerThanTheSnapshot) {
 
 TEST_F(JournalTest, RecordsAlreadyInTheSnapshotAreSkipped) {
   // A crash between the snapshot's rename and the journal's truncation leaves old records.
-  auto base = build_snapshot(full_doc(10, 5));
+  auto base = build_snapshot(full_doc(10, 5), test_ctx);
   ASSERT_TRUE(base.snapshot);
-  auto v11 = apply_delta(base.snapshot, revoke(10, 1));
+  auto v11 = apply_delta(base.snapshot, revoke(10, 1), test_ctx);
   ASSERT_TRUE(v11.snapshot) << v11.error;
   ASSERT_TRUE(files::save_private_atomically(snap_, serialize_snapshot(*v11.snapshot, now_ms())));
   journal_revocations(2);
-  auto loaded = load_saved_snapshot(snap_, std::chrono::hours(1));
+  auto loaded = load_saved_snapshot(test_ctx, snap_, std::chrono::hours(1));
   ASSERT_TRUE(loaded.snapshot) << loaded.problem;
   EXPECT_EQ(loaded.snapshot->version, 12);
   EXPECT_EQ(loaded.replayed, 1u);
@@ -135,7 +139,7 @@ TEST_F(JournalTest, TruncatedTailIsIgnoredNeverHalfApplied) {
   const std::string intact = slurp(jpath_);
   for (std::size_t cut : {std::size_t{1}, std::size_t{20}, std::size_t{40}, second.size() - 1}) {
     { std::ofstream(jpath_, std::ios::binary | std::ios::trunc) << intact << second.substr(0, cut); }
-    auto loaded = load_saved_snapshot(snap_, std::chrono::hours(1));
+    auto loaded = load_saved_snapshot(test_ctx, snap_, std::chrono::hours(1));
     ASSERT_TRUE(loaded.snapshot) << loaded.problem;
     EXPECT_EQ(loaded.snapshot->version, 11) << cut;
     EXPECT_EQ(loaded.replayed, 1u) << cut;
@@ -156,7 +160,7 @@ TEST_F(JournalTest, CorruptedRecordEndsTheReplay) {
   auto c = read_journal(jpath_);
   EXPECT_EQ(c.records.size(), 1u);
   EXPECT_EQ(c.valid_bytes, second);
-  auto loaded = load_saved_snapshot(snap_, std::chrono::hours(1));
+  auto loaded = load_saved_snapshot(test_ctx, snap_, std::chrono::hours(1));
   ASSERT_TRUE(loaded.snapshot) << loaded.problem;
   EXPECT_EQ(loaded.snapshot->version, 11);
   EXPECT_NE(loaded.snapshot->find_key(digest(2)), nullptr);
@@ -167,7 +171,7 @@ TEST_F(JournalTest, CorruptedRecordEndsTheReplay) {
     ASSERT_TRUE(j.ok());
     ASSERT_TRUE(j.append({JournalKind::kDelta, 12, now_ms(), revoke(11, 4)}));
   }
-  auto again = load_saved_snapshot(snap_, std::chrono::hours(1));
+  auto again = load_saved_snapshot(test_ctx, snap_, std::chrono::hours(1));
   ASSERT_TRUE(again.snapshot) << again.problem;
   EXPECT_EQ(again.snapshot->version, 12);
   EXPECT_EQ(again.snapshot->find_key(digest(4)), nullptr);
@@ -180,7 +184,7 @@ TEST_F(JournalTest, AFullDocumentRecordStandsWithoutASnapshot) {
     ASSERT_TRUE(j.append({JournalKind::kFull, 30, now_ms(), full_doc(30, 3)}));
     ASSERT_TRUE(j.append({JournalKind::kDelta, 31, now_ms(), revoke(30, 0)}));
   }
-  auto loaded = load_saved_snapshot(snap_, std::chrono::hours(1));
+  auto loaded = load_saved_snapshot(test_ctx, snap_, std::chrono::hours(1));
   ASSERT_TRUE(loaded.snapshot) << loaded.problem;
   EXPECT_EQ(loaded.snapshot->version, 31);
   EXPECT_EQ(loaded.snapshot->find_key(digest(0)), nullptr);
@@ -191,21 +195,21 @@ TEST_F(JournalTest, AFullDocumentRecordStandsWithoutASnapshot) {
     Journal j(jpath_, false);
     ASSERT_TRUE(j.append({JournalKind::kDelta, 31, now_ms(), revoke(30, 0)}));
   }
-  EXPECT_FALSE(load_saved_snapshot(snap_, std::chrono::hours(1)).snapshot);
+  EXPECT_FALSE(load_saved_snapshot(test_ctx, snap_, std::chrono::hours(1)).snapshot);
 }
 
 TEST_F(JournalTest, JournalRecordsRenewTheSnapshotsAge) {
   // A snapshot saved two hours ago, with a revocation journaled a minute ago: the journal's
   // record is the latest word of the control plane, so the config is not too old.
-  auto base = build_snapshot(full_doc(10, 5));
+  auto base = build_snapshot(full_doc(10, 5), test_ctx);
   ASSERT_TRUE(base.snapshot);
   ASSERT_TRUE(files::save_private_atomically(snap_, serialize_snapshot(*base.snapshot, now_ms() - 7200 * 1000)));
-  EXPECT_FALSE(load_saved_snapshot(snap_, std::chrono::hours(1)).snapshot);
+  EXPECT_FALSE(load_saved_snapshot(test_ctx, snap_, std::chrono::hours(1)).snapshot);
   {
     Journal j(jpath_, false);
     ASSERT_TRUE(j.append({JournalKind::kDelta, 11, now_ms() - 60 * 1000, revoke(10, 1)}));
   }
-  auto loaded = load_saved_snapshot(snap_, std::chrono::hours(1));
+  auto loaded = load_saved_snapshot(test_ctx, snap_, std::chrono::hours(1));
   ASSERT_TRUE(loaded.snapshot) << loaded.problem;
   EXPECT_EQ(loaded.snapshot->find_key(digest(1)), nullptr);
 }

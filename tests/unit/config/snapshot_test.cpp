@@ -10,6 +10,10 @@
 #include "common/files.hpp"
 #include "common/time.hpp"
 #include "config/sync.hpp"
+#include "config/context.hpp"
+
+// The context this file builds snapshots with (config/context.hpp).
+static ag::config::BuildContext test_ctx;
 
 namespace ag::config {
 namespace {
@@ -28,14 +32,14 @@ std::string full_doc(int keys) {
 }
 
 TEST(Delta, TouchesOnlyTheShardsItChanges) {
-  auto base = build_snapshot(full_doc(5000));
+  auto base = build_snapshot(full_doc(5000), test_ctx);
   ASSERT_TRUE(base.snapshot) << base.error;
   EXPECT_EQ(base.snapshot->key_count, 5000u);
   std::string delta = R"({"since":10,"version":11,"changes":[
       {"version":11,"op":"key.delete","project_id":"snap-p1","key_id":"k7","hash":")" + key_hash(7) + R"("},
       {"version":11,"op":"key.upsert","project_id":"snap-p1","key":{"id":"new","hash":")" + key_hash(99999) +
                       R"(","expires_at":null,"rate_limit":{"requests_per_minute":5,"burst":1}}}]})";
-  auto next = apply_delta(base.snapshot, delta);
+  auto next = apply_delta(base.snapshot, delta, test_ctx);
   ASSERT_TRUE(next.snapshot) << next.error;
   const auto& a = *base.snapshot;
   const auto& b = *next.snapshot;
@@ -56,7 +60,7 @@ TEST(Delta, TouchesOnlyTheShardsItChanges) {
 
 TEST(Snapshot, LargeDocumentsBuildInParallelWithTheSameResult) {
   // 60,000 keys takes the two-thread path; every key must land in its shard exactly once.
-  auto big = build_snapshot(full_doc(60000));
+  auto big = build_snapshot(full_doc(60000), test_ctx);
   ASSERT_TRUE(big.snapshot) << big.error;
   EXPECT_EQ(big.snapshot->key_count, 60000u);
   for (int i = 0; i < 60000; i += 997) {
@@ -66,57 +70,57 @@ TEST(Snapshot, LargeDocumentsBuildInParallelWithTheSameResult) {
   }
   std::string bad = full_doc(60000);
   bad.replace(bad.rfind(key_hash(59999)), 64, std::string(64, 'z'));
-  auto rejected = build_snapshot(bad);
+  auto rejected = build_snapshot(bad, test_ctx);
   EXPECT_FALSE(rejected.snapshot);
   EXPECT_NE(rejected.error.find("projects[0].keys[59999]"), std::string::npos) << rejected.error;
 }
 
 TEST(Delta, ProjectChangesAndDeletes) {
-  auto base = build_snapshot(full_doc(3));
+  auto base = build_snapshot(full_doc(3), test_ctx);
   ASSERT_TRUE(base.snapshot);
-  auto slot = metrics_slot_for("snap-p1");
+  auto slot = test_ctx.slots.slot_for("snap-p1");
   auto up = apply_delta(base.snapshot, R"({"since":10,"version":12,"changes":[{"version":12,"op":"project.upsert",
-      "project":{"id":"snap-p1","upstream_base_url":"http://127.0.0.1:9/b","rate_limit":{"requests_per_minute":7,"burst":0}}}]})");
+      "project":{"id":"snap-p1","upstream_base_url":"http://127.0.0.1:9/b","rate_limit":{"requests_per_minute":7,"burst":0}}}]})", test_ctx);
   ASSERT_TRUE(up.snapshot) << up.error;
   EXPECT_EQ(up.snapshot->project(slot)->upstream.base_path, "/b");
   // The keys keep working and pick up the project's new policy.
   const KeyEntry* k = up.snapshot->find_key(digest(1));
   ASSERT_NE(k, nullptr);
   EXPECT_EQ(up.snapshot->rate_for(*k, *up.snapshot->project(slot)).requests_per_minute, 7);
-  auto del = apply_delta(up.snapshot, R"({"since":12,"version":13,"changes":[{"version":13,"op":"project.delete","project_id":"snap-p1"}]})");
+  auto del = apply_delta(up.snapshot, R"({"since":12,"version":13,"changes":[{"version":13,"op":"project.delete","project_id":"snap-p1"}]})", test_ctx);
   ASSERT_TRUE(del.snapshot) << del.error;
   EXPECT_EQ(del.snapshot->project(slot), nullptr);
   EXPECT_EQ(del.snapshot->project_count, 0u);
 }
 
 TEST(Delta, RejectsGapsAndGarbageWithoutTouchingTheBase) {
-  auto base = build_snapshot(full_doc(3));
+  auto base = build_snapshot(full_doc(3), test_ctx);
   ASSERT_TRUE(base.snapshot);
-  EXPECT_NE(apply_delta(base.snapshot, R"({"since":9,"version":11,"changes":[]})").error.find("version gap"), std::string::npos);
-  EXPECT_FALSE(apply_delta(base.snapshot, R"({"since":10,"version":11,"changes":[{"op":"key.delete","hash":"zz"}]})").snapshot);
-  EXPECT_FALSE(apply_delta(base.snapshot, "{\"since\":10,").snapshot);
-  EXPECT_FALSE(apply_delta(base.snapshot, R"({"since":10,"version":9,"changes":[]})").snapshot);
+  EXPECT_NE(apply_delta(base.snapshot, R"({"since":9,"version":11,"changes":[]})", test_ctx).error.find("version gap"), std::string::npos);
+  EXPECT_FALSE(apply_delta(base.snapshot, R"({"since":10,"version":11,"changes":[{"op":"key.delete","hash":"zz"}]})", test_ctx).snapshot);
+  EXPECT_FALSE(apply_delta(base.snapshot, "{\"since\":10,", test_ctx).snapshot);
+  EXPECT_FALSE(apply_delta(base.snapshot, R"({"since":10,"version":9,"changes":[]})", test_ctx).snapshot);
   EXPECT_NE(base.snapshot->find_key(digest(1)), nullptr);
   EXPECT_EQ(base.snapshot->version, 10);
 }
 
 TEST(SavedSnapshot, RoundTripsThroughTheFileAndRespectsMaxAge) {
   crypto::init();
-  auto base = build_snapshot(full_doc(50));
+  auto base = build_snapshot(full_doc(50), test_ctx);
   ASSERT_TRUE(base.snapshot);
   std::string path = ::testing::TempDir() + "/ag_snapshot_test.json";
   ASSERT_TRUE(files::save_private_atomically(path, serialize_snapshot(*base.snapshot, now_ms())));
-  auto loaded = load_saved_snapshot(path, std::chrono::hours(1));
+  auto loaded = load_saved_snapshot(test_ctx, path, std::chrono::hours(1));
   ASSERT_TRUE(loaded.snapshot) << loaded.problem;
   EXPECT_EQ(loaded.snapshot->version, 10);
   EXPECT_EQ(loaded.snapshot->key_count, 50u);
   EXPECT_NE(loaded.snapshot->find_key(digest(49)), nullptr);
   ASSERT_TRUE(files::save_private_atomically(path, serialize_snapshot(*base.snapshot, now_ms() - 7200 * 1000)));
-  auto stale = load_saved_snapshot(path, std::chrono::hours(1));
+  auto stale = load_saved_snapshot(test_ctx, path, std::chrono::hours(1));
   EXPECT_FALSE(stale.snapshot);
   EXPECT_NE(stale.problem.find("older"), std::string::npos);
   ASSERT_TRUE(files::save_private_atomically(path, "garbage"));
-  EXPECT_FALSE(load_saved_snapshot(path, std::chrono::hours(1)).snapshot);
+  EXPECT_FALSE(load_saved_snapshot(test_ctx, path, std::chrono::hours(1)).snapshot);
   EXPECT_FALSE(files::save_private_atomically("/nonexistent-dir/x.json", "data"));
 }
 
@@ -186,7 +190,7 @@ TEST(Snapshot, HttpsUpstreams) {
   auto r = build_snapshot(R"({"version":1,"projects":[
       {"id":"p-tls","upstream_base_url":"https://127.0.0.1/v1","keys":[]},
       {"id":"p-tls-port","upstream_base_url":"https://127.0.0.1:8443","keys":[]},
-      {"id":"p-plain","upstream_base_url":"http://127.0.0.1:8443","keys":[]}]})");
+      {"id":"p-plain","upstream_base_url":"http://127.0.0.1:8443","keys":[]}]})", test_ctx);
   ASSERT_TRUE(r.snapshot) << r.error;
   std::map<std::string, const Upstream*> up;
   for (const auto& p : r.snapshot->projects)
@@ -203,7 +207,7 @@ TEST(Snapshot, HttpsUpstreams) {
   EXPECT_FALSE(up["p-plain"]->tls);
   // Same authority, different scheme: never the same keep-alive pool.
   EXPECT_NE(up["p-tls-port"]->pool_key, up["p-plain"]->pool_key);
-  EXPECT_FALSE(build_snapshot(R"({"version":1,"projects":[{"id":"x","upstream_base_url":"ftp://h","keys":[]}]})").snapshot);
+  EXPECT_FALSE(build_snapshot(R"({"version":1,"projects":[{"id":"x","upstream_base_url":"ftp://h","keys":[]}]})", test_ctx).snapshot);
 }
 
 }  // namespace ag::config

@@ -14,6 +14,10 @@
 #include "config/snapshot.hpp"
 #include "common/api_key.hpp"
 #include "gateway/stages/risk/risk.hpp"
+#include "config/context.hpp"
+
+// The context this file builds snapshots with (config/context.hpp).
+static ag::config::BuildContext test_ctx;
 
 namespace ag::gateway {
 namespace {
@@ -63,7 +67,7 @@ TEST(Pipeline, IdentifyChecksFormatHashAndExpiry) {
     "rate_limit":{"requests_per_minute":60,"burst":20},"max_body_bytes":5,
     "keys":[{"id":"k1","hash":")" + good.hash_hex + R"(","expires_at":null},
             {"id":"k2","hash":")" + expired.hash_hex + R"(","expires_at":"2020-01-01T00:00:00Z"}]}]})";
-  auto built = config::build_snapshot(doc);
+  auto built = config::build_snapshot(doc, test_ctx);
   ASSERT_TRUE(built.snapshot) << built.error;
   Context ctx;
   ctx.snapshot = built.snapshot;
@@ -226,15 +230,15 @@ TEST(Pipeline, LogLineTypicalRequest) {
 }
 
 TEST(Snapshot, RejectsBadDocumentsWithTheField) {
-  EXPECT_NE(config::build_snapshot("{").error, "");
-  EXPECT_NE(config::build_snapshot("[]").error, "");
-  auto e = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_base_url":"ftp://x","api_keys":[]}]})");
+  EXPECT_NE(config::build_snapshot("{", test_ctx).error, "");
+  EXPECT_NE(config::build_snapshot("[]", test_ctx).error, "");
+  auto e = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_base_url":"ftp://x","api_keys":[]}]})", test_ctx);
   EXPECT_EQ(e.error.rfind("projects[0].upstream_base_url", 0), 0u) << e.error;
-  e = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_base_url":"http://x","api_keys":["zz"]}]})");
+  e = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_base_url":"http://x","api_keys":["zz"]}]})", test_ctx);
   EXPECT_EQ(e.error.rfind("projects[0].api_keys[0]", 0), 0u) << e.error;
-  auto ok = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_url":"http://127.0.0.1:1","api_keys":[]}]})");
+  auto ok = config::build_snapshot(R"({"version":1,"projects":[{"id":"p","upstream_url":"http://127.0.0.1:1","api_keys":[]}]})", test_ctx);
   ASSERT_TRUE(ok.snapshot) << ok.error;
-  const auto* proj = ok.snapshot->project(config::metrics_slot_for("p"));
+  const auto* proj = ok.snapshot->project(test_ctx.slots.slot_for("p"));
   ASSERT_NE(proj, nullptr);
   EXPECT_EQ(proj->upstream.port, 1);
   EXPECT_FALSE(proj->upstream.endpoints.empty());

@@ -16,6 +16,10 @@
 #include "gateway/stages/route/route.hpp"
 #include "metrics/worker_metrics.hpp"
 #include "ratelimit/local_store.hpp"
+#include "config/context.hpp"
+
+// The context this file builds snapshots with (config/context.hpp).
+static ag::config::BuildContext test_ctx;
 
 namespace ag::gateway {
 namespace {
@@ -30,7 +34,7 @@ struct Stages : ::testing::Test {
        "risk":{"enabled":false,"ip_deny":["198.51.100.0/24"]},
        "keys":[{"id":"k1","hash":")" + key.hash_hex + R"(","expires_at":null}]},
       {"id":"p2","upstream_base_url":null,"keys":[{"id":"k2","hash":")" + nowhere.hash_hex + R"(","expires_at":null}]}]})";
-    auto built = config::build_snapshot(doc);
+    auto built = config::build_snapshot(doc, test_ctx);
     ASSERT_TRUE(built.snapshot) << built.error;
     snapshot = built.snapshot;
     req.method = "GET";

@@ -6,6 +6,10 @@
 #include <vector>
 
 #include "config/snapshot.hpp"
+#include "config/context.hpp"
+
+// The context this file builds snapshots with (config/context.hpp).
+static ag::config::BuildContext test_ctx;
 
 namespace ag::gateway {
 namespace {
@@ -13,7 +17,7 @@ namespace {
 struct UpstreamHead : ::testing::Test {
   void SetUp() override {
     auto built = config::build_snapshot(R"({"version":1,"projects":[{"id":"p1",
-      "upstream_base_url":"http://127.0.0.1:9/base","keys":[]}]})");
+      "upstream_base_url":"http://127.0.0.1:9/base","keys":[]}]})", test_ctx);
     ASSERT_TRUE(built.snapshot) << built.error;
     snapshot = built.snapshot;
     for (const auto& p : snapshot->projects)  // indexed by metrics slot: slot 0 is empty
