@@ -28,7 +28,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 os.environ.setdefault("AG_BIN", os.path.join(ROOT, "build", "antigravity"))
 import harness  # noqa: E402
-import worker_harness as wh  # noqa: E402
+import harness as wh  # noqa: E402
 
 
 def start_upstream(workdir):

@@ -34,7 +34,7 @@ mutation leaves the owner's objects unchanged; a caller other than the owner nev
 owner's ids in a 2xx body of a user, project or session route.
 
 Run: /usr/bin/python3 tests/integration/test_authz_matrix.py
-Environment: see harness.py (AG_BIN, AG_DB, AG_TEST_PG_URL).
+Environment: see the harness (AG_BIN, AG_DB, AG_TEST_PG_URL).
 """
 
 import os

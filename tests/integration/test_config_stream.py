@@ -11,7 +11,7 @@
   worker must apply or drop and full documents in answer to a `since` request.
 
 Run: python3 tests/integration/test_config_stream.py
-Environment: see harness.py (AG_BIN, AG_TEST_PG_URL, AG_TEST_REQUIRE_PG, AG_TEST_KEEP).
+Environment: see the harness (AG_BIN, AG_TEST_PG_URL, AG_TEST_REQUIRE_PG, AG_TEST_KEEP).
 """
 
 import hashlib
@@ -34,7 +34,8 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
-import worker_harness as wh  # noqa: E402
+import harness as wh  # noqa: E402
+from harness import start_control_at  # noqa: E402
 
 CONFIG_PATH = "/internal/worker/config"
 PROJECT_FIELDS = ("id", "name", "upstream_url", "upstream_base_url", "domains", "rate_limit",
@@ -141,34 +142,6 @@ class LongPoll(threading.Thread):
         except Exception as exc:  # reported by the test
             self.error = exc
         self.finished_at = time.monotonic()
-
-
-def start_control_at(port, workdir, db_url, env_extra=None, timeout=h.START_TIMEOUT_SEC):
-    """Like harness.start_control, but on the fixed port 127.0.0.1:`port` (for restarts on the
-    same address). `workdir` and the database belong to the caller."""
-    env = h.base_env(dict({"DATABASE_URL": db_url}, **(env_extra or {})))
-    cmd = [h.AG_BIN, "control", "--listen", "127.0.0.1:%d" % port]
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    collector = h.OutputCollector(proc)
-    db_path = db_url[len("sqlite:///"):] if db_url.startswith("sqlite:///") else None
-    server = h.ControlServer(proc, collector, workdir, False, port, env, "sqlite", db_url, db_path,
-                             None, None)
-    h._live_servers.append(server)
-    deadline = time.monotonic() + timeout
-    found = None
-    while found is None and time.monotonic() < deadline:
-        found = collector.wait_for(h.LISTEN_RE, 0.2)
-        if found is None and proc.poll() is not None:
-            collector.join()
-            found = collector.wait_for(h.LISTEN_RE, 0)
-            break
-    if found is None:
-        exited = proc.poll()
-        server.stop(drop_database=False)
-        raise RuntimeError("control plane did not listen on port %d within %.0fs (exit code %r):\n%s"
-                           % (port, timeout, exited, collector.text))
-    return server
 
 
 # =============================================================================================

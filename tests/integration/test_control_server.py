@@ -11,7 +11,7 @@ their own threads, and HTTPS on the control plane's listener.
                      configuration or an unreadable file stops the start with a clear message.
 
 Run: /usr/bin/python3 tests/integration/test_control_server.py
-Environment: see harness.py (AG_BIN).
+Environment: see the harness (AG_BIN).
 """
 
 import http.client
@@ -31,7 +31,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
-import worker_harness as wh  # noqa: E402
+import harness as wh  # noqa: E402
 
 
 class SlowDatabaseTests(unittest.TestCase):

@@ -10,7 +10,7 @@ must still refuse the credential while serving the others. The same under `antig
 (control plane and worker in one process), and with a torn journal tail.
 
 Run: python3 tests/integration/test_durable_revocation.py
-Environment: see harness.py (AG_BIN, AG_TEST_KEEP).
+Environment: see the harness (AG_BIN, AG_TEST_KEEP).
 """
 
 import os
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
 import test_config_stream as cs  # noqa: E402
-import worker_harness as wh  # noqa: E402
+import harness as wh  # noqa: E402
 
 # After the save at the first contact, no other save happens during a scenario.
 LONG_INTERVAL = {"WORKER_SNAPSHOT_INTERVAL_SEC": "30"}
@@ -190,7 +190,7 @@ class UpDurableRevocationTest(cs.StreamWorkerTestCase):
                                  "--admin-listen", "127.0.0.1:%d" % ports[2], "--demo-upstream", "off"],
                                 cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out = h.OutputCollector(proc)
+        out = h.Output(proc)
         self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait(5)))
         self.assertIsNotNone(out.wait_for(UP_LISTEN_RE, 20), "up did not start:\n%s" % out.text)
         return proc, out, "http://127.0.0.1:%d" % ports[0], ports[1]

@@ -17,7 +17,7 @@
 Every figure measured is printed with "[measured]".
 
 Run: /usr/bin/python3 tests/integration/test_faults.py
-Environment: see harness.py (AG_BIN, AG_TEST_KEEP). The Redis test needs redis-server on PATH;
+Environment: see the harness (AG_BIN, AG_TEST_KEEP). The Redis test needs redis-server on PATH;
 the disk-full test mounts a 64 KiB tmpfs (root) or, when not root, makes the snapshot directory
 read-only. AG_TEST_STRICT_REUSEPORT=1 also counts, in the rolling-restart test, the connection
 resets Linux sends for connections still queued on a closing SO_REUSEPORT listener (tolerated when
@@ -42,9 +42,9 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
-import worker_harness as wh  # noqa: E402
-import robustness_harness as rh  # noqa: E402
-from robustness_harness import report  # noqa: E402
+import harness as wh  # noqa: E402
+import harness as rh  # noqa: E402
+from harness import report  # noqa: E402
 
 NO_LIMIT = rh.NO_LIMIT
 STREAM_ENV = {"WORKER_CONFIG_POLL_SEC": "30", "WORKER_SNAPSHOT_INTERVAL_SEC": "1"}

@@ -18,7 +18,7 @@
 The worker's RSS (VmRSS) before and after each scenario is printed with "[measured]".
 
 Run: /usr/bin/python3 tests/integration/test_hostile_clients.py
-Environment: see harness.py (AG_BIN, AG_TEST_KEEP).
+Environment: see the harness (AG_BIN, AG_TEST_KEEP).
 """
 
 import errno
@@ -39,9 +39,9 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import worker_harness as wh  # noqa: E402
-import robustness_harness as rh  # noqa: E402
-from robustness_harness import report, MB  # noqa: E402
+import harness as wh  # noqa: E402
+import harness as rh  # noqa: E402
+from harness import report, MB  # noqa: E402
 
 HEADER_TIMEOUT_SEC = 2
 SMALL_BODY_LIMIT = 1 * MB

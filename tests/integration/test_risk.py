@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
 import mmdb_writer  # noqa: E402
-import worker_harness as wh  # noqa: E402
+import harness as wh  # noqa: E402
 
 
 def risky_project(upstream, key_entry, risk):

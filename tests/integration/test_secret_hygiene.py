@@ -35,8 +35,8 @@ import urllib.parse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
-import robustness_harness as rh  # noqa: E402
-from robustness_harness import report  # noqa: E402
+import harness as rh  # noqa: E402
+from harness import report  # noqa: E402
 
 PROPAGATION_SEC = 5.0
 

@@ -3,7 +3,7 @@
 End to end with the real binaries: `antigravity control` on SQLite, `antigravity worker` following
 its change stream (CONTROL_API_BASE_URL + worker secret) or reading a directory of YAML files
 (`--config-dir`), the `antigravity token ...` command line on the control plane's database, and
-real recording upstreams on loopback (worker_harness.Upstream and a tunable variant defined here:
+real recording upstreams on loopback (harness.Upstream and a tunable variant defined here:
 slow targets, failing health checks, 503 answers, fixed ports).
 
 Covers: project slugs; the services API; issuing, listing, reading and revoking tokens (error
@@ -15,7 +15,7 @@ YAML reloads.
 
 Run with Debian's python (python3-jwt and python3-cryptography):
     /usr/bin/python3 tests/integration/test_service_tokens.py
-Environment: see harness.py (AG_BIN, AG_TEST_KEEP).
+Environment: see the harness (AG_BIN, AG_TEST_KEEP).
 
 Assumptions where docs/services-and-tokens.md leaves a detail open are marked "ASSUMPTION:".
 """
@@ -39,7 +39,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
-import worker_harness as wh  # noqa: E402
+import harness as wh  # noqa: E402
 
 import jwt  # noqa: E402  (python3-jwt)
 from cryptography.hazmat.primitives import serialization  # noqa: E402
@@ -273,7 +273,7 @@ def jwks(ctl):
 # A tunable upstream: slow, failing health checks, fixed status, fixed port
 
 
-class _TunableHandler(wh._UpstreamHandler):
+class _TunableHandler(wh.UpstreamHandler):
     def _handle(self):
         up = self.server.upstream
         route = urllib.parse.urlsplit(self.path).path
@@ -323,7 +323,7 @@ class TunableUpstream(wh.Upstream):
         self.health_status = 200
         self.health_delay = 0.0
         self.health_requests = []
-        self._server = wh._UpstreamServer(("127.0.0.1", port), _TunableHandler)
+        self._server = wh.UpstreamServer(("127.0.0.1", port), _TunableHandler)
         self._server.upstream = self
         self.port = self._server.server_address[1]
         self.host = "127.0.0.1"

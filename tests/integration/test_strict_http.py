@@ -7,7 +7,7 @@ Each refusal must be a JSON {"detail"} with X-Request-Id, and, for framing, foll
 connection closing: a request pipelined behind it is never answered (no request smuggling).
 
 Run: python3 tests/integration/test_strict_http.py
-Environment: see harness.py (AG_BIN).
+Environment: see the harness (AG_BIN).
 """
 
 import hashlib
@@ -22,7 +22,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
-import worker_harness as wh  # noqa: E402
+import harness as wh  # noqa: E402
 
 
 def new_key():

@@ -9,7 +9,7 @@ upstream application never sees the request.
 Certificates are made at start-up with the `openssl` command line (EC P-256) in a temporary
 directory: a test CA, an unrelated CA (padding the bundle), an intermediate CA, leaf certificates
 for `localhost` / 127.0.0.1 (from the CA and from the intermediate), one for `other.example` only,
-and a self-signed one. The upstreams are the recording worker_harness.Upstream behind TLS
+and a self-signed one. The upstreams are the recording harness.Upstream behind TLS
 (`TlsUpstream` below), which also records, per connection, the SNI name and the TLS version, and
 counts accepted TCP connections and failed handshakes.
 
@@ -36,7 +36,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
-import worker_harness as wh  # noqa: E402
+import harness as wh  # noqa: E402
 
 MB = 1024 * 1024
 UNREACHABLE = "Upstream service unreachable"
@@ -231,7 +231,7 @@ def _remember_sni(sock, server_name, context):
     return None
 
 
-class _TlsServer(wh._UpstreamServer):
+class _TlsServer(wh.UpstreamServer):
     """Accepts TCP connections (counted) and hands them on wrapped in TLS; the handshake itself
     runs in the connection's thread (_TlsHandler.setup), so a stalled client blocks no one."""
 
@@ -244,7 +244,7 @@ class _TlsServer(wh._UpstreamServer):
         self.upstream._error(sys.exc_info()[1])
 
 
-class _TlsHandler(wh._UpstreamHandler):
+class _TlsHandler(wh.UpstreamHandler):
     def setup(self):
         up = self.server.upstream
         conn = self.request

@@ -1,7 +1,7 @@
 """Integration tests of the worker (docs/worker.md) against the real binary.
 
 Every test class starts its own `antigravity worker` on 127.0.0.1 with port 0 in front of a real
-recording upstream (worker_harness.Upstream), configured from a file or from a real control plane.
+recording upstream (harness.Upstream), configured from a file or from a real control plane.
 The Redis tests run only when `redis-server` is on PATH.
 
 Run: python3 tests/integration/test_worker.py
@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +26,8 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
-import worker_harness as wh  # noqa: E402
+import harness as wh  # noqa: E402
+from harness import RedisServer, RssSampler  # noqa: E402
 
 REQUEST_ID_RE = wh.REQUEST_ID_RE
 ACCESS_LOG_FIELDS = ("ts", "request_id", "project_id", "key_id", "method", "path", "endpoint", "ip",
@@ -54,33 +54,6 @@ def malformed_variants(valid_key):
         valid_key.replace("agk_", "agx_", 1),      # wrong prefix
         valid_key + "0",                           # too long
     ]
-
-
-class RssSampler:
-    """Samples a process's VmRSS (kB) every 20 ms in a thread; .peak is the maximum seen."""
-
-    def __init__(self, worker):
-        self.worker = worker
-        self.peak = worker.rss_kb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.wait(0.02):
-            try:
-                self.peak = max(self.peak, self.worker.rss_kb())
-            except (OSError, RuntimeError):
-                return
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join(2)
-        try:
-            self.peak = max(self.peak, self.worker.rss_kb())
-        except (OSError, RuntimeError):
-            pass
-        return self.peak
 
 
 WorkerTestCase = wh.WorkerTestCase
@@ -1285,39 +1258,6 @@ class DrainTest(WorkerTestCase):
 
 # =============================================================================================
 # Redis-backed rate limits
-
-
-class RedisServer:
-    def __init__(self):
-        self.port = wh.free_port()
-        self.dir = tempfile.mkdtemp(prefix="ag-redis-")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        self.url = "redis://127.0.0.1:%d" % self.port
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def stop(self):
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @unittest.skipUnless(shutil.which("redis-server"), "redis-server not on PATH")
