@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "app/login_cli.hpp"
 #include "app/token_cli.hpp"
 #include "common/crypto.hpp"
 #include "common/env.hpp"
@@ -173,6 +174,7 @@ int main(int argc, char** argv) {
   migrate->add_flag("--status", status_only, "print the schema version without changing anything");
 
   auto* token_cmds = ag::cli::add_token_commands(app);
+  auto* login_cmds = ag::cli::add_login_commands(app);
 
   CLI11_PARSE(app, argc, argv);
   setup_logging(log_level);
@@ -196,6 +198,7 @@ int main(int argc, char** argv) {
       return run_up(settings_with_overrides(listen, threads), std::move(o), demo);
     }
     if (ag::cli::token_command_selected(token_cmds)) return ag::cli::run_token_command(token_cmds);
+    if (ag::cli::login_command_selected(login_cmds)) return ag::cli::run_login_command(login_cmds);
     if (*migrate) {
       auto s = ag::control::load_settings();
       auto db = ag::store::open_database(s.database_url, 1);

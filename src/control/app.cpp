@@ -43,6 +43,7 @@ ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>())
     spdlog::info("database migrated to schema version {} ({} migration(s) applied)", st.current,
                  st.applied_now.size());
   register_auth_routes(routes_, *state_);
+  register_device_routes(routes_, *state_);
   register_project_routes(routes_, *state_);
   register_key_routes(routes_, *state_);
   register_worker_config_routes(routes_, *state_);
@@ -83,7 +84,7 @@ http::Response ControlApp::handle(http::Request& req) {
   auto origin = req.header("origin");
   bool cors = false;
   if (!origin.empty())
-    for (const auto& o : state_->settings.cors_origins) cors = cors || o == origin || o == "*";
+    for (const auto& o : state_->settings.cors_origins) cors = cors || o == origin;  // exact, as the browser sent it
 
   try {
     if (req.method == "OPTIONS" && cors) {
@@ -106,8 +107,9 @@ http::Response ControlApp::handle(http::Request& req) {
       }
     }
   } catch (const ApiError& e) {
-    res = e.code.empty() ? error_response(e.status(), e.detail())
-                         : json_response(e.status(), {{"detail", e.detail()}, {"code", e.code}});
+    res = e.oauth           ? json_response(e.status(), {{"error", e.code}, {"error_description", e.detail()}, {"detail", e.detail()}})
+          : e.code.empty() ? error_response(e.status(), e.detail())
+                           : json_response(e.status(), {{"detail", e.detail()}, {"code", e.code}});
     for (const auto& h : e.headers) res.set_header(h.name, h.value);
   } catch (const store::DatabaseError& e) {
     spdlog::error("request {} {} {}: database error: {}", request_id(req), req.method, path, e.what());
@@ -121,6 +123,7 @@ http::Response ControlApp::handle(http::Request& req) {
     r.set_header("X-Request-Id", rid);
     if (cors) {
       r.set_header("Access-Control-Allow-Origin", origin);
+      r.set_header("Access-Control-Allow-Credentials", "true");
       r.set_header("Vary", "Origin");
       r.set_header("Access-Control-Expose-Headers", "X-Request-Id, ETag");
     }

@@ -13,6 +13,7 @@
 
 #include "common/crypto.hpp"
 #include "common/env.hpp"
+#include "common/http_url.hpp"
 #include "common/files.hpp"
 #include "common/jwt.hpp"
 #include "common/listen.hpp"
@@ -34,6 +35,56 @@ std::vector<std::string> split_csv(const std::string& s) {
     i = j + 1;
   }
   return out;
+}
+
+// An origin as browsers send it: scheme://host[:port], nothing after. "" or what is wrong.
+std::string check_origin(const std::string& o) {
+  if (o == "*") return "is a wildcard, which credentials may not be used with";
+  HttpUrl u;
+  if (auto e = parse_http_url(o, u); !e.empty()) return e;
+  if (!u.path.empty()) return "has a path (an origin ends after the host or port)";
+  return {};
+}
+
+AuthSettings load_auth_settings() {
+  AuthSettings a;
+  auto mode = env::get_or("AUTH_MODE", "basic");
+  if (mode != "basic" && mode != "passkey") throw std::runtime_error("AUTH_MODE must be basic or passkey (got '" + mode + "')");
+  a.passkey_mode = mode == "passkey";
+  a.passkey_origin = env::get_or("PASSKEY_ORIGIN", "");
+  if (!a.passkey_origin.empty()) {
+    if (auto e = check_origin(a.passkey_origin); !e.empty())
+      throw std::runtime_error("PASSKEY_ORIGIN: '" + a.passkey_origin + "' " + e);
+    HttpUrl u;
+    parse_http_url(a.passkey_origin, u);
+    a.passkey_rp_id = env::get_or("PASSKEY_RP_ID", std::string(u.host));
+    // The rp id must be the origin's host or a registrable suffix of it (WebAuthn 5.1.3).
+    const std::string host(u.host);
+    const std::string& rp = a.passkey_rp_id;
+    bool suffix = host == rp || (host.size() > rp.size() && host.compare(host.size() - rp.size(), rp.size(), rp) == 0 &&
+                                 host[host.size() - rp.size() - 1] == '.');
+    if (rp.empty() || !suffix)
+      throw std::runtime_error("PASSKEY_RP_ID must be PASSKEY_ORIGIN's host or a parent domain of it");
+  } else if (a.passkey_mode) {
+    throw std::runtime_error("AUTH_MODE=passkey needs PASSKEY_ORIGIN (the exact origin of the sign-in page)");
+  }
+  a.passkey_rp_name = env::get_or("PASSKEY_RP_NAME", "Antigravity");
+  a.challenge_ttl_sec = env::get_int("CHALLENGE_TTL_SEC", 300, 5, 3600);
+  a.device_verification_url = env::get_or("DEVICE_VERIFICATION_URL", "");
+  if (!a.device_verification_url.empty()) {
+    HttpUrl u;
+    if (auto e = parse_http_url(a.device_verification_url, u); !e.empty())
+      throw std::runtime_error("DEVICE_VERIFICATION_URL: " + e);
+  }
+  a.device_code_ttl_sec = env::get_int("DEVICE_CODE_TTL_SEC", 600, 5, 3600);
+  a.device_poll_interval_sec = env::get_int("DEVICE_CODE_POLL_INTERVAL_SEC", 5, 1, 60);
+  a.anchor_access_ttl_sec = env::get_int("ANCHOR_ACCESS_TTL_SEC", 86400, 60, 30LL * 86400);
+  a.anchor_refresh_ttl_sec = env::get_int("ANCHOR_REFRESH_TTL_SEC", 2592000, 300, 365LL * 86400);
+  a.failure_window_sec = env::get_int("AUTH_FAILURE_WINDOW_SEC", 900, 10, 86400);
+  a.max_failures_per_ip = env::get_int("AUTH_MAX_FAILURES_PER_IP", 30, 1, 1000000);
+  a.max_failures_per_account = env::get_int("AUTH_MAX_FAILURES_PER_ACCOUNT", 10, 1, 1000000);
+  a.max_device_polls_per_ip = env::get_int("DEVICE_MAX_POLLS_PER_IP_PER_MIN", 120, 1, 1000000);
+  return a;
 }
 
 }  // namespace
@@ -80,7 +131,14 @@ Settings load_settings() {
     s.jwt_algorithm = *alg;
   }
   s.access_ttl_sec = env::get_int("ACCESS_TTL_SEC", 3600, 1, 7 * 24 * 3600);
-  s.refresh_ttl_sec = env::get_int("REFRESH_TTL_SEC", 30 * 24 * 3600, 60, 365LL * 24 * 3600);
+  s.refresh_ttl_sec = env::get_int("REFRESH_TTL_SEC", 7 * 24 * 3600, 60, 365LL * 24 * 3600);
+  s.auth = load_auth_settings();
+  s.public_url = env::get_or("CONTROL_PUBLIC_URL", "");
+  while (!s.public_url.empty() && s.public_url.back() == '/') s.public_url.pop_back();
+  if (!s.public_url.empty()) {
+    HttpUrl u;
+    if (auto e = parse_http_url(s.public_url, u); !e.empty()) throw std::runtime_error("CONTROL_PUBLIC_URL: " + e);
+  }
   s.threads = static_cast<int>(env::get_int("CONTROL_THREADS", 4, 1, 256));
   s.io_threads = static_cast<int>(env::get_int("CONTROL_IO_THREADS", 2, 1, 64));
   s.tls_cert_file = env::get_or("CONTROL_TLS_CERT_FILE", "");
@@ -90,6 +148,9 @@ Settings load_settings() {
   parse_listen(env::get_or("CONTROL_LISTEN", "127.0.0.1:8000"), "CONTROL_LISTEN", s.listen_host,
                s.listen_port);
   s.cors_origins = split_csv(env::get_or("CORS_ORIGINS", ""));
+  for (const auto& o : s.cors_origins)
+    if (auto e = check_origin(o); !e.empty())
+      throw std::runtime_error("CORS_ORIGINS: '" + o + "' " + e + " (list exact origins, e.g. https://app.example.com)");
 
   s.gateway_jwt_alg = env::get_or("GATEWAY_JWT_ALG", "ES256");
   if (s.gateway_jwt_alg != "HS256" && s.gateway_jwt_alg != "ES256" && s.gateway_jwt_alg != "EdDSA")

@@ -3,12 +3,32 @@
 // ENV, DATABASE_URL, DATABASE_PATH, JWT_SECRET_KEY, JWT_ALGORITHM, ACCESS_TTL_SEC,
 // REFRESH_TTL_SEC, WORKER_SECRET_KEY, CONTROL_WORKER_SHARED_SECRET, CONTROL_LISTEN,
 // CONTROL_THREADS, CORS_ORIGINS, GATEWAY_JWT_ALG, GATEWAY_JWT_SECRET, GATEWAY_JWT_AUDIENCE,
-// GATEWAY_JWT_ISSUER. docs/configuration.md lists each with its default.
+// GATEWAY_JWT_ISSUER, and the accounts settings (AUTH_MODE, PASSKEY_*, DEVICE_*, ANCHOR_*,
+// AUTH_*_FAILURES*: docs/auth.md). docs/configuration.md lists each with its default.
 #include <cstdint>
 #include <string>
 #include <vector>
 
 namespace ag::control {
+
+// Sign-in (docs/auth.md).
+struct AuthSettings {
+  bool passkey_mode = false;           // AUTH_MODE=passkey: new accounts only with a passkey
+  std::string passkey_origin;          // PASSKEY_ORIGIN: the exact origin WebAuthn ceremonies come from
+  std::string passkey_rp_id;           // PASSKEY_RP_ID, or the origin's host
+  std::string passkey_rp_name = "Antigravity";
+  std::int64_t challenge_ttl_sec = 300;
+  std::string device_verification_url;  // DEVICE_VERIFICATION_URL ("" = this server's /device)
+  std::int64_t device_code_ttl_sec = 600;
+  std::int64_t device_poll_interval_sec = 5;
+  std::int64_t anchor_access_ttl_sec = 86400;
+  std::int64_t anchor_refresh_ttl_sec = 2592000;
+  // Brute-force limits: failures counted per client IP and per account in a fixed window.
+  std::int64_t failure_window_sec = 900;
+  std::int64_t max_failures_per_ip = 30;
+  std::int64_t max_failures_per_account = 10;
+  std::int64_t max_device_polls_per_ip = 120;  // per minute, whatever the codes
+};
 
 struct Settings {
   bool production = false;
@@ -16,7 +36,8 @@ struct Settings {
   std::string jwt_secret;
   std::string jwt_algorithm = "HS256";
   std::int64_t access_ttl_sec = 3600;
-  std::int64_t refresh_ttl_sec = 30 * 24 * 3600;
+  std::int64_t refresh_ttl_sec = 7 * 24 * 3600;
+  AuthSettings auth;
   std::vector<std::string> worker_secrets;  // any one of them authorises a worker
   std::string listen_host = "127.0.0.1";
   std::uint16_t listen_port = 8000;
@@ -25,6 +46,9 @@ struct Settings {
   std::string tls_cert_file;  // both set: the control plane listens for HTTPS only
   std::string tls_key_file;
   std::vector<std::string> cors_origins;
+  // CONTROL_PUBLIC_URL: how clients reach this server (device verification links, RFC 8414
+  // metadata); "" = from the request's Host.
+  std::string public_url;
   // Service tokens (docs/services-and-tokens.md).
   std::string gateway_jwt_alg = "ES256";  // HS256 | ES256 | EdDSA: how new tokens are signed
   std::string gateway_jwt_secret;         // HS256 only

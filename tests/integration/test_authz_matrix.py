@@ -92,7 +92,8 @@ def lower_id():
 class AuthzMatrixTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.ctl = h.start_control(h.AG_DB)
+        # Device codes and polls are made for many cells: the per-IP limits stay out of the way.
+        cls.ctl = h.start_control(h.AG_DB, env_extra={"DEVICE_MAX_POLLS_PER_IP_PER_MIN": "100000"})
         cls.owner = h.register_user(cls.ctl)
         cls.other = h.register_user(cls.ctl)
         cls.fixture = cls.make_fixture()
@@ -171,8 +172,38 @@ class AuthzMatrixTest(unittest.TestCase):
             return {"Authorization": "Bearer " + self.expired_token}
         raise ValueError(caller)
 
+    def device_code(self):
+        resp = self.ctl.request("POST", "/auth/device/code", {})
+        assert resp.status == 200, resp
+        return resp.json()
+
+    def device_refresh_token(self):
+        """A device session of the owner (docs/auth.md, "Device sign-in"), for the refresh route."""
+        code = self.device_code()
+        resp = self.ctl.request("POST", "/auth/device/authorise", {"userCode": code["userCode"]}, token=self.owner.token)
+        assert resp.status == 200, resp
+        resp = self.ctl.request("POST", "/auth/device/token", {"deviceCode": code["deviceCode"]})
+        assert resp.json().get("status") == "authorised", resp
+        return resp.json()["anchorRefreshToken"]
+
+    def own_session_id(self, caller):
+        """A fresh session of the caller, for the route that ends one of the caller's sessions."""
+        user = self.owner if caller == "owner" else self.other
+        token = h.login(self.ctl, user.email, user.password)["access_token"]
+        return self.ctl.request("GET", "/auth/session", token=token).json()["session"]["id"]
+
     def body_for(self, route, fx):
         method, path = route
+        if path in ("/auth/device/authorise", "/auth/device/deny"):
+            return {"userCode": self.device_code()["userCode"]}
+        if path == "/auth/device/token":
+            return {"deviceCode": self.device_code()["deviceCode"]}
+        if path == "/auth/device/refresh":
+            return {"refreshToken": self.device_refresh_token()}
+        if path == "/auth/register/basic":
+            path = "/auth/register"
+        if path == "/auth/login/basic":
+            path = "/auth/login"
         if path == "/auth/register":
             return {"email": h.unique_email("authz"), "password": "pw-" + h.random_string(16)}
         if path == "/auth/login":
@@ -234,6 +265,8 @@ class AuthzMatrixTest(unittest.TestCase):
                     headers = self.caller_headers(caller, route)
                     body = self.body_for(route, fx)
                     url = prefix + self.fill_path(path, fx)
+                    if route == ("DELETE", "/auth/sessions/{id}") and caller in ("owner", "other_user"):
+                        url = prefix + "/auth/sessions/" + self.own_session_id(caller)
                     resp = self.ctl.request(method, url, body=body, headers=headers)
                     cells += 1
                     where = "%s %s%s × %s" % (method, prefix, path, caller)

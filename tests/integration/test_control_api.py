@@ -182,7 +182,7 @@ class RegisterTests(ControlTestCase):
         self.assertEqual(header["alg"], "HS256")
         self.assertEqual(data["user"]["name"], local, "name defaults to the part before @")
         self.assertEqual(data["expires_in"], 3600)
-        self.assertEqual(data["refresh_expires_in"], 2592000)
+        self.assertEqual(data["refresh_expires_in"], 604800)
 
     def test_register_stores_email_lower_case_and_duplicates_ignore_case(self):
         tag = h.random_string(10, string.ascii_lowercase)

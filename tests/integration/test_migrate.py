@@ -91,7 +91,10 @@ class MigrateTests(TempDirTestCase):
         finally:
             server.stop()
         # Back to schema 6, as the previous release left it.
-        execute("ALTER TABLE users DROP COLUMN is_operator;"
+        execute("DROP TABLE device_access_tokens; DROP TABLE device_codes; DROP TABLE webauthn_challenges;"
+                "DROP TABLE passkeys; ALTER TABLE sessions DROP COLUMN kind;"
+                "ALTER TABLE sessions DROP COLUMN client_id; ALTER TABLE refresh_tokens DROP COLUMN kind;"
+                "ALTER TABLE users DROP COLUMN is_operator;"
                 "ALTER TABLE gateway_tokens DROP COLUMN created_by_label;"
                 "DELETE FROM schema_migrations WHERE version >= 7;")
         code, out = h.run_binary(["migrate"], {"DATABASE_URL": url}, cwd=self.tmp)
@@ -100,6 +103,9 @@ class MigrateTests(TempDirTestCase):
                          {first.email: "1", second.email: "0", third.email: "0"})
         self.assertEqual(query("SELECT version, name FROM schema_migrations WHERE version = 7"),
                          [("7", "operators and token creator labels")])
+        # Migration 8: the sessions made before it are browser sessions.
+        self.assertEqual(query("SELECT DISTINCT kind FROM sessions"), [("web",)])
+        self.assertEqual(query("SELECT DISTINCT kind FROM refresh_tokens"), [("web",)])
         # The label column is there: selecting it fails otherwise.
         self.assertEqual(query("SELECT count(created_by_label) FROM gateway_tokens"), [("0",)])
         server = h.start_control(db, workdir=self.tmp, db_url=url)

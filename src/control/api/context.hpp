@@ -17,6 +17,7 @@
 #include "common/jwt.hpp"
 #include "control/settings.hpp"
 #include "control/store/database.hpp"
+#include "control/service/attempts.hpp"
 #include "http/message.hpp"
 
 namespace ag::control {
@@ -45,6 +46,8 @@ struct AppState {
   } full_document_cache;
   // docs/openapi.json with each operation's authorisation rule (`x-antigravity-access`).
   std::string openapi_document;
+  // Failed sign-ins, user-code entries and device polls (docs/auth.md, "Limits").
+  AttemptLimiter attempts;
 };
 
 class ApiError : public std::runtime_error {
@@ -54,7 +57,8 @@ class ApiError : public std::runtime_error {
   int status() const { return status_; }
   const std::string& detail() const { return detail_; }
   std::vector<http::Header> headers;
-  std::string code;  // when set, the body is {"detail", "code"}
+  std::string code;     // when set, the body is {"detail", "code"}
+  bool oauth = false;   // an OAuth 2.0 error (RFC 6749 5.2): {"error": code, "error_description", "detail"}
 
  private:
   int status_;

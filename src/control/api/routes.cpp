@@ -38,6 +38,27 @@ std::vector<RouteDecl> RouteTable::routes() const { return decls_; }
 
 namespace {
 
+// A device session's opaque access token (docs/auth.md, "Device sign-in"): by its hash, live
+// while the token and its session are.
+Principal device_user(AppState& app, std::string_view token) {
+  std::optional<Principal> p;
+  if (token.size() <= 64) {
+    std::int64_t now = now_ms();
+    app.db->with_connection([&](store::Connection& c) {
+      auto r = c.exec(
+          "SELECT u.id, u.email, u.name, s.id, s.expires_at, u.is_operator FROM device_access_tokens t "
+          "JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id "
+          "WHERE t.token_hash = $1 AND t.expires_at > $2 AND s.revoked_at IS NULL AND s.expires_at > $2",
+          {crypto::sha256_hex(token), now});
+      if (!r.empty())
+        p = Principal{r.rows[0].text(0), r.rows[0].text(1), r.rows[0].text(2), r.rows[0].text(3),
+                      r.rows[0].integer(4), r.rows[0].integer(5) != 0};
+    });
+  }
+  if (!p) throw unauthorized("Invalid or expired token");
+  return *p;
+}
+
 // nullopt when no Authorization header; 401 when one is present but invalid.
 std::optional<Principal> bearer_user(AppState& app, const http::Request& req) {
   auto auth = req.header("authorization");
@@ -46,6 +67,7 @@ std::optional<Principal> bearer_user(AppState& app, const http::Request& req) {
     throw unauthorized("Authorization header must be 'Bearer <token>'");
   auto token = auth.substr(7);
   while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+  if (token.substr(0, 4) == "agd_") return device_user(app, token);
   auto v = jwt::verify(app.jwt_alg, app.settings.jwt_secret, token);
   if (!v.payload) throw unauthorized("Invalid or expired token");
   json claims = json::parse(*v.payload, nullptr, false);

@@ -87,6 +87,58 @@ UPDATE users SET is_operator = 1 WHERE seq = (SELECT MIN(seq) FROM users);
 ALTER TABLE gateway_tokens ADD COLUMN created_by_label TEXT;
 )SQL";
 
+// Accounts (docs/auth.md): passkeys, one-use WebAuthn challenges, device codes, and what a
+// session is (a browser's or a device's, whose access tokens are opaque and stored hashed).
+// A user without a password has password_hash '' (no password matches it).
+constexpr const char* kAccounts = R"SQL(
+ALTER TABLE sessions ADD COLUMN kind TEXT NOT NULL DEFAULT 'web';
+ALTER TABLE sessions ADD COLUMN client_id TEXT;
+ALTER TABLE refresh_tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'web';
+CREATE TABLE passkeys (
+  id TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  credential_id TEXT NOT NULL UNIQUE,
+  public_key TEXT NOT NULL,
+  alg BIGINT NOT NULL,
+  sign_count BIGINT NOT NULL,
+  backup_eligible INTEGER NOT NULL,
+  backup_state INTEGER NOT NULL,
+  aaguid TEXT NOT NULL,
+  fmt TEXT NOT NULL,
+  name TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  last_used_at BIGINT
+);
+CREATE INDEX passkeys_user ON passkeys(user_id);
+CREATE TABLE webauthn_challenges (
+  challenge_hash TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  user_id TEXT,
+  email TEXT,
+  name TEXT,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL
+);
+CREATE TABLE device_codes (
+  device_code_hash TEXT PRIMARY KEY,
+  user_code TEXT NOT NULL UNIQUE,
+  client_id TEXT,
+  status TEXT NOT NULL,
+  user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
+  interval_sec BIGINT NOT NULL,
+  last_poll_at BIGINT,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL
+);
+CREATE TABLE device_access_tokens (
+  token_hash TEXT PRIMARY KEY,
+  session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL
+);
+CREATE INDEX device_access_tokens_session ON device_access_tokens(session_id);
+)SQL";
+
 // Listed, with what each does to an existing database, in docs/configuration.md ("Database"):
 // a new migration gets its row there too.
 const Migration kMigrations[] = {
@@ -267,6 +319,7 @@ CREATE INDEX config_changes_version ON config_changes(version);
     // The first user (by registration order) becomes the operator of an upgraded database
     // (docs/configuration.md, "Operators"); tokens keep a client-supplied creator apart.
     {7, "operators and token creator labels", kOperators, kOperators},
+    {8, "accounts: passkeys, WebAuthn challenges, device codes, device sessions", kAccounts, kAccounts},
 };
 
 constexpr const char* kCreateTable =
