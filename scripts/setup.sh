@@ -15,6 +15,9 @@ PACKAGES=(
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libhiredis-dev libsimdjson-dev zlib1g-dev libyaml-cpp-dev libmaxminddb-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-jwt python3-cryptography curl wrk openssl
+  # accounts: WebAuthn's CBOR; an OAuth 2.0 device-flow client, a browser with a virtual
+  # authenticator and a WebSocket client for its DevTools protocol (tests/integration/test_passkeys.py)
+  libcbor-dev python3-oauthlib chromium python3-websockets
   # the system trust store https:// upstreams are verified against
   ca-certificates
   # servers used by tests
