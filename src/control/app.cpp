@@ -44,6 +44,7 @@ ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>())
                  st.applied_now.size());
   register_auth_routes(routes_, *state_);
   register_device_routes(routes_, *state_);
+  register_passkey_routes(routes_, *state_);
   register_project_routes(routes_, *state_);
   register_key_routes(routes_, *state_);
   register_worker_config_routes(routes_, *state_);

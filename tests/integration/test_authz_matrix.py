@@ -83,6 +83,7 @@ EXPECT = {
 }
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 UPSTREAM = "http://127.0.0.1:9/authz"
+ORIGIN = "http://localhost:8123"
 
 
 def lower_id():
@@ -93,7 +94,10 @@ class AuthzMatrixTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         # Device codes and polls are made for many cells: the per-IP limits stay out of the way.
-        cls.ctl = h.start_control(h.AG_DB, env_extra={"DEVICE_MAX_POLLS_PER_IP_PER_MIN": "100000"})
+        cls.ctl = h.start_control(h.AG_DB, env_extra={"DEVICE_MAX_POLLS_PER_IP_PER_MIN": "100000",
+                                                      "PASSKEY_ORIGIN": ORIGIN})
+        # Passkeys signed by a software authenticator (the browser suite uses Chromium's).
+        cls.authenticator = h.SoftAuthenticator(ORIGIN)
         cls.owner = h.register_user(cls.ctl)
         cls.other = h.register_user(cls.ctl)
         cls.fixture = cls.make_fixture()
@@ -192,8 +196,33 @@ class AuthzMatrixTest(unittest.TestCase):
         token = h.login(self.ctl, user.email, user.password)["access_token"]
         return self.ctl.request("GET", "/auth/session", token=token).json()["session"]["id"]
 
-    def body_for(self, route, fx):
+    def add_passkey(self, caller):
+        """A new passkey of the caller (owner or other_user, who both have a password): its id."""
+        token = self.caller_token(caller)
+        options = self.ctl.request("POST", "/auth/register/options", {}, token=token).json()
+        resp = self.ctl.request("POST", "/auth/register/verify", {"credential": self.authenticator.create(options)},
+                                token=token)
+        assert resp.status == 201, resp
+        return resp.json()["passkey"]["id"]
+
+    def caller_token(self, caller):
+        return (self.owner if caller == "owner" else self.other).token
+
+    def body_for(self, route, fx, caller=None):
         method, path = route
+        if path == "/auth/register/options":
+            return {} if caller in ("owner", "other_user") else {"email": h.unique_email("authz")}
+        if path == "/auth/register/verify":
+            token = self.caller_token(caller) if caller in ("owner", "other_user") else None
+            body = {} if token else {"email": h.unique_email("authz")}
+            options = self.ctl.request("POST", "/auth/register/options", body, token=token).json()
+            return {"credential": self.authenticator.create(options)}
+        if path == "/auth/login/verify":
+            if not getattr(self, "login_credential", None):  # one passkey kept for the sign-ins
+                self.add_passkey("owner")
+                self.login_credential = list(self.authenticator.credentials)[-1]
+            options = self.ctl.request("POST", "/auth/login/options", {}).json()
+            return {"credential": self.authenticator.get(options, self.login_credential)}
         if path in ("/auth/device/authorise", "/auth/device/deny"):
             return {"userCode": self.device_code()["userCode"]}
         if path == "/auth/device/token":
@@ -263,10 +292,12 @@ class AuthzMatrixTest(unittest.TestCase):
                     fx = self.make_fixture() if mutating else self.fixture
                     before = self.owner_view(fx) if mutating and expected != OK else None
                     headers = self.caller_headers(caller, route)
-                    body = self.body_for(route, fx)
+                    body = self.body_for(route, fx, caller)
                     url = prefix + self.fill_path(path, fx)
                     if route == ("DELETE", "/auth/sessions/{id}") and caller in ("owner", "other_user"):
                         url = prefix + "/auth/sessions/" + self.own_session_id(caller)
+                    if route == ("DELETE", "/auth/passkeys/{id}") and caller in ("owner", "other_user"):
+                        url = prefix + "/auth/passkeys/" + self.add_passkey(caller)
                     resp = self.ctl.request(method, url, body=body, headers=headers)
                     cells += 1
                     where = "%s %s%s × %s" % (method, prefix, path, caller)

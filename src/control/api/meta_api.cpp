@@ -7,6 +7,7 @@
 namespace ag::assets {
 std::string_view openapi_json();
 std::string_view docs_html();
+std::string_view account_html();
 }  // namespace ag::assets
 
 namespace ag::control {
@@ -85,6 +86,18 @@ void register_meta_routes(RouteTable& r, AppState& app) {
   r.add("GET", "/openapi.json", Access::kPublic, [&app](const Call&) {
     return static_asset(app.openapi_document, "application/json");
   }, Runs::kInline);
+  // The account page (docs/auth.md): passkey and password sign-in, device-code approval,
+  // the user's passkeys and sessions. Its script talks to this API only.
+  for (const char* path : {"/login", "/device"})
+    r.add("GET", path, Access::kPublic, [](const Call&) {
+      auto res = static_asset(assets::account_html(), "text/html; charset=utf-8");
+      res.set_header("Content-Security-Policy",
+                     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+                     "frame-ancestors 'none'; base-uri 'none'; form-action 'none'");
+      res.set_header("X-Frame-Options", "DENY");
+      res.set_header("Referrer-Policy", "no-referrer");
+      return res;
+    }, Runs::kInline);
   r.add("GET", "/docs", Access::kPublic, [](const Call&) {
     auto res = static_asset(assets::docs_html(), "text/html; charset=utf-8");
     res.set_header("Content-Security-Policy",

@@ -91,6 +91,7 @@ std::string openapi_with_access(const std::vector<RouteDecl>& routes);
 // Route registration, one function per resource file.
 void register_auth_routes(RouteTable& r, AppState& app);
 void register_device_routes(RouteTable& r, AppState& app);
+void register_passkey_routes(RouteTable& r, AppState& app);
 void register_project_routes(RouteTable& r, AppState& app);
 void register_key_routes(RouteTable& r, AppState& app);
 void register_worker_config_routes(RouteTable& r, AppState& app);

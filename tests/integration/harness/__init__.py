@@ -20,12 +20,15 @@ in one module per topic:
   redis_server   restartable redis-server (RedisServer)
   load           LoadGenerator, generated request bodies
   metrics        Prometheus metrics of a worker, RSS sampling
+  browser        headless Chromium over the DevTools protocol, WebAuthn virtual authenticators
+  soft_authenticator  a software WebAuthn authenticator (ES256, attestation none)
 
 Environment: AG_BIN, AG_DB, AG_TEST_PG_URL, AG_TEST_REQUIRE_PG, AG_TEST_KEEP (see common.py).
 """
 
 from .api import (User, create_key, create_project, find_project, login, new_token,  # noqa: F401
                   register_user, unique_email)
+from .browser import Browser, BrowserError  # noqa: F401
 from .common import (AG_BIN, AG_DB, ALNUM, API_KEY_RE, BASE62, MB, REFRESH_RE,  # noqa: F401
                      REPO_ROOT, REQUEST_TIMEOUT_SEC, RFC3339_RE, SHA256_HEX_RE, START_TIMEOUT_SEC,
                      STOP_TIMEOUT_SEC, UUID4_RE, keep_files, parse_time, percentile, poll_until,
@@ -43,6 +46,7 @@ from .processes import (Output, Process, build_env, fd_count, free_port, port_op
                         remove_at_exit, rss_kb, stop_at_exit, wait_for_http, wait_for_port,
                         wait_until)
 from .raw_upstream import RawUpstream  # noqa: F401
+from .soft_authenticator import SoftAuthenticator, cbor  # noqa: F401
 from .redis_server import RedisServer, redis_command  # noqa: F401
 from .upstream import (QuietUpstream, Upstream, UpstreamHandler, UpstreamServer,  # noqa: F401
                        big_pattern, reset_connection)

@@ -115,8 +115,9 @@ def _launch(server, port, args, timeout):
 
 
 def start_control(db=None, env_extra=None, workdir=None, db_url=None, sqlite_path=None,
-                  args=None, timeout=START_TIMEOUT_SEC):
-    """Starts `antigravity control --listen 127.0.0.1:0` and waits until it listens.
+                  args=None, timeout=START_TIMEOUT_SEC, port=0):
+    """Starts `antigravity control --listen 127.0.0.1:<port>` (default 0: any free port) and
+    waits until it listens.
 
     db: "sqlite" or "postgres" (default: AG_DB). env_extra: variables to add; a value of None
     removes the variable. workdir/db_url/sqlite_path: reuse an existing directory or database
@@ -139,7 +140,7 @@ def start_control(db=None, env_extra=None, workdir=None, db_url=None, sqlite_pat
         db_path = db_url[len("sqlite:///"):] if db_url.startswith("sqlite:///") else None
     env = base_env(dict({"DATABASE_URL": db_url}, **(env_extra or {})))
     server = ControlServer(workdir, own_workdir, env, db, db_url, db_path, pg_admin_url, pg_dbname)
-    return _launch(server, 0, args, timeout)
+    return _launch(server, port, args, timeout)
 
 
 def start_control_at(port, workdir, db_url, env_extra=None, timeout=START_TIMEOUT_SEC):
