@@ -85,6 +85,13 @@ int run_up(ag::control::Settings settings, ag::gateway::WorkerOptions wopts, con
   std::thread demo_thread;
   std::unique_ptr<ag::http::Server> demo_server;
   if (!demo.empty() && demo != "off") demo_server = start_demo_upstream(demo, demo_thread);
+  // Embedded defaults: passkeys work on the control plane's own page (http://localhost:PORT/login)
+  // unless PASSKEY_ORIGIN says otherwise. A port of 0 is only known after start: the origin is
+  // then left unset (docs/auth.md).
+  if (settings.auth.passkey_origin.empty() && settings.listen_port != 0) {
+    settings.auth.passkey_origin = "http://localhost:" + std::to_string(settings.listen_port);
+    settings.auth.passkey_rp_id = "localhost";
+  }
   ag::control::ControlServer control(std::move(settings));
   control.start();
   wopts.control_url = "http://127.0.0.1:" + std::to_string(control.port());

@@ -1,5 +1,8 @@
 #include "control/store/migrations.hpp"
 
+#include <string>
+#include <string_view>
+
 #include "common/time.hpp"
 
 namespace ag::store {
@@ -139,180 +142,106 @@ CREATE TABLE device_access_tokens (
 CREATE INDEX device_access_tokens_session ON device_access_tokens(session_id);
 )SQL";
 
+// A table's own sequence, as each engine spells it (substituted when a migration runs).
+constexpr std::string_view kSerial = "@SERIAL@";
+
+constexpr const char* kInitialSchema = R"SQL(
+CREATE TABLE users (
+  seq @SERIAL@,
+  id TEXT NOT NULL UNIQUE,
+  email TEXT NOT NULL UNIQUE,
+  name TEXT NOT NULL,
+  password_hash TEXT NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE TABLE sessions (
+  id TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  revoked_at BIGINT,
+  revoke_reason TEXT,
+  ip TEXT,
+  user_agent TEXT
+);
+CREATE INDEX sessions_user ON sessions(user_id);
+CREATE TABLE refresh_tokens (
+  token_hash TEXT PRIMARY KEY,
+  session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  used_at BIGINT
+);
+CREATE INDEX refresh_tokens_session ON refresh_tokens(session_id);
+CREATE TABLE projects (
+  seq @SERIAL@,
+  id TEXT NOT NULL UNIQUE,
+  owner_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  upstream_base_url TEXT NOT NULL,
+  rate_limit_rpm BIGINT NOT NULL,
+  rate_limit_burst BIGINT NOT NULL,
+  key_policy TEXT NOT NULL,
+  max_body_bytes BIGINT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  UNIQUE (owner_id, name)
+);
+CREATE TABLE api_keys (
+  seq @SERIAL@,
+  id TEXT NOT NULL UNIQUE,
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+  public_id TEXT NOT NULL UNIQUE,
+  key_hash TEXT NOT NULL UNIQUE,
+  label TEXT,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT,
+  revoked_at BIGINT,
+  revoked_by TEXT
+);
+CREATE INDEX api_keys_project ON api_keys(project_id);
+CREATE TABLE audit_log (
+  id @SERIAL@,
+  actor_id TEXT,
+  action TEXT NOT NULL,
+  target_type TEXT,
+  target_id TEXT,
+  detail TEXT,
+  request_id TEXT,
+  ip TEXT,
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX audit_log_actor ON audit_log(actor_id, id);
+CREATE TABLE config_state (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  version BIGINT NOT NULL
+);
+INSERT INTO config_state (id, version) VALUES (1, 0);
+)SQL";
+
+constexpr const char* kConfigChanges = R"SQL(
+CREATE TABLE config_changes (
+  seq @SERIAL@,
+  version BIGINT NOT NULL,
+  op TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX config_changes_version ON config_changes(version);
+)SQL";
+
 // Listed, with what each does to an existing database, in docs/configuration.md ("Database"):
 // a new migration gets its row there too.
 const Migration kMigrations[] = {
     {1, "initial schema",
-     R"SQL(
-CREATE TABLE users (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  id TEXT NOT NULL UNIQUE,
-  email TEXT NOT NULL UNIQUE,
-  name TEXT NOT NULL,
-  password_hash TEXT NOT NULL,
-  created_at BIGINT NOT NULL
-);
-CREATE TABLE sessions (
-  id TEXT PRIMARY KEY,
-  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  created_at BIGINT NOT NULL,
-  expires_at BIGINT NOT NULL,
-  revoked_at BIGINT,
-  revoke_reason TEXT,
-  ip TEXT,
-  user_agent TEXT
-);
-CREATE INDEX sessions_user ON sessions(user_id);
-CREATE TABLE refresh_tokens (
-  token_hash TEXT PRIMARY KEY,
-  session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-  created_at BIGINT NOT NULL,
-  expires_at BIGINT NOT NULL,
-  used_at BIGINT
-);
-CREATE INDEX refresh_tokens_session ON refresh_tokens(session_id);
-CREATE TABLE projects (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  id TEXT NOT NULL UNIQUE,
-  owner_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  name TEXT NOT NULL,
-  upstream_base_url TEXT NOT NULL,
-  rate_limit_rpm BIGINT NOT NULL,
-  rate_limit_burst BIGINT NOT NULL,
-  key_policy TEXT NOT NULL,
-  max_body_bytes BIGINT NOT NULL,
-  created_at BIGINT NOT NULL,
-  updated_at BIGINT NOT NULL,
-  UNIQUE (owner_id, name)
-);
-CREATE TABLE api_keys (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  id TEXT NOT NULL UNIQUE,
-  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-  public_id TEXT NOT NULL UNIQUE,
-  key_hash TEXT NOT NULL UNIQUE,
-  label TEXT,
-  created_at BIGINT NOT NULL,
-  expires_at BIGINT,
-  revoked_at BIGINT,
-  revoked_by TEXT
-);
-CREATE INDEX api_keys_project ON api_keys(project_id);
-CREATE TABLE audit_log (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  actor_id TEXT,
-  action TEXT NOT NULL,
-  target_type TEXT,
-  target_id TEXT,
-  detail TEXT,
-  request_id TEXT,
-  ip TEXT,
-  created_at BIGINT NOT NULL
-);
-CREATE INDEX audit_log_actor ON audit_log(actor_id, id);
-CREATE TABLE config_state (
-  id INTEGER PRIMARY KEY CHECK (id = 1),
-  version BIGINT NOT NULL
-);
-INSERT INTO config_state (id, version) VALUES (1, 0);
-)SQL",
-     R"SQL(
-CREATE TABLE users (
-  seq BIGSERIAL PRIMARY KEY,
-  id TEXT NOT NULL UNIQUE,
-  email TEXT NOT NULL UNIQUE,
-  name TEXT NOT NULL,
-  password_hash TEXT NOT NULL,
-  created_at BIGINT NOT NULL
-);
-CREATE TABLE sessions (
-  id TEXT PRIMARY KEY,
-  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  created_at BIGINT NOT NULL,
-  expires_at BIGINT NOT NULL,
-  revoked_at BIGINT,
-  revoke_reason TEXT,
-  ip TEXT,
-  user_agent TEXT
-);
-CREATE INDEX sessions_user ON sessions(user_id);
-CREATE TABLE refresh_tokens (
-  token_hash TEXT PRIMARY KEY,
-  session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-  created_at BIGINT NOT NULL,
-  expires_at BIGINT NOT NULL,
-  used_at BIGINT
-);
-CREATE INDEX refresh_tokens_session ON refresh_tokens(session_id);
-CREATE TABLE projects (
-  seq BIGSERIAL PRIMARY KEY,
-  id TEXT NOT NULL UNIQUE,
-  owner_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  name TEXT NOT NULL,
-  upstream_base_url TEXT NOT NULL,
-  rate_limit_rpm BIGINT NOT NULL,
-  rate_limit_burst BIGINT NOT NULL,
-  key_policy TEXT NOT NULL,
-  max_body_bytes BIGINT NOT NULL,
-  created_at BIGINT NOT NULL,
-  updated_at BIGINT NOT NULL,
-  UNIQUE (owner_id, name)
-);
-CREATE TABLE api_keys (
-  seq BIGSERIAL PRIMARY KEY,
-  id TEXT NOT NULL UNIQUE,
-  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-  public_id TEXT NOT NULL UNIQUE,
-  key_hash TEXT NOT NULL UNIQUE,
-  label TEXT,
-  created_at BIGINT NOT NULL,
-  expires_at BIGINT,
-  revoked_at BIGINT,
-  revoked_by TEXT
-);
-CREATE INDEX api_keys_project ON api_keys(project_id);
-CREATE TABLE audit_log (
-  id BIGSERIAL PRIMARY KEY,
-  actor_id TEXT,
-  action TEXT NOT NULL,
-  target_type TEXT,
-  target_id TEXT,
-  detail TEXT,
-  request_id TEXT,
-  ip TEXT,
-  created_at BIGINT NOT NULL
-);
-CREATE INDEX audit_log_actor ON audit_log(actor_id, id);
-CREATE TABLE config_state (
-  id INTEGER PRIMARY KEY CHECK (id = 1),
-  version BIGINT NOT NULL
-);
-INSERT INTO config_state (id, version) VALUES (1, 0);
-)SQL"},
+     kInitialSchema,
+     kInitialSchema},
     {2, "per-key rate limit override",
      "ALTER TABLE api_keys ADD COLUMN rate_limit_rpm BIGINT; ALTER TABLE api_keys ADD COLUMN rate_limit_burst BIGINT;",
      "ALTER TABLE api_keys ADD COLUMN rate_limit_rpm BIGINT; ALTER TABLE api_keys ADD COLUMN rate_limit_burst BIGINT;"},
     {3, "config change log",
-     R"SQL(
-CREATE TABLE config_changes (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  version BIGINT NOT NULL,
-  op TEXT NOT NULL,
-  payload TEXT NOT NULL,
-  created_at BIGINT NOT NULL
-);
-CREATE INDEX config_changes_version ON config_changes(version);
-)SQL",
-     R"SQL(
-CREATE TABLE config_changes (
-  seq BIGSERIAL PRIMARY KEY,
-  version BIGINT NOT NULL,
-  op TEXT NOT NULL,
-  payload TEXT NOT NULL,
-  created_at BIGINT NOT NULL
-);
-CREATE INDEX config_changes_version ON config_changes(version);
-)SQL"},
+     kConfigChanges,
+     kConfigChanges},
     {4, "gateways (worker heartbeats)", kGatewaysTable, kGatewaysTable},
     {5, "services, service tokens and signing keys", kServicesAndTokens, kServicesAndTokens},
     {6, "per-project risk policy", "ALTER TABLE projects ADD COLUMN risk TEXT;", "ALTER TABLE projects ADD COLUMN risk TEXT;"},
@@ -341,7 +270,12 @@ MigrationStatus migrate(Database& db) {
     status.current = static_cast<int>(r.rows.at(0).integer(0));
     for (const auto& m : kMigrations) {
       if (m.version <= status.current) continue;
-      c.exec_script(db.engine() == Engine::kSqlite ? m.sqlite : m.postgres);
+      std::string sql = db.engine() == Engine::kSqlite ? m.sqlite : m.postgres;
+      const std::string_view serial =
+          db.engine() == Engine::kSqlite ? "INTEGER PRIMARY KEY AUTOINCREMENT" : "BIGSERIAL PRIMARY KEY";
+      for (auto at = sql.find(kSerial); at != std::string::npos; at = sql.find(kSerial, at + serial.size()))
+        sql.replace(at, kSerial.size(), serial);
+      c.exec_script(sql);
       c.exec("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
              {std::int64_t{m.version}, std::string(m.name), now_ms()});
       status.applied_now.push_back(m.version);
