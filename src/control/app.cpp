@@ -18,6 +18,7 @@
 #include "control/api/context.hpp"
 #include "control/api/tokens.hpp"
 #include "control/store/migrations.hpp"
+#include "http/client.hpp"
 #include "http/server.hpp"
 
 namespace ag::control {
@@ -39,6 +40,14 @@ ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>())
   state_->jwt_alg = *jwt::parse_algorithm(state_->settings.jwt_algorithm);
   state_->db = store::open_database(state_->settings.database_url, state_->settings.threads);
   auto st = store::migrate(*state_->db);
+  if (const auto& a = state_->settings.auth; !a.oidc_issuer.empty())
+    state_->oidc = std::make_unique<oidc::Verifier>(
+        oidc::Settings{a.oidc_issuer, a.oidc_audience, a.oidc_email_claim, a.oidc_name_claim, a.oidc_jwks_cache_sec},
+        [](const std::string& url) -> std::optional<std::string> {
+          auto r = http::fetch("GET", url, {{"accept", "application/json"}}, "", std::chrono::seconds(5), 1 << 20);
+          if (!r.ok || r.status != 200) return std::nullopt;
+          return r.body;
+        });
   if (!st.applied_now.empty())
     spdlog::info("database migrated to schema version {} ({} migration(s) applied)", st.current,
                  st.applied_now.size());
@@ -122,6 +131,14 @@ http::Response ControlApp::handle(http::Request& req) {
   }
   auto finish_headers = [rid = std::string(request_id(req)), cors, origin = std::string(origin)](http::Response& r) {
     r.set_header("X-Request-Id", rid);
+    // Every error body names its request too: {"detail", "request_id"} (and "code" where set).
+    if (r.status >= 400 && !r.body.empty() && r.body.size() <= 64 * 1024 && r.body.front() == '{') {
+      json body = json::parse(r.body, nullptr, false);
+      if (body.is_object() && body.contains("detail")) {
+        body["request_id"] = rid;
+        r.body = body.dump();
+      }
+    }
     if (cors) {
       r.set_header("Access-Control-Allow-Origin", origin);
       r.set_header("Access-Control-Allow-Credentials", "true");

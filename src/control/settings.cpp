@@ -84,6 +84,20 @@ AuthSettings load_auth_settings() {
   a.max_failures_per_ip = env::get_int("AUTH_MAX_FAILURES_PER_IP", 30, 1, 1000000);
   a.max_failures_per_account = env::get_int("AUTH_MAX_FAILURES_PER_ACCOUNT", 10, 1, 1000000);
   a.max_device_polls_per_ip = env::get_int("DEVICE_MAX_POLLS_PER_IP_PER_MIN", 120, 1, 1000000);
+  a.oidc_issuer = env::get_or("OIDC_ISSUER", "");
+  while (!a.oidc_issuer.empty() && a.oidc_issuer.back() == '/') a.oidc_issuer.pop_back();
+  if (!a.oidc_issuer.empty()) {
+    HttpUrl u;
+    if (auto e = parse_http_url(a.oidc_issuer, u); !e.empty()) throw std::runtime_error("OIDC_ISSUER: " + e);
+    // Plain HTTP only on this machine (a local issuer): keys fetched in the clear could be swapped.
+    bool loopback = u.host == "127.0.0.1" || u.host == "::1" || u.host == "localhost";
+    if (!u.tls && !loopback) throw std::runtime_error("OIDC_ISSUER must be https:// (http:// only for a loopback issuer)");
+    a.oidc_audience = env::get_or("OIDC_AUDIENCE", "");
+    if (a.oidc_audience.empty()) throw std::runtime_error("OIDC_ISSUER needs OIDC_AUDIENCE (the client id tokens are issued for)");
+  }
+  a.oidc_email_claim = env::get_or("OIDC_EMAIL_CLAIM", "email");
+  a.oidc_name_claim = env::get_or("OIDC_NAME_CLAIM", "name");
+  a.oidc_jwks_cache_sec = env::get_int("OIDC_JWKS_CACHE_SEC", 3600, 10, 86400);
   return a;
 }
 

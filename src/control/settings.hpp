@@ -28,6 +28,10 @@ struct AuthSettings {
   std::int64_t max_failures_per_ip = 30;
   std::int64_t max_failures_per_account = 10;
   std::int64_t max_device_polls_per_ip = 120;  // per minute, whatever the codes
+  // External sign-in (OIDC_*): Bearer JWTs from this issuer map to users by `sub`.
+  std::string oidc_issuer, oidc_audience;
+  std::string oidc_email_claim = "email", oidc_name_claim = "name";
+  std::int64_t oidc_jwks_cache_sec = 3600;
 };
 
 struct Settings {

@@ -91,7 +91,7 @@ class MigrateTests(TempDirTestCase):
         finally:
             server.stop()
         # Back to schema 6, as the previous release left it.
-        execute("DROP TABLE device_access_tokens; DROP TABLE device_codes; DROP TABLE webauthn_challenges;"
+        execute("DROP TABLE external_identities; DROP TABLE device_access_tokens; DROP TABLE device_codes; DROP TABLE webauthn_challenges;"
                 "DROP TABLE passkeys; ALTER TABLE sessions DROP COLUMN kind;"
                 "ALTER TABLE sessions DROP COLUMN client_id; ALTER TABLE refresh_tokens DROP COLUMN kind;"
                 "ALTER TABLE users DROP COLUMN is_operator;"

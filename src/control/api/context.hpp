@@ -18,6 +18,7 @@
 #include "control/settings.hpp"
 #include "control/store/database.hpp"
 #include "control/service/attempts.hpp"
+#include "control/service/oidc.hpp"
 #include "http/message.hpp"
 
 namespace ag::control {
@@ -48,6 +49,8 @@ struct AppState {
   std::string openapi_document;
   // Failed sign-ins, user-code entries and device polls (docs/auth.md, "Limits").
   AttemptLimiter attempts;
+  // External sign-in (OIDC_ISSUER set), else null.
+  std::unique_ptr<oidc::Verifier> oidc;
 };
 
 class ApiError : public std::runtime_error {

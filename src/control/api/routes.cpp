@@ -2,6 +2,8 @@
 
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "control/api/sessions.hpp"
+#include "control/service/validation.hpp"
 
 namespace ag::control {
 
@@ -59,6 +61,59 @@ Principal device_user(AppState& app, std::string_view token) {
   return *p;
 }
 
+// A Bearer JWT from the OIDC issuer (docs/auth.md, "External sign-in"): the user its `sub` maps
+// to, created on first sight. An email that already belongs to an account is linked to it only
+// when the issuer says the email is verified; otherwise the token is refused rather than guessed.
+Principal external_user(AppState& app, const http::Request& req, std::string_view token) {
+  std::string why;
+  auto id = app.oidc->verify(token, why);
+  if (!id) throw unauthorized("Invalid external token: " + why);
+  const std::string& issuer = app.oidc->settings().issuer;
+  auto find = [&](store::Connection& c) -> std::optional<Principal> {
+    auto r = c.exec(
+        "SELECT u.id, u.email, u.name, u.is_operator FROM external_identities x JOIN users u ON u.id = x.user_id "
+        "WHERE x.issuer = $1 AND x.subject = $2",
+        {issuer, id->sub});
+    if (r.empty()) return std::nullopt;
+    return Principal{r.rows[0].text(0), r.rows[0].text(1), r.rows[0].text(2), "", id->expires_at_ms,
+                     r.rows[0].integer(3) != 0};
+  };
+  std::optional<Principal> p;
+  app.db->with_connection([&](store::Connection& c) { p = find(c); });
+  if (p) return *p;
+  std::string email = lower_ascii(id->email);
+  if (email.empty() || !check_email(email).empty())
+    throw unauthorized("The external token has no usable email claim ('" + app.oidc->settings().email_claim + "')");
+  std::string name = id->name.empty() || !check_name(id->name).empty() ? email.substr(0, email.find('@')) : id->name;
+  bool refused = false;
+  try {
+    app.db->transaction([&](store::Connection& c) {
+      std::string user_id;
+      if (auto existing = find_user_by_email(c, email, nullptr)) {
+        if (!id->email_verified) {
+          refused = true;
+          return;
+        }
+        user_id = existing->id;
+      } else {
+        User u{crypto::uuid_v4(), email, name, now_ms()};
+        insert_user(app, c, u, "");
+        user_id = u.id;
+        audit(c, req, user_id, "user.register", "user", user_id, {{"email", email}, {"method", "oidc"}, {"issuer", issuer}});
+      }
+      c.exec("INSERT INTO external_identities (issuer, subject, user_id, created_at) VALUES ($1, $2, $3, $4)",
+             {issuer, id->sub, user_id, now_ms()});
+      audit(c, req, user_id, "auth.external_link", "user", user_id, {{"issuer", issuer}});
+    });
+  } catch (const store::UniqueViolation&) {
+    // The same subject's first two requests at once: the other one linked it.
+  }
+  if (refused) throw ApiError(403, "This email belongs to an existing account and the issuer does not say it is verified");
+  app.db->with_connection([&](store::Connection& c) { p = find(c); });
+  if (!p) throw unauthorized("Invalid external token");
+  return *p;
+}
+
 // nullopt when no Authorization header; 401 when one is present but invalid.
 std::optional<Principal> bearer_user(AppState& app, const http::Request& req) {
   auto auth = req.header("authorization");
@@ -68,6 +123,7 @@ std::optional<Principal> bearer_user(AppState& app, const http::Request& req) {
   auto token = auth.substr(7);
   while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
   if (token.substr(0, 4) == "agd_") return device_user(app, token);
+  if (app.oidc && oidc::unverified_issuer(token) == app.oidc->settings().issuer) return external_user(app, req, token);
   auto v = jwt::verify(app.jwt_alg, app.settings.jwt_secret, token);
   if (!v.payload) throw unauthorized("Invalid or expired token");
   json claims = json::parse(*v.payload, nullptr, false);

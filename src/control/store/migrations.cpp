@@ -230,6 +230,18 @@ CREATE TABLE config_changes (
 CREATE INDEX config_changes_version ON config_changes(version);
 )SQL";
 
+// External sign-in (docs/auth.md): which user an issuer's `sub` is.
+constexpr const char* kExternalIdentities = R"SQL(
+CREATE TABLE external_identities (
+  issuer TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  created_at BIGINT NOT NULL,
+  PRIMARY KEY (issuer, subject)
+);
+CREATE INDEX external_identities_user ON external_identities(user_id);
+)SQL";
+
 // Listed, with what each does to an existing database, in docs/configuration.md ("Database"):
 // a new migration gets its row there too.
 const Migration kMigrations[] = {
@@ -249,6 +261,7 @@ const Migration kMigrations[] = {
     // (docs/configuration.md, "Operators"); tokens keep a client-supplied creator apart.
     {7, "operators and token creator labels", kOperators, kOperators},
     {8, "accounts: passkeys, WebAuthn challenges, device codes, device sessions", kAccounts, kAccounts},
+    {9, "external identities (OIDC sign-in)", kExternalIdentities, kExternalIdentities},
 };
 
 constexpr const char* kCreateTable =
