@@ -1,6 +1,7 @@
 // Service-token keys (service_token.hpp): HS256 secrets, ES256 and EdDSA keys from PEM or JWK,
 // generation, signing, and the public forms (PEM, JWK) the JWKS document serves.
 #include "common/service_token.hpp"
+#include "common/openssl_ptr.hpp"
 #include "common/service_token_internal.hpp"
 
 #include <nlohmann/json.hpp>
@@ -37,38 +38,16 @@ namespace {
 
 using namespace detail;
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-struct PkeyCtxFree {
-  void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
-};
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); }
-};
-struct BioFree {
-  void operator()(BIO* p) const { BIO_free(p); }
-};
-struct BnClearFree {
-  void operator()(BIGNUM* p) const { BN_clear_free(p); }
-};
-struct ParamBldFree {
-  void operator()(OSSL_PARAM_BLD* p) const { OSSL_PARAM_BLD_free(p); }
-};
-struct ParamFree {
-  void operator()(OSSL_PARAM* p) const { OSSL_PARAM_free(p); }
-};
-struct EcdsaSigFree {
-  void operator()(ECDSA_SIG* p) const { ECDSA_SIG_free(p); }
-};
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree>;
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
-using BioPtr = std::unique_ptr<BIO, BioFree>;
-using BnPtr = std::unique_ptr<BIGNUM, BnClearFree>;
-using ParamBldPtr = std::unique_ptr<OSSL_PARAM_BLD, ParamBldFree>;
-using ParamPtr = std::unique_ptr<OSSL_PARAM, ParamFree>;
-using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, EcdsaSigFree>;
+// Owners from common/openssl_ptr.hpp; private key parts are cleared when freed (BN_clear_free).
+using ossl::EcdsaSigPtr;
+using ossl::Free;
+using ossl::MdCtxPtr;
+using ossl::ParamBldPtr;
+using ossl::ParamPtr;
+using ossl::PkeyCtxPtr;
+using ossl::PkeyPtr;
+using BioPtr = std::unique_ptr<BIO, Free<BIO_free>>;
+using BnPtr = std::unique_ptr<BIGNUM, Free<BN_clear_free>>;
 
 constexpr std::size_t kHmacBlock = 64;
 constexpr std::size_t kSha256Len = 32;

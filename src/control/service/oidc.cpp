@@ -11,6 +11,7 @@
 #include <ctime>
 
 #include "common/crypto.hpp"
+#include "common/openssl_ptr.hpp"
 
 namespace ag::control::oidc {
 
@@ -18,20 +19,7 @@ using json = nlohmann::json;
 
 namespace {
 
-template <auto kFree>
-struct Free {
-  template <class T>
-  void operator()(T* p) const noexcept {
-    kFree(p);
-  }
-};
-using PkeyPtr = std::unique_ptr<EVP_PKEY, Free<EVP_PKEY_free>>;
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, Free<EVP_PKEY_CTX_free>>;
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, Free<EVP_MD_CTX_free>>;
-using BnPtr = std::unique_ptr<BIGNUM, Free<BN_free>>;
-using ParamBldPtr = std::unique_ptr<OSSL_PARAM_BLD, Free<OSSL_PARAM_BLD_free>>;
-using ParamPtr = std::unique_ptr<OSSL_PARAM, Free<OSSL_PARAM_free>>;
-using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, Free<ECDSA_SIG_free>>;
+using namespace ossl;  // common/openssl_ptr.hpp
 
 constexpr std::int64_t kLeewaySec = 60;
 constexpr std::size_t kMaxToken = 16 * 1024;

@@ -4,6 +4,8 @@
 // ceremonies share the same private helpers; split, each part would have to export them.
 #include "control/service/webauthn.hpp"
 
+#include "common/openssl_ptr.hpp"
+
 #include <cbor.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
@@ -65,21 +67,8 @@ constexpr const char* kAaguidExtensionOid = "1.3.6.1.4.1.45724.1.1.4";
 // --- RAII --------------------------------------------------------------------------------------
 
 void cbor_free(cbor_item_t* p) { cbor_decref(&p); }
-template <auto kFree>
-struct Free {
-  template <typename T>
-  void operator()(T* p) const {
-    kFree(p);
-  }
-};
+using namespace ossl;  // common/openssl_ptr.hpp
 using CborPtr = std::unique_ptr<cbor_item_t, Free<cbor_free>>;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, Free<EVP_PKEY_free>>;
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, Free<EVP_PKEY_CTX_free>>;
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, Free<EVP_MD_CTX_free>>;
-using BnPtr = std::unique_ptr<BIGNUM, Free<BN_free>>;
-using ParamBldPtr = std::unique_ptr<OSSL_PARAM_BLD, Free<OSSL_PARAM_BLD_free>>;
-using ParamPtr = std::unique_ptr<OSSL_PARAM, Free<OSSL_PARAM_free>>;
-using X509Ptr = std::unique_ptr<X509, Free<X509_free>>;
 using Asn1ObjectPtr = std::unique_ptr<ASN1_OBJECT, Free<ASN1_OBJECT_free>>;
 using BasicConstraintsPtr = std::unique_ptr<BASIC_CONSTRAINTS, Free<BASIC_CONSTRAINTS_free>>;
 
