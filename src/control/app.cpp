@@ -52,6 +52,7 @@ ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>())
     spdlog::info("database migrated to schema version {} ({} migration(s) applied)", st.current,
                  st.applied_now.size());
   register_auth_routes(routes_, *state_);
+  register_organization_routes(routes_, *state_);
   register_device_routes(routes_, *state_);
   register_passkey_routes(routes_, *state_);
   register_project_routes(routes_, *state_);
@@ -106,7 +107,7 @@ http::Response ControlApp::handle(http::Request& req) {
       auto m = routes_.match(req.method, path);
       if (m.outcome == http::Router::Outcome::kFound) {
         // The route's declared rule is checked here, before its handler runs.
-        Call call{req, m.params, std::nullopt};
+        Call call{req, m.params, std::nullopt, std::nullopt};
         authorise(*state_, m.entry->access, call);
         res = m.entry->handler(call);
       } else if (m.outcome == http::Router::Outcome::kMethodNotAllowed) {

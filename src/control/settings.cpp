@@ -148,6 +148,10 @@ Settings load_settings() {
   s.refresh_ttl_sec = env::get_int("REFRESH_TTL_SEC", 7 * 24 * 3600, 60, 365LL * 24 * 3600);
   s.auth = load_auth_settings();
   s.public_url = env::get_or("CONTROL_PUBLIC_URL", "");
+  if (auto d = env::get_or("INVITE_DELIVERY", "return"); d != "return" && d != "log")
+    throw std::runtime_error("INVITE_DELIVERY must be return or log (got '" + d + "')");
+  else
+    s.invite_delivery_log = d == "log";
   while (!s.public_url.empty() && s.public_url.back() == '/') s.public_url.pop_back();
   if (!s.public_url.empty()) {
     HttpUrl u;

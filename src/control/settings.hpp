@@ -53,6 +53,9 @@ struct Settings {
   // CONTROL_PUBLIC_URL: how clients reach this server (device verification links, RFC 8414
   // metadata); "" = from the request's Host.
   std::string public_url;
+  // INVITE_DELIVERY=log: organisation invite links are also written to the log (they are bearer
+  // secrets); by default they are only returned to the inviter.
+  bool invite_delivery_log = false;
   // Service tokens (docs/services-and-tokens.md).
   std::string gateway_jwt_alg = "ES256";  // HS256 | ES256 | EdDSA: how new tokens are signed
   std::string gateway_jwt_secret;         // HS256 only

@@ -57,7 +57,7 @@ PREFIXES = ("", "/api/v1")
 # them in `x-antigravity-access`. An operation without one, or with a rule not listed here, fails
 # the test: every route must declare who may call it.
 RULES = ("public", "optional_user", "user_or_refresh_token", "user", "operator", "project_owner",
-         "worker")
+         "worker", "org_member", "org_admin", "org_owner")
 
 OK = "2xx"  # the route's documented success status(es), from /openapi.json
 EXPECT = {
@@ -77,6 +77,10 @@ EXPECT = {
     "project_owner": {"anonymous": 401, "other_user": 404, "owner": OK, "worker_secret": 401,
                 "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
                 "expired_bearer": 401},
+    # The fixture organisation is the owner's (other_user is not a member: 404, as for projects).
+    "org_member": {"anonymous": 401, "other_user": 404, "owner": OK, "worker_secret": 401,
+                   "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
+                   "expired_bearer": 401},
     "worker": {"anonymous": 401, "other_user": 401, "owner": 401, "worker_secret": OK,
                "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
                "expired_bearer": 401},
@@ -84,6 +88,9 @@ EXPECT = {
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 UPSTREAM = "http://127.0.0.1:9/authz"
 ORIGIN = "http://localhost:8123"
+
+
+EXPECT["org_admin"] = EXPECT["org_owner"] = EXPECT["org_member"]
 
 
 def lower_id():
@@ -101,6 +108,7 @@ class AuthzMatrixTest(unittest.TestCase):
         cls.owner = h.register_user(cls.ctl)
         cls.other = h.register_user(cls.ctl)
         cls.fixture = cls.make_fixture()
+        cls.boss = h.register_user(cls.ctl)  # owns the organisations other callers join
         _, claims = h.jwt_decode_unverified(cls.owner.token)
         now = int(time.time())
         expired = dict(claims, iat=now - 7200, exp=now - 3600)
@@ -208,8 +216,58 @@ class AuthzMatrixTest(unittest.TestCase):
     def caller_token(self, caller):
         return (self.owner if caller == "owner" else self.other).token
 
+    # -- organisations ---------------------------------------------------------------------
+
+    def new_org(self, token):
+        resp = self.ctl.request("POST", "/organizations", {"name": "org-" + lower_id()}, token=token)
+        assert resp.status == 201, resp
+        return resp.json()["id"]
+
+    def join(self, org_id, inviter_token, user, role="member"):
+        resp = self.ctl.request("POST", "/organizations/%s/invites" % org_id, {"email": user.email, "role": role},
+                                token=inviter_token)
+        assert resp.status == 201, resp
+        resp = self.ctl.request("POST", "/invites/accept", {"token": resp.json()["token"]}, token=user.token)
+        assert resp.status == 200, resp
+
+    def org_path(self, route, caller):
+        """The path of an organisation route, on an organisation made for this cell."""
+        method, path = route
+        org = self.new_org(self.owner.token)
+        values = {"id": org}
+        if route == ("POST", "/organizations/{id}/leave"):
+            org = values["id"] = self.new_org(self.boss.token)  # the owner is a member there
+            self.join(org, self.boss.token, self.owner)
+        if "{user_id}" in path:
+            member = h.register_user(self.ctl)
+            self.join(org, self.owner.token, member)
+            values["user_id"] = member.id
+        if "{invite_id}" in path:
+            resp = self.ctl.request("POST", "/organizations/%s/invites" % org, {"email": h.unique_email("inv")},
+                                    token=self.owner.token)
+            values["invite_id"] = resp.json()["id"]
+        return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+
     def body_for(self, route, fx, caller=None):
         method, path = route
+        if path in ("/invites/accept", "/invites/decline"):
+            if caller not in ("owner", "other_user"):
+                return {"token": "agi_" + "x" * 43}
+            user = self.owner if caller == "owner" else self.other
+            org = self.new_org(self.boss.token)
+            resp = self.ctl.request("POST", "/organizations/%s/invites" % org, {"email": user.email},
+                                    token=self.boss.token)
+            return {"token": resp.json()["token"]}
+        if route == ("POST", "/organizations"):
+            return {"name": "org-" + lower_id()}
+        if route == ("PATCH", "/organizations/{id}"):
+            return {"name": "renamed-" + lower_id()}
+        if route == ("PATCH", "/organizations/{id}/members/{user_id}"):
+            return {"role": "admin"}
+        if route == ("POST", "/organizations/{id}/invites"):
+            return {"email": h.unique_email("inv"), "role": "member"}
+        if route == ("PATCH", "/users/me"):
+            return {}
         if path == "/auth/register/options":
             return {} if caller in ("owner", "other_user") else {"email": h.unique_email("authz")}
         if path == "/auth/register/verify":
@@ -293,7 +351,8 @@ class AuthzMatrixTest(unittest.TestCase):
                     before = self.owner_view(fx) if mutating and expected != OK else None
                     headers = self.caller_headers(caller, route)
                     body = self.body_for(route, fx, caller)
-                    url = prefix + self.fill_path(path, fx)
+                    url = prefix + (self.org_path(route, caller) if path.startswith("/organizations/{id}")
+                                    else self.fill_path(path, fx))
                     if route == ("DELETE", "/auth/sessions/{id}") and caller in ("owner", "other_user"):
                         url = prefix + "/auth/sessions/" + self.own_session_id(caller)
                     if route == ("DELETE", "/auth/passkeys/{id}") and caller in ("owner", "other_user"):

@@ -88,10 +88,14 @@ class MigrateTests(TempDirTestCase):
             first = h.register_user(server)
             second = h.register_user(server)
             third = h.register_user(server)
+            h.create_project(server, first.token)
         finally:
             server.stop()
         # Back to schema 6, as the previous release left it.
-        execute("DROP TABLE external_identities; DROP TABLE device_access_tokens; DROP TABLE device_codes; DROP TABLE webauthn_challenges;"
+        execute("DROP INDEX projects_org; ALTER TABLE projects DROP COLUMN org_id;"
+                "ALTER TABLE users DROP COLUMN active_org_id; DROP TABLE invites; DROP TABLE memberships;"
+                "DROP TABLE organizations;"
+                "DROP TABLE external_identities; DROP TABLE device_access_tokens; DROP TABLE device_codes; DROP TABLE webauthn_challenges;"
                 "DROP TABLE passkeys; ALTER TABLE sessions DROP COLUMN kind;"
                 "ALTER TABLE sessions DROP COLUMN client_id; ALTER TABLE refresh_tokens DROP COLUMN kind;"
                 "ALTER TABLE users DROP COLUMN is_operator;"
@@ -103,6 +107,12 @@ class MigrateTests(TempDirTestCase):
                          {first.email: "1", second.email: "0", third.email: "0"})
         self.assertEqual(query("SELECT version, name FROM schema_migrations WHERE version = 7"),
                          [("7", "operators and token creator labels")])
+        # Migration 10: every user owns a personal organisation (its id the user's) with their projects.
+        self.assertEqual(query("SELECT COUNT(*) FROM organizations WHERE personal = 1"), [("3",)])
+        self.assertEqual(query("SELECT COUNT(*) FROM memberships m JOIN users u ON u.id = m.user_id "
+                               "WHERE m.org_id = u.id AND m.role = 'owner' AND u.active_org_id = u.id"), [("3",)])
+        self.assertEqual(query("SELECT COUNT(*) FROM projects WHERE org_id IS NULL OR org_id <> owner_id"), [("0",)])
+        self.assertEqual(query("SELECT org_id FROM projects"), [(first.id,)])
         # Migration 8: the sessions made before it are browser sessions.
         self.assertEqual(query("SELECT DISTINCT kind FROM sessions"), [("web",)])
         self.assertEqual(query("SELECT DISTINCT kind FROM refresh_tokens"), [("web",)])

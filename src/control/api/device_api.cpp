@@ -83,13 +83,6 @@ std::map<std::string, std::string> form_fields(const http::Request& req) {
   throw e;
 }
 
-std::string public_base(const AppState& app, const http::Request& req) {
-  if (!app.settings.public_url.empty()) return app.settings.public_url;
-  std::string host(req.header("host"));
-  if (host.empty() || host.size() > 255 || host.find_first_of(" /\\@") != std::string::npos) host = "localhost";
-  return (app.settings.tls_cert_file.empty() ? "http://" : "https://") + host;
-}
-
 std::string verification_url(const AppState& app, const http::Request& req) {
   return app.settings.auth.device_verification_url.empty() ? public_base(app, req) + "/device"
                                                            : app.settings.auth.device_verification_url;

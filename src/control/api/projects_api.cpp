@@ -147,8 +147,10 @@ http::Response create(AppState& app, const Call& call) {
     app.db->transaction([&](store::Connection& c) {
       if (name_taken(c, user.user_id, p.name, p.id)) throw duplicate();
       if (slug_used(c, p.slug, p.id)) throw slug_taken();
+      // In the creator's personal organisation (docs/organizations.md).
       c.exec("INSERT INTO projects (id, owner_id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, "
-             "key_policy, max_body_bytes, created_at, updated_at, slug, risk) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             "key_policy, max_body_bytes, created_at, updated_at, slug, risk, org_id) "
+             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $2)",
              {p.id, user.user_id, p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body,
               p.created_at, p.updated_at, store::opt(p.slug), store::opt(p.risk)});
       audit(c, req, user.user_id, "project.create", "project", p.id, {{"name", p.name}});

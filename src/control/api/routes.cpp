@@ -16,6 +16,9 @@ std::string_view access_name(Access access) {
     case Access::kProjectOwner: return "project_owner";
     case Access::kOperator: return "operator";
     case Access::kWorker: return "worker";
+    case Access::kOrgMember: return "org_member";
+    case Access::kOrgAdmin: return "org_admin";
+    case Access::kOrgOwner: return "org_owner";
   }
   return "unknown";
 }
@@ -182,6 +185,47 @@ void require_project_access(AppState& app, const Principal& user, const std::str
 
 }  // namespace
 
+std::string_view role_name(Role r) {
+  switch (r) {
+    case Role::kMember: return "member";
+    case Role::kAdmin: return "admin";
+    case Role::kOwner: return "owner";
+  }
+  return "member";
+}
+
+std::optional<Role> parse_role(std::string_view name) {
+  if (name == "member") return Role::kMember;
+  if (name == "admin") return Role::kAdmin;
+  if (name == "owner") return Role::kOwner;
+  return std::nullopt;
+}
+
+void require_can_grant(const Call& call, Role wanted, std::optional<Role> target_current) {
+  const Role mine = call.org_role.value_or(Role::kMember);
+  if (wanted > mine || (target_current && *target_current > mine) ||
+      (mine != Role::kOwner && (wanted == Role::kOwner || target_current == Role::kOwner)))
+    throw ApiError(403, "Only an owner may grant or change the owner role, and no one beyond their own role");
+}
+
+namespace {
+
+// The caller's role in the organisation `org_id`: 404 when not a member (an organisation one
+// does not belong to cannot be told from one that does not exist), 403 below `least`.
+Role require_org_role(AppState& app, const Principal& user, const std::string& org_id, Role least) {
+  std::optional<Role> role;
+  if (crypto::is_uuid(org_id))
+    app.db->with_connection([&](store::Connection& c) {
+      auto r = c.exec("SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2", {org_id, user.user_id});
+      if (!r.empty()) role = parse_role(r.rows[0].text(0));
+    });
+  if (!role) throw ApiError(404, "Organization not found");
+  if (*role < least) throw ApiError(403, "Requires the " + std::string(role_name(least)) + " role in this organization");
+  return *role;
+}
+
+}  // namespace
+
 void authorise(AppState& app, Access access, Call& call) {
   switch (access) {
     case Access::kPublic:
@@ -200,6 +244,16 @@ void authorise(AppState& app, Access access, Call& call) {
       return;
     case Access::kWorker:
       if (!worker_authorised(app, call.req)) throw ApiError(401, "Invalid worker secret");
+      return;
+    case Access::kOrgMember:
+    case Access::kOrgAdmin:
+    case Access::kOrgOwner:
+      call.user = bearer_user(app, call.req);
+      if (!call.user) throw unauthorized("Not authenticated");
+      call.org_role = require_org_role(app, *call.user, call.param("id"),
+                                       access == Access::kOrgOwner   ? Role::kOwner
+                                       : access == Access::kOrgAdmin ? Role::kAdmin
+                                                                     : Role::kMember);
       return;
   }
 }

@@ -26,15 +26,24 @@ enum class Access {
   kUser,                // a valid access token of a live session
   kProjectOwner,        // kUser, and the project in `{id}` is the caller's (404 otherwise)
   kOperator,            // kUser, and the caller is an operator (403 otherwise)
+  kOrgMember,           // kUser, and a member of the organisation in `{id}` (404 otherwise)
+  kOrgAdmin,            // kOrgMember with the admin or owner role (403 otherwise)
+  kOrgOwner,            // kOrgMember with the owner role (403 otherwise)
   kWorker,              // a worker secret in X-Worker-Secret
 };
 std::string_view access_name(Access access);
+
+// A member's role in an organisation, in rising order of what it may do.
+enum class Role { kMember, kAdmin, kOwner };
+std::string_view role_name(Role r);
+std::optional<Role> parse_role(std::string_view name);
 
 // One call of a route, as its rule admitted it.
 struct Call {
   const http::Request& req;
   const http::PathParams& params;
   std::optional<Principal> user;  // the bearer's user, when the rule takes bearer tokens and one was sent
+  std::optional<Role> org_role;   // the caller's role in `{id}`, for the organisation rules
 
   // The caller of a kUser, kProjectOwner or kOperator route.
   const Principal& principal() const {
@@ -85,11 +94,17 @@ class RouteTable {
 // Checks `access` for the request; fills call.user. Throws ApiError (401/403/404) when refused.
 void authorise(AppState& app, Access access, Call& call);
 
+// The role-granting policy of the organisation routes (docs/organizations.md): a caller may
+// give, change or take away only roles up to their own, and only an owner touches an owner.
+// 403 otherwise. `target_current`: the member's role now (nullopt for an invite).
+void require_can_grant(const Call& call, Role wanted, std::optional<Role> target_current);
+
 // docs/openapi.json with `x-antigravity-access` (the rule's name) on each registered operation.
 std::string openapi_with_access(const std::vector<RouteDecl>& routes);
 
 // Route registration, one function per resource file.
 void register_auth_routes(RouteTable& r, AppState& app);
+void register_organization_routes(RouteTable& r, AppState& app);
 void register_device_routes(RouteTable& r, AppState& app);
 void register_passkey_routes(RouteTable& r, AppState& app);
 void register_project_routes(RouteTable& r, AppState& app);

@@ -29,6 +29,11 @@ void insert_user(AppState& app, store::Connection& c, const User& u, const std::
   c.exec("INSERT INTO users (id, email, name, password_hash, created_at, is_operator) VALUES ($1, $2, $3, $4, $5, "
          "(SELECT CASE WHEN EXISTS (SELECT 1 FROM users) THEN 0 ELSE 1 END))",
          {u.id, u.email, u.name, password_hash, u.created_at});
+  // Every account starts with a personal organisation (docs/organizations.md), its id the user's.
+  c.exec("INSERT INTO organizations (id, name, personal, created_at) VALUES ($1, $2, 1, $3)", {u.id, u.name, u.created_at});
+  c.exec("INSERT INTO memberships (org_id, user_id, role, created_at) VALUES ($1, $2, 'owner', $3)",
+         {u.id, u.id, u.created_at});
+  c.exec("UPDATE users SET active_org_id = $1 WHERE id = $1", {u.id});
 }
 
 void refuse_if_limited(AppState& app, std::initializer_list<Limit> limits, std::string_view what) {
@@ -171,6 +176,13 @@ std::pair<User, Tokens> refresh_session(AppState& app, const http::Request& req,
   if (outcome == Outcome::kReuse) throw unauthorized("Refresh token reuse detected; session revoked");
   if (outcome == Outcome::kInvalid) throw unauthorized("Invalid refresh token");
   return {u, t};
+}
+
+std::string public_base(const AppState& app, const http::Request& req) {
+  if (!app.settings.public_url.empty()) return app.settings.public_url;
+  std::string host(req.header("host"));
+  if (host.empty() || host.size() > 255 || host.find_first_of(" /\\@") != std::string::npos) host = "localhost";
+  return (app.settings.tls_cert_file.empty() ? "http://" : "https://") + host;
 }
 
 void revoke_session(store::Connection& c, const http::Request& req, const std::string& session_id,

@@ -56,6 +56,10 @@ json device_token_response(AppState& app, const User& u, const Tokens& t);
 std::pair<User, Tokens> refresh_session(AppState& app, const http::Request& req, const std::string& refresh_token,
                                         SessionKind kind);
 
+// How clients reach this server: CONTROL_PUBLIC_URL, or the scheme and the request's Host (for
+// links the control plane hands out: device verification, invites, OAuth metadata).
+std::string public_base(const AppState& app, const http::Request& req);
+
 // Ends a session (logout, removal from the session list); audited as `action`.
 void revoke_session(store::Connection& c, const http::Request& req, const std::string& session_id,
                     const std::string& user_id, std::string_view reason, std::string_view action);

@@ -242,6 +242,46 @@ CREATE TABLE external_identities (
 CREATE INDEX external_identities_user ON external_identities(user_id);
 )SQL";
 
+// Organisations (docs/organizations.md): each user gets a personal organisation whose id is the
+// user's own, owning the projects that user made.
+constexpr const char* kOrganizations = R"SQL(
+CREATE TABLE organizations (
+  seq @SERIAL@,
+  id TEXT NOT NULL UNIQUE,
+  name TEXT NOT NULL,
+  personal INTEGER NOT NULL DEFAULT 0,
+  created_at BIGINT NOT NULL
+);
+CREATE TABLE memberships (
+  org_id TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  role TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  PRIMARY KEY (org_id, user_id)
+);
+CREATE INDEX memberships_user ON memberships(user_id);
+CREATE TABLE invites (
+  id TEXT PRIMARY KEY,
+  org_id TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+  email TEXT NOT NULL,
+  role TEXT NOT NULL,
+  token_hash TEXT NOT NULL UNIQUE,
+  invited_by TEXT,
+  status TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  decided_at BIGINT
+);
+CREATE INDEX invites_org ON invites(org_id);
+ALTER TABLE users ADD COLUMN active_org_id TEXT;
+ALTER TABLE projects ADD COLUMN org_id TEXT;
+INSERT INTO organizations (id, name, personal, created_at) SELECT id, name, 1, created_at FROM users;
+INSERT INTO memberships (org_id, user_id, role, created_at) SELECT id, id, 'owner', created_at FROM users;
+UPDATE users SET active_org_id = id;
+UPDATE projects SET org_id = owner_id;
+CREATE INDEX projects_org ON projects(org_id);
+)SQL";
+
 // Listed, with what each does to an existing database, in docs/configuration.md ("Database"):
 // a new migration gets its row there too.
 const Migration kMigrations[] = {
@@ -262,6 +302,7 @@ const Migration kMigrations[] = {
     {7, "operators and token creator labels", kOperators, kOperators},
     {8, "accounts: passkeys, WebAuthn challenges, device codes, device sessions", kAccounts, kAccounts},
     {9, "external identities (OIDC sign-in)", kExternalIdentities, kExternalIdentities},
+    {10, "organisations: personal organisations, memberships, invites", kOrganizations, kOrganizations},
 };
 
 constexpr const char* kCreateTable =
