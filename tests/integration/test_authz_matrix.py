@@ -27,7 +27,8 @@ docs/services-and-tokens.md, docs/config-stream.md):
   user           routes of the caller's own data: 2xx for any valid user, 401 otherwise
   operator       the worker registry (/gateways): the operator (the first user: the owner here)
                  2xx, another user 403, everyone else 401
-  project_owner  project-scoped routes: owner 2xx, another user 404, everyone else 401
+  project_member, project_admin  project-scoped routes: owner 2xx, a user outside the project's
+                 organisation 404, everyone else 401
   worker         /internal/worker/*: worker secret 2xx, everyone else 401
 Beyond the status: a 401 on a bearer route carries `WWW-Authenticate: Bearer`; a refused
 mutation leaves the owner's objects unchanged; a caller other than the owner never sees the
@@ -56,7 +57,7 @@ PREFIXES = ("", "/api/v1")
 # The rules a route can declare (control/api/routes.hpp), as the server's /openapi.json names
 # them in `x-antigravity-access`. An operation without one, or with a rule not listed here, fails
 # the test: every route must declare who may call it.
-RULES = ("public", "optional_user", "user_or_refresh_token", "user", "operator", "project_owner",
+RULES = ("public", "optional_user", "user_or_refresh_token", "user", "operator", "project_member", "project_admin",
          "worker", "org_member", "org_admin", "org_owner")
 
 OK = "2xx"  # the route's documented success status(es), from /openapi.json
@@ -74,7 +75,7 @@ EXPECT = {
     "operator": {"anonymous": 401, "other_user": 403, "owner": OK, "worker_secret": 401,
                  "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
                  "expired_bearer": 401},
-    "project_owner": {"anonymous": 401, "other_user": 404, "owner": OK, "worker_secret": 401,
+    "project_member": {"anonymous": 401, "other_user": 404, "owner": OK, "worker_secret": 401,
                 "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
                 "expired_bearer": 401},
     # The fixture organisation is the owner's (other_user is not a member: 404, as for projects).
@@ -91,6 +92,7 @@ ORIGIN = "http://localhost:8123"
 
 
 EXPECT["org_admin"] = EXPECT["org_owner"] = EXPECT["org_member"]
+EXPECT["project_admin"] = EXPECT["project_member"]
 
 
 def lower_id():
@@ -346,7 +348,7 @@ class AuthzMatrixTest(unittest.TestCase):
                 for caller in CALLERS:
                     expected = EXPECT[cls_][caller]
                     method, path = route
-                    mutating = method in MUTATING and cls_ in ("project_owner", "worker")
+                    mutating = method in MUTATING and cls_ in ("project_member", "project_admin", "worker")
                     fx = self.make_fixture() if mutating else self.fixture
                     before = self.owner_view(fx) if mutating and expected != OK else None
                     headers = self.caller_headers(caller, route)
@@ -366,12 +368,12 @@ class AuthzMatrixTest(unittest.TestCase):
                             problems.append("expected %s, got %d" % (sorted(success), resp.status))
                     elif resp.status != expected:
                         problems.append("expected %d, got %d" % (expected, resp.status))
-                    if (resp.status == 401 and cls_ in ("optional_user", "user_or_refresh_token", "user", "project_owner", "operator")
+                    if (resp.status == 401 and cls_ in ("optional_user", "user_or_refresh_token", "user", "project_member", "project_admin", "operator")
                             and caller in BEARER_CALLERS + ("anonymous",)):
                         if "bearer" not in (resp.headers.get("WWW-Authenticate") or "").lower():
                             problems.append("401 without WWW-Authenticate: Bearer")
                     if (200 <= resp.status < 300 and caller != "owner"
-                            and cls_ in ("optional_user", "user", "project_owner")):
+                            and cls_ in ("optional_user", "user", "project_member", "project_admin")):
                         leaked = [i for i in self.fixture["secret_ids"] + fx["secret_ids"]
                                   if i.encode() in resp.body]
                         if leaked:

@@ -92,7 +92,7 @@ class MigrateTests(TempDirTestCase):
         finally:
             server.stop()
         # Back to schema 6, as the previous release left it.
-        execute("DROP INDEX projects_org; ALTER TABLE projects DROP COLUMN org_id;"
+        execute("DROP INDEX projects_org_name; DROP INDEX projects_org; ALTER TABLE projects DROP COLUMN org_id;"
                 "ALTER TABLE users DROP COLUMN active_org_id; DROP TABLE invites; DROP TABLE memberships;"
                 "DROP TABLE organizations;"
                 "DROP TABLE external_identities; DROP TABLE device_access_tokens; DROP TABLE device_codes; DROP TABLE webauthn_challenges;"

@@ -116,6 +116,45 @@ class OrganizationsTest(unittest.TestCase):
         self.assertEqual(self.req("DELETE", path, user=admin).status, 204)
         self.refused(self.req("GET", path, user=admin), 404)
 
+    def test_projects_belong_to_organizations(self):
+        owner, admin, member, outsider = (h.register_user(self.server) for _ in range(4))
+        org = self.org_with(owner, a=(admin, "admin"), m=(member, "member"))
+        # Created in the organisation named (admins and owners only), or the active one.
+        self.refused(self.req("POST", "/projects", {"name": "api", "upstream_base_url": "http://127.0.0.1:9/",
+                                                    "organization_id": org}, member), 403)
+        project = self.ok(self.req("POST", "/projects", {"name": "api", "upstream_base_url": "http://127.0.0.1:9/",
+                                                         "organization_id": org}, admin), 201)
+        self.assertEqual(project["organization_id"], org)
+        self.refused(self.req("POST", "/projects", {"name": "api", "upstream_base_url": "http://127.0.0.1:9/",
+                                                    "organization_id": org}, owner), 409)
+        self.refused(self.req("POST", "/projects", {"name": "x", "upstream_base_url": "http://127.0.0.1:9/",
+                                                    "organization_id": org}, outsider), 404)
+        personal = self.ok(self.req("POST", "/projects", {"name": "mine", "upstream_base_url": "http://127.0.0.1:9/"}, member), 201)
+        self.assertEqual(personal["organization_id"], member.id)
+        # Every member reads; admins and owners change; nobody else can tell it exists.
+        path = "/projects/" + project["id"]
+        for user in (owner, admin, member):
+            self.assertEqual(self.ok(self.req("GET", path, user=user))["id"], project["id"])
+            self.ok(self.req("GET", path + "/keys", user=user))
+        self.refused(self.req("PATCH", path, {"name": "renamed"}, member), 403)
+        self.refused(self.req("POST", path + "/keys", {}, member), 403)
+        key = self.ok(self.req("POST", path + "/keys", {}, admin), 201)
+        self.refused(self.req("DELETE", path + "/keys/" + key["id"], user=member), 403)
+        self.ok(self.req("PATCH", path, {"name": "renamed"}, owner))
+        for method, sub in (("GET", ""), ("PATCH", ""), ("GET", "/keys"), ("POST", "/keys"), ("GET", "/services"),
+                            ("GET", "/tokens"), ("DELETE", "")):
+            self.refused(self.req(method, path + sub, {} if method in ("POST", "PATCH") else None, outsider), 404)
+        listed = {p["id"] for p in self.ok(self.req("GET", "/projects", user=member))}
+        self.assertEqual(listed, {project["id"], personal["id"]})
+        only = self.ok(self.req("GET", "/projects?organization_id=" + org, user=member))
+        self.assertEqual([p["id"] for p in only], [project["id"]])
+        self.refused(self.req("GET", "/projects?organization_id=" + org, user=outsider), 404)
+        self.assertEqual(self.ok(self.req("GET", "/projects", user=outsider)), [])
+        # An organisation with projects is not deleted; leaving loses access.
+        self.refused(self.req("DELETE", "/organizations/" + org, user=owner), 409, "organization_not_empty")
+        self.assertEqual(self.req("POST", "/organizations/%s/leave" % org, user=member).status, 204)
+        self.refused(self.req("GET", path, user=member), 404)
+
     def test_active_organization(self):
         owner, member = h.register_user(self.server), h.register_user(self.server)
         org = self.org_with(owner, m=(member, "member"))

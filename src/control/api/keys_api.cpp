@@ -190,9 +190,9 @@ http::Response revoke(AppState& app, const Call& call) {
 }  // namespace
 
 void register_key_routes(RouteTable& r, AppState& app) {
-  r.add("POST", "/projects/{id}/keys", Access::kProjectOwner, [&app](const Call& c) { return create(app, c); });
-  r.add("GET", "/projects/{id}/keys", Access::kProjectOwner, [&app](const Call& c) { return list(app, c); });
-  r.add("DELETE", "/projects/{id}/keys/{key_id}", Access::kProjectOwner, [&app](const Call& c) { return revoke(app, c); });
+  r.add("POST", "/projects/{id}/keys", Access::kProjectAdmin, [&app](const Call& c) { return create(app, c); });
+  r.add("GET", "/projects/{id}/keys", Access::kProjectMember, [&app](const Call& c) { return list(app, c); });
+  r.add("DELETE", "/projects/{id}/keys/{key_id}", Access::kProjectAdmin, [&app](const Call& c) { return revoke(app, c); });
 }
 
 }  // namespace ag::control

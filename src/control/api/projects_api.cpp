@@ -19,7 +19,7 @@ constexpr std::int64_t kMaxBodyLimit = 1LL << 40;
 
 constexpr const char* kProjectColumns =
     "id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, key_policy, max_body_bytes, "
-    "created_at, updated_at, slug, risk";
+    "created_at, updated_at, slug, risk, org_id";
 
 struct Project {
   std::string id, name, upstream;
@@ -29,16 +29,18 @@ struct Project {
   std::string key_policy = "single";
   std::int64_t max_body = kDefaultMaxBody;
   std::int64_t created_at = 0, updated_at = 0;
+  std::string org_id;  // the organisation it belongs to (docs/organizations.md)
 };
 
 Project from_row(const store::Row& r) {
   Project p{r.text(0), r.text(1), r.text(2), r.opt_text(9), r.opt_text(10), r.integer(3), r.integer(4),
-            r.text(5), r.integer(6), r.integer(7), r.integer(8)};
+            r.text(5), r.integer(6), r.integer(7), r.integer(8), r.is_null(11) ? std::string() : r.text(11)};
   return p;
 }
 
 json to_json(const Project& p) {
   return {{"id", p.id},
+          {"organization_id", p.org_id},
           {"name", p.name},
           {"slug", p.slug ? json(*p.slug) : json(nullptr)},
           {"risk", p.risk ? json::parse(*p.risk) : json(nullptr)},
@@ -52,7 +54,11 @@ json to_json(const Project& p) {
 
 // Applies the fields present in `body` to `p`, validating each.
 void apply_fields(const json& body, Project& p, bool create) {
-  reject_unknown_fields(body, {"name", "slug", "upstream_base_url", "rate_limit", "key_policy", "max_body_bytes", "risk"});
+  if (create)
+    reject_unknown_fields(body, {"name", "slug", "upstream_base_url", "rate_limit", "key_policy", "max_body_bytes", "risk",
+                                 "organization_id"});
+  else
+    reject_unknown_fields(body, {"name", "slug", "upstream_base_url", "rate_limit", "key_policy", "max_body_bytes", "risk"});
   if (auto it = body.find("risk"); it != body.end()) {
     if (it->is_null()) {
       p.risk.reset();
@@ -128,10 +134,11 @@ bool slug_used(store::Connection& c, const std::optional<std::string>& slug, con
   return slug && !c.exec("SELECT 1 FROM projects WHERE slug = $1 AND id <> $2", {*slug, except_id}).empty();
 }
 
-bool name_taken(store::Connection& c, const std::string& owner, const std::string& name,
+// Names are unique in an organisation.
+bool name_taken(store::Connection& c, const std::string& org_id, const std::string& name,
                 const std::string& except_id) {
-  return !c.exec("SELECT 1 FROM projects WHERE owner_id = $1 AND name = $2 AND id <> $3",
-                 {owner, name, except_id})
+  return !c.exec("SELECT 1 FROM projects WHERE org_id = $1 AND name = $2 AND id <> $3",
+                 {org_id, name, except_id})
               .empty();
 }
 
@@ -141,18 +148,27 @@ http::Response create(AppState& app, const Call& call) {
   json body = parse_object_body(req);
   Project p;
   apply_fields(body, p, true);
+  // In the organisation named, or the caller's active one; an admin's role there is needed.
+  if (auto org = get_string(body, "organization_id")) {
+    p.org_id = *org;
+  } else {
+    app.db->with_connection([&](store::Connection& c) {
+      auto r = c.exec("SELECT active_org_id FROM users WHERE id = $1", {user.user_id});
+      p.org_id = r.empty() || r.rows[0].is_null(0) ? user.user_id : r.rows[0].text(0);
+    });
+  }
+  require_org_role(app, user, p.org_id, Role::kAdmin);
   p.id = crypto::uuid_v4();
   p.created_at = p.updated_at = now_ms();
   try {
     app.db->transaction([&](store::Connection& c) {
-      if (name_taken(c, user.user_id, p.name, p.id)) throw duplicate();
+      if (name_taken(c, p.org_id, p.name, p.id)) throw duplicate();
       if (slug_used(c, p.slug, p.id)) throw slug_taken();
-      // In the creator's personal organisation (docs/organizations.md).
       c.exec("INSERT INTO projects (id, owner_id, name, upstream_base_url, rate_limit_rpm, rate_limit_burst, "
              "key_policy, max_body_bytes, created_at, updated_at, slug, risk, org_id) "
-             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $2)",
+             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
              {p.id, user.user_id, p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body,
-              p.created_at, p.updated_at, store::opt(p.slug), store::opt(p.risk)});
+              p.created_at, p.updated_at, store::opt(p.slug), store::opt(p.risk), p.org_id});
       audit(c, req, user.user_id, "project.create", "project", p.id, {{"name", p.name}});
       ConfigChanges(app, c).project_upsert(p.id);
     });
@@ -165,11 +181,16 @@ http::Response create(AppState& app, const Call& call) {
 
 http::Response list(AppState& app, const Call& call) {
   const Principal& user = call.principal();
+  // The projects of every organisation the caller is in, or of `?organization_id=` only.
+  std::string org;
+  http::query_param(call.req.query, "organization_id", org);
+  if (!org.empty()) require_org_role(app, user, org, Role::kMember);
   json out = json::array();
   app.db->with_connection([&](store::Connection& c) {
     auto r = c.exec(std::string("SELECT ") + kProjectColumns +
-                        " FROM projects WHERE owner_id = $1 ORDER BY seq DESC",
-                    {user.user_id});
+                        " FROM projects WHERE org_id IN (SELECT org_id FROM memberships WHERE user_id = $1) "
+                        "AND ($2 = '' OR org_id = $2) ORDER BY seq DESC",
+                    {user.user_id, org});
     for (const auto& row : r.rows) out.push_back(to_json(from_row(row)));
   });
   return json_response(200, out);
@@ -195,7 +216,7 @@ http::Response update(AppState& app, const Call& call) {
       if (!existing) throw not_found();
       p = *existing;
       apply_fields(body, p, false);
-      if (p.name != existing->name && name_taken(c, user.user_id, p.name, p.id)) throw duplicate();
+      if (p.name != existing->name && name_taken(c, p.org_id, p.name, p.id)) throw duplicate();
       if (p.slug != existing->slug && slug_used(c, p.slug, p.id)) throw slug_taken();
       if (!p.slug && existing->slug &&
           !c.exec("SELECT 1 FROM services WHERE project_id = $1", {p.id}).empty())
@@ -238,9 +259,9 @@ http::Response remove(AppState& app, const Call& call) {
 void register_project_routes(RouteTable& r, AppState& app) {
   r.add("POST", "/projects", Access::kUser, [&app](const Call& c) { return create(app, c); });
   r.add("GET", "/projects", Access::kUser, [&app](const Call& c) { return list(app, c); });
-  r.add("GET", "/projects/{id}", Access::kProjectOwner, [&app](const Call& c) { return get(app, c); });
-  r.add("PATCH", "/projects/{id}", Access::kProjectOwner, [&app](const Call& c) { return update(app, c); });
-  r.add("DELETE", "/projects/{id}", Access::kProjectOwner, [&app](const Call& c) { return remove(app, c); });
+  r.add("GET", "/projects/{id}", Access::kProjectMember, [&app](const Call& c) { return get(app, c); });
+  r.add("PATCH", "/projects/{id}", Access::kProjectAdmin, [&app](const Call& c) { return update(app, c); });
+  r.add("DELETE", "/projects/{id}", Access::kProjectAdmin, [&app](const Call& c) { return remove(app, c); });
 }
 
 }  // namespace ag::control

@@ -13,7 +13,8 @@ std::string_view access_name(Access access) {
     case Access::kOptionalUser: return "optional_user";
     case Access::kUserOrRefreshToken: return "user_or_refresh_token";
     case Access::kUser: return "user";
-    case Access::kProjectOwner: return "project_owner";
+    case Access::kProjectMember: return "project_member";
+    case Access::kProjectAdmin: return "project_admin";
     case Access::kOperator: return "operator";
     case Access::kWorker: return "worker";
     case Access::kOrgMember: return "org_member";
@@ -172,15 +173,21 @@ bool worker_authorised(const AppState& app, const http::Request& req) {
   return ok;
 }
 
-// The one project-access question: may this user act on this project? 404 (not 403) otherwise,
-// so another user's project ids cannot be told from ids that do not exist.
-void require_project_access(AppState& app, const Principal& user, const std::string& project_id) {
-  bool ok = false;
+// The one project-access question: the caller's role in the project's organisation. 404 (not
+// 403) for a non-member, so another organisation's project ids cannot be told from ids that do
+// not exist; 403 for a member below `least`.
+void require_project_access(AppState& app, const Principal& user, const std::string& project_id, Role least) {
+  std::optional<Role> role;
   if (crypto::is_uuid(project_id))
     app.db->with_connection([&](store::Connection& c) {
-      ok = !c.exec("SELECT 1 FROM projects WHERE id = $1 AND owner_id = $2", {project_id, user.user_id}).empty();
+      auto r = c.exec("SELECT m.role FROM projects p JOIN memberships m ON m.org_id = p.org_id AND m.user_id = $2 "
+                      "WHERE p.id = $1",
+                      {project_id, user.user_id});
+      if (!r.empty()) role = parse_role(r.rows[0].text(0));
     });
-  if (!ok) throw ApiError(404, "Project not found");
+  if (!role) throw ApiError(404, "Project not found");
+  if (*role < least)
+    throw ApiError(403, "Requires the " + std::string(role_name(least)) + " role in the project's organization");
 }
 
 }  // namespace
@@ -208,8 +215,6 @@ void require_can_grant(const Call& call, Role wanted, std::optional<Role> target
     throw ApiError(403, "Only an owner may grant or change the owner role, and no one beyond their own role");
 }
 
-namespace {
-
 // The caller's role in the organisation `org_id`: 404 when not a member (an organisation one
 // does not belong to cannot be told from one that does not exist), 403 below `least`.
 Role require_org_role(AppState& app, const Principal& user, const std::string& org_id, Role least) {
@@ -224,8 +229,6 @@ Role require_org_role(AppState& app, const Principal& user, const std::string& o
   return *role;
 }
 
-}  // namespace
-
 void authorise(AppState& app, Access access, Call& call) {
   switch (access) {
     case Access::kPublic:
@@ -235,12 +238,14 @@ void authorise(AppState& app, Access access, Call& call) {
       call.user = bearer_user(app, call.req);
       return;
     case Access::kUser:
-    case Access::kProjectOwner:
+    case Access::kProjectMember:
+    case Access::kProjectAdmin:
     case Access::kOperator:
       call.user = bearer_user(app, call.req);
       if (!call.user) throw unauthorized("Not authenticated");
       if (access == Access::kOperator && !call.user->is_operator) throw ApiError(403, "Operators only");
-      if (access == Access::kProjectOwner) require_project_access(app, *call.user, call.param("id"));
+      if (access == Access::kProjectMember) require_project_access(app, *call.user, call.param("id"), Role::kMember);
+      if (access == Access::kProjectAdmin) require_project_access(app, *call.user, call.param("id"), Role::kAdmin);
       return;
     case Access::kWorker:
       if (!worker_authorised(app, call.req)) throw ApiError(401, "Invalid worker secret");

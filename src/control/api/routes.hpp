@@ -3,7 +3,7 @@
 // it, and ControlApp checks that rule before the handler runs. Handlers never check credentials
 // or ownership themselves; they receive the caller the rule established (Call::principal()).
 //
-//   routes.add("GET", "/projects/{id}", Access::kProjectOwner, handler);
+//   routes.add("GET", "/projects/{id}", Access::kProjectMember, handler);
 //
 // The rules and what each caller gets are in docs/api.md ("Who may call what"); /openapi.json
 // names each operation's rule as `x-antigravity-access`.
@@ -24,7 +24,8 @@ enum class Access {
   kOptionalUser,        // a bearer token when one is sent (401 when it is invalid); none is fine
   kUserOrRefreshToken,  // kOptionalUser; without a bearer the handler takes a refresh token from the body
   kUser,                // a valid access token of a live session
-  kProjectOwner,        // kUser, and the project in `{id}` is the caller's (404 otherwise)
+  kProjectMember,       // kUser, and a member of the organisation of the project in `{id}` (404 otherwise)
+  kProjectAdmin,        // kProjectMember with the admin or owner role there (403 otherwise)
   kOperator,            // kUser, and the caller is an operator (403 otherwise)
   kOrgMember,           // kUser, and a member of the organisation in `{id}` (404 otherwise)
   kOrgAdmin,            // kOrgMember with the admin or owner role (403 otherwise)
@@ -45,7 +46,7 @@ struct Call {
   std::optional<Principal> user;  // the bearer's user, when the rule takes bearer tokens and one was sent
   std::optional<Role> org_role;   // the caller's role in `{id}`, for the organisation rules
 
-  // The caller of a kUser, kProjectOwner or kOperator route.
+  // The caller of a route whose rule requires a user.
   const Principal& principal() const {
     if (!user) throw std::logic_error("principal() on a route whose rule admits no user");
     return *user;
@@ -93,6 +94,10 @@ class RouteTable {
 
 // Checks `access` for the request; fills call.user. Throws ApiError (401/403/404) when refused.
 void authorise(AppState& app, Access access, Call& call);
+
+// The caller's role in `org_id` (a body field, not the path): 404 when not a member, 403 below
+// `least`. The organisation rules use the same check on `{id}`.
+Role require_org_role(AppState& app, const Principal& user, const std::string& org_id, Role least);
 
 // The role-granting policy of the organisation routes (docs/organizations.md): a caller may
 // give, change or take away only roles up to their own, and only an owner touches an owner.

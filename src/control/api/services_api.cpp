@@ -160,10 +160,10 @@ http::Response remove(AppState& app, const Call& call) {
 }  // namespace
 
 void register_service_routes(RouteTable& r, AppState& app) {
-  r.add("GET", "/projects/{id}/services", Access::kProjectOwner, [&app](const Call& c) { return list(app, c); });
-  r.add("PUT", "/projects/{id}/services/{name}", Access::kProjectOwner, [&app](const Call& c) { return put(app, c); });
-  r.add("GET", "/projects/{id}/services/{name}", Access::kProjectOwner, [&app](const Call& c) { return get(app, c); });
-  r.add("DELETE", "/projects/{id}/services/{name}", Access::kProjectOwner, [&app](const Call& c) { return remove(app, c); });
+  r.add("GET", "/projects/{id}/services", Access::kProjectMember, [&app](const Call& c) { return list(app, c); });
+  r.add("PUT", "/projects/{id}/services/{name}", Access::kProjectAdmin, [&app](const Call& c) { return put(app, c); });
+  r.add("GET", "/projects/{id}/services/{name}", Access::kProjectMember, [&app](const Call& c) { return get(app, c); });
+  r.add("DELETE", "/projects/{id}/services/{name}", Access::kProjectAdmin, [&app](const Call& c) { return remove(app, c); });
 }
 
 }  // namespace ag::control

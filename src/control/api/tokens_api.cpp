@@ -95,10 +95,10 @@ http::Response well_known_jwks(AppState& app) {
 }  // namespace
 
 void register_token_routes(RouteTable& r, AppState& app) {
-  r.add("POST", "/projects/{id}/tokens", Access::kProjectOwner, [&app](const Call& c) { return issue(app, c); });
-  r.add("GET", "/projects/{id}/tokens", Access::kProjectOwner, [&app](const Call& c) { return list(app, c); });
-  r.add("GET", "/projects/{id}/tokens/{jti}", Access::kProjectOwner, [&app](const Call& c) { return get(app, c); });
-  r.add("POST", "/projects/{id}/tokens/{jti}/revoke", Access::kProjectOwner, [&app](const Call& c) { return revoke(app, c); });
+  r.add("POST", "/projects/{id}/tokens", Access::kProjectAdmin, [&app](const Call& c) { return issue(app, c); });
+  r.add("GET", "/projects/{id}/tokens", Access::kProjectMember, [&app](const Call& c) { return list(app, c); });
+  r.add("GET", "/projects/{id}/tokens/{jti}", Access::kProjectMember, [&app](const Call& c) { return get(app, c); });
+  r.add("POST", "/projects/{id}/tokens/{jti}/revoke", Access::kProjectAdmin, [&app](const Call& c) { return revoke(app, c); });
   r.add("GET", "/.well-known/jwks.json", Access::kPublic, [&app](const Call&) { return well_known_jwks(app); });
 }
 

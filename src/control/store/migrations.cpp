@@ -303,6 +303,8 @@ const Migration kMigrations[] = {
     {8, "accounts: passkeys, WebAuthn challenges, device codes, device sessions", kAccounts, kAccounts},
     {9, "external identities (OIDC sign-in)", kExternalIdentities, kExternalIdentities},
     {10, "organisations: personal organisations, memberships, invites", kOrganizations, kOrganizations},
+    {11, "project names unique per organisation", "CREATE UNIQUE INDEX projects_org_name ON projects(org_id, name);",
+     "CREATE UNIQUE INDEX projects_org_name ON projects(org_id, name);"},
 };
 
 constexpr const char* kCreateTable =
