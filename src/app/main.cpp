@@ -152,7 +152,10 @@ int main(int argc, char** argv) {
   control->footer(
       "Other settings come from the environment (docs/configuration.md): the database, secrets, token lifetimes,\n"
       "CORS_ORIGINS, CONTROL_IO_THREADS (threads for reading, writing, TLS and held long polls, default 2), and\n"
-      "CONTROL_TLS_CERT_FILE with CONTROL_TLS_KEY_FILE (PEM; both set = the listener speaks HTTPS only).");
+      "CONTROL_TLS_CERT_FILE with CONTROL_TLS_KEY_FILE (PEM; both set = the listener speaks HTTPS only).\n"
+      "Sign-in (docs/auth.md): AUTH_MODE (basic|passkey), PASSKEY_ORIGIN, PASSKEY_RP_ID, the DEVICE_* and ANCHOR_*\n"
+      "lifetimes, AUTH_MAX_FAILURES_PER_IP/_PER_ACCOUNT, OIDC_ISSUER with OIDC_AUDIENCE, CONTROL_PUBLIC_URL;\n"
+      "organisations (docs/organizations.md): INVITE_DELIVERY (return|log).");
 
   std::string wlisten, admin_listen, config_file, config_dir;
   int wthreads = 0;
