@@ -18,7 +18,7 @@ import harness as h  # noqa: E402
 
 import jwt  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm  # noqa: E402
+from jwt.algorithms import RSAAlgorithm  # noqa: E402
 
 AUDIENCE = "antigravity-test"
 
@@ -63,8 +63,14 @@ class Issuer:
 
     def public_jwk(self, kid):
         alg, key = self.keys[kid]
-        algo = ECAlgorithm(ECAlgorithm.SHA256) if alg == "ES256" else RSAAlgorithm(RSAAlgorithm.SHA256)
-        jwk = json.loads(algo.to_jwk(key.public_key()))
+        if alg == "ES256":
+            # RFC 7518 6.2.1.2: each coordinate is the full 32 bytes. (python3-jwt 2.6's to_jwk drops
+            # leading zero bytes, a key in 64 or so; the control plane refuses such keys.)
+            n = key.public_key().public_numbers()
+            jwk = {"kty": "EC", "crv": "P-256", "x": h.b64url_encode(n.x.to_bytes(32, "big")),
+                   "y": h.b64url_encode(n.y.to_bytes(32, "big"))}
+        else:
+            jwk = json.loads(RSAAlgorithm(RSAAlgorithm.SHA256).to_jwk(key.public_key()))
         jwk.update({"kid": kid, "alg": alg, "use": "sig"})
         return jwk
 
