@@ -25,15 +25,12 @@ void check_password_field(const std::string& password) {
 http::Response do_register(AppState& app, const Call& call) {
   const http::Request& req = call.req;
   if (app.settings.auth.passkey_mode) {
-    ApiError e(403, "Password registration is off (AUTH_MODE=passkey): register with a passkey at /auth/register/options");
-    e.code = "passkey_mode";
-    throw e;
+    throw coded_error(403, "passkey_mode",
+                      "Password registration is off (AUTH_MODE=passkey): register with a passkey at /auth/register/options");
   }
   json body = parse_object_body(req);
   reject_unknown_fields(body, {"email", "username", "password", "name"});
-  if (body.contains("email") && body.contains("username")) throw validation_error("username", "give email or username, not both");
-  auto given = get_string(body, "email");
-  if (!given) given = get_string(body, "username");
+  auto given = get_string_either(body, "email", "username", "username");
   if (!given) throw validation_error("email", "field required");
   std::string email = lower_ascii(*given);
   if (auto e = check_email(email); !e.empty()) throw validation_error("email", e);
@@ -72,9 +69,7 @@ http::Response do_login(AppState& app, const Call& call) {
   } else {
     json body = parse_object_body(req);
     reject_unknown_fields(body, {"email", "password", "username"});
-    if (body.contains("email") && body.contains("username")) throw validation_error("username", "give email or username, not both");
-    auto e = get_string(body, "email");
-    if (!e) e = get_string(body, "username");
+    auto e = get_string_either(body, "email", "username", "username");
     if (!e) throw validation_error("email", "field required");
     email = *e;
     password = require_string(body, "password");

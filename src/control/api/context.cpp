@@ -32,6 +32,20 @@ http::Response error_response(int status, std::string_view detail) {
   return json_response(status, json{{"detail", detail}});
 }
 
+std::optional<std::string> get_string_either(const json& obj, std::string_view name, std::string_view alias,
+                                             std::string_view report_as) {
+  if (obj.contains(name) && obj.contains(alias))
+    throw validation_error(report_as, "give " + std::string(name) + " or " + std::string(alias) + ", not both");
+  auto v = get_string(obj, name);
+  return v ? v : get_string(obj, alias);
+}
+
+ApiError coded_error(int status, std::string_view code, std::string detail) {
+  ApiError e(status, std::move(detail));
+  e.code = std::string(code);
+  return e;
+}
+
 std::string_view request_id(const http::Request& req) { return req.header("x-request-id"); }
 
 json parse_object_body(const http::Request& req, bool allow_empty) {

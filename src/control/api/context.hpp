@@ -69,6 +69,8 @@ class ApiError : public std::runtime_error {
 };
 
 ApiError unauthorized(std::string detail);
+// An error whose body also carries a stable `code`: {"detail", "code"}.
+ApiError coded_error(int status, std::string_view code, std::string detail);
 ApiError validation_error(std::string_view field, std::string_view message);
 
 http::Response json_response(int status, const json& body);
@@ -88,6 +90,10 @@ std::optional<std::string> get_string(const json& obj, std::string_view field);
 std::optional<std::int64_t> get_int(const json& obj, std::string_view field, std::int64_t lo,
                                     std::int64_t hi);
 std::string require_string(const json& obj, std::string_view field);
+// A string field that may be sent under either of two names (the seed's camelCase and the
+// OAuth/snake_case one): 422 on `report_as` when both are present, not a guess between them.
+std::optional<std::string> get_string_either(const json& obj, std::string_view name, std::string_view alias,
+                                             std::string_view report_as);
 
 // The authenticated caller.
 struct Principal {

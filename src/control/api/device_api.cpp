@@ -76,8 +76,7 @@ std::map<std::string, std::string> form_fields(const http::Request& req) {
 
 // RFC 6749 5.2 / RFC 8628 3.5 error: 400 (401 for invalid_client) {"error", "error_description"}.
 [[noreturn]] void oauth_error(std::string_view error, std::string_view description, int status = 400) {
-  ApiError e(status, std::string(description));
-  e.code = std::string(error);
+  ApiError e = coded_error(status, error, std::string(description));
   e.oauth = true;
   e.headers.push_back({"Cache-Control", "no-store"});
   throw e;
@@ -99,8 +98,7 @@ http::Response do_code(AppState& app, const Call& call) {
   } else {
     json body = parse_object_body(req, true);
     reject_unknown_fields(body, {"clientId", "client_id"});
-    if (body.contains("clientId") && body.contains("client_id")) throw validation_error("client_id", "give clientId or client_id, not both");
-    client_id = get_string(body, "clientId").value_or(get_string(body, "client_id").value_or(""));
+    client_id = get_string_either(body, "clientId", "client_id", "client_id").value_or("");
   }
   if (client_id.size() > 128) throw validation_error("client_id", "must be at most 128 characters");
   const auto& a = app.settings.auth;
@@ -146,9 +144,7 @@ http::Response decide(AppState& app, const Call& call, bool approve) {
   const auto& req = call.req;
   json body = parse_object_body(req);
   reject_unknown_fields(body, {"userCode", "user_code"});
-  if (body.contains("userCode") && body.contains("user_code")) throw validation_error("userCode", "give userCode or user_code, not both");
-  auto given = get_string(body, "userCode");
-  if (!given) given = get_string(body, "user_code");
+  auto given = get_string_either(body, "userCode", "user_code", "userCode");
   if (!given) throw validation_error("userCode", "field required");
   const auto& a = app.settings.auth;
   const std::initializer_list<Limit> limits = {{"device:entry:ip:" + req.remote_ip, a.max_failures_per_ip},
@@ -172,14 +168,10 @@ http::Response decide(AppState& app, const Call& call, bool approve) {
     });
   if (outcome == Outcome::kUnknown) {
     note_attempt(app, limits, a.failure_window_sec);
-    ApiError e(400, "Unknown or expired user code");
-    e.code = "invalid_user_code";
-    throw e;
+    throw coded_error(400, "invalid_user_code", "Unknown or expired user code");
   }
   if (outcome == Outcome::kDecided) {
-    ApiError e(409, "This code was already approved or denied");
-    e.code = "code_already_used";
-    throw e;
+    throw coded_error(409, "code_already_used", "This code was already approved or denied");
   }
   return json_response(200, {{"ok", true}});
 }
@@ -246,9 +238,7 @@ http::Response poll(AppState& app, const Call& call, const std::string& device_c
     oauth_error("invalid_grant", status == "used" ? "The device code was already used" : "Unknown device code");
   }
   if (status == "invalid") {
-    ApiError e(400, "Unknown device code");
-    e.code = "invalid_device_code";
-    throw e;
+    throw coded_error(400, "invalid_device_code", "Unknown device code");
   }
   json body = {{"status", status}};
   if (status == "pending" || status == "slow_down") body["interval"] = interval;
@@ -262,9 +252,7 @@ http::Response do_token(AppState& app, const Call& call) {
   if (!is_form(req)) {
     json body = parse_object_body(req);
     reject_unknown_fields(body, {"deviceCode", "device_code"});
-    if (body.contains("deviceCode") && body.contains("device_code")) throw validation_error("deviceCode", "give deviceCode or device_code, not both");
-    auto code = get_string(body, "deviceCode");
-    if (!code) code = get_string(body, "device_code");
+    auto code = get_string_either(body, "deviceCode", "device_code", "deviceCode");
     if (!code) throw validation_error("deviceCode", "field required");
     return poll(app, call, *code, {}, false);
   }
@@ -296,9 +284,7 @@ http::Response do_token(AppState& app, const Call& call) {
 http::Response do_refresh(AppState& app, const Call& call) {
   json body = parse_object_body(call.req);
   reject_unknown_fields(body, {"refreshToken", "refresh_token"});
-  if (body.contains("refreshToken") && body.contains("refresh_token")) throw validation_error("refreshToken", "give refreshToken or refresh_token, not both");
-  auto token = get_string(body, "refreshToken");
-  if (!token) token = get_string(body, "refresh_token");
+  auto token = get_string_either(body, "refreshToken", "refresh_token", "refreshToken");
   if (!token) throw validation_error("refreshToken", "field required");
   auto [u, t] = refresh_session(app, call.req, *token, SessionKind::kDevice);
   auto res = json_response(200, device_token_response(app, u, t));

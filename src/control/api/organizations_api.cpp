@@ -18,11 +18,7 @@ namespace {
 
 constexpr std::int64_t kInviteTtlMs = 7LL * 24 * 3600 * 1000;
 
-[[noreturn]] void conflict(std::string code, std::string detail) {
-  ApiError e(409, std::move(detail));
-  e.code = std::move(code);
-  throw e;
-}
+[[noreturn]] void conflict(std::string_view code, std::string detail) { throw coded_error(409, code, std::move(detail)); }
 
 json org_json(const store::Row& row, std::size_t at) {
   // id, name, personal, created_at[, role]

@@ -20,10 +20,8 @@ namespace {
 
 namespace wa = webauthn;
 
-[[noreturn]] void refuse(int status, std::string code, std::string detail) {
-  ApiError e(status, std::move(detail));
-  e.code = std::move(code);
-  throw e;
+[[noreturn]] void refuse(int status, std::string_view code, std::string detail) {
+  throw coded_error(status, code, std::move(detail));
 }
 
 // A verification refusal as its HTTP answer: a foreign origin is 403, anything else 400.
@@ -172,9 +170,7 @@ http::Response register_options(AppState& app, const Call& call) {
     refuse_if_limited(app, limits, "passkey registrations started");
     note_attempt(app, limits, 60);
     reject_unknown_fields(body, {"email", "username", "name"});
-    if (body.contains("email") && body.contains("username")) throw validation_error("username", "give email or username, not both");
-    auto given = get_string(body, "email");
-    if (!given) given = get_string(body, "username");
+    auto given = get_string_either(body, "email", "username", "username");
     if (!given) throw validation_error("email", "field required");
     email = lower_ascii(*given);
     if (auto e = check_email(email); !e.empty()) throw validation_error("email", e);

@@ -40,8 +40,7 @@ void refuse_if_limited(AppState& app, std::initializer_list<Limit> limits, std::
   std::int64_t now = now_ms(), wait = 0;
   for (const auto& l : limits) wait = std::max(wait, app.attempts.retry_after(l.key, l.max, now));
   if (wait == 0) return;
-  ApiError e(429, "Too many " + std::string(what) + "; try again in " + std::to_string(wait) + " s");
-  e.code = "rate_limited";
+  ApiError e = coded_error(429, "rate_limited", "Too many " + std::string(what) + "; try again in " + std::to_string(wait) + " s");
   e.headers.push_back({"Retry-After", std::to_string(wait)});
   throw e;
 }

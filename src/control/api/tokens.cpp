@@ -111,11 +111,7 @@ std::optional<std::string> opt_string_field(const json& body, const char* field,
 
 }  // namespace
 
-ApiError token_error(std::string_view code, std::string detail) {
-  ApiError e(422, std::move(detail));
-  e.code = std::string(code);
-  return e;
-}
+ApiError token_error(std::string_view code, std::string detail) { return coded_error(422, code, std::move(detail)); }
 
 TokenProject project_ref_by_id(store::Connection& c, const std::string& project_id) {
   if (crypto::is_uuid(project_id)) {
