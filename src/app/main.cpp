@@ -155,7 +155,8 @@ int main(int argc, char** argv) {
       "CONTROL_TLS_CERT_FILE with CONTROL_TLS_KEY_FILE (PEM; both set = the listener speaks HTTPS only).\n"
       "Sign-in (docs/auth.md): AUTH_MODE (basic|passkey), PASSKEY_ORIGIN, PASSKEY_RP_ID, the DEVICE_* and ANCHOR_*\n"
       "lifetimes, AUTH_MAX_FAILURES_PER_IP/_PER_ACCOUNT, OIDC_ISSUER with OIDC_AUDIENCE, CONTROL_PUBLIC_URL;\n"
-      "organisations (docs/organizations.md): INVITE_DELIVERY (return|log).");
+      "organisations (docs/organizations.md): INVITE_DELIVERY (return|log), AGENT_RATE_LIMIT per AGENT_RATE_WINDOW_SEC\n"
+      "(default 20 per 60 s); METRICS_RETENTION_DAYS (traffic rollups, default 90).");
 
   std::string wlisten, admin_listen, config_file, config_dir;
   int wthreads = 0;
@@ -170,7 +171,9 @@ int main(int argc, char** argv) {
       "Other settings come from the environment (docs/worker.md): timeouts, limits, REDIS_URL, the risk engine,\n"
       "WORKER_UPSTREAM_CA_FILE, a PEM bundle trusted for https:// upstreams besides the system store,\n"
       "WORKER_JOURNAL_FSYNC (on: each config change flushed to disk before it applies), and the strict HTTP\n"
-      "settings WORKER_PATH_NORMALIZATION, WORKER_MERGE_SLASHES and WORKER_UNDERSCORE_HEADERS (drop|allow|reject).");
+      "settings WORKER_PATH_NORMALIZATION, WORKER_MERGE_SLASHES and WORKER_UNDERSCORE_HEADERS (drop|allow|reject).\n"
+      "Reports to the control plane: WORKER_USAGE_REPORT_SEC (service tokens seen, default 30) and\n"
+      "WORKER_TRAFFIC_REPORT_SEC (per-project traffic for the hourly rollups, default 10).");
 
   std::string demo = "127.0.0.1:9000";
   auto* up = app.add_subcommand("up", "Run control plane + worker (+ a demo upstream) on embedded defaults (SQLite file, local limits).");

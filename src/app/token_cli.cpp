@@ -67,7 +67,7 @@ namespace {
 
 // The CLI acts with database access, not as a signed-in user: its audit records name no actor
 // and "cli" as the address.
-control::AuditContext cli_context() { return {std::nullopt, "cli", "cli-" + crypto::random_base62(16)}; }
+control::AuditContext cli_context() { return {std::nullopt, "cli", "cli-" + crypto::random_base62(16), "user", std::nullopt, std::nullopt}; }
 
 void print_json(const control::json& j) { std::printf("%s\n", j.dump(2).c_str()); }
 

@@ -60,6 +60,9 @@ ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>())
   register_worker_config_routes(routes_, *state_);
   register_meta_routes(routes_, *state_);
   register_service_routes(routes_, *state_);
+  register_agent_routes(routes_, *state_);
+  register_activity_routes(routes_, *state_);
+  register_traffic_routes(routes_, *state_);
   register_token_routes(routes_, *state_);
   state_->openapi_document = openapi_with_access(routes_.routes());
 }
@@ -107,8 +110,8 @@ http::Response ControlApp::handle(http::Request& req) {
       auto m = routes_.match(req.method, path);
       if (m.outcome == http::Router::Outcome::kFound) {
         // The route's declared rule is checked here, before its handler runs.
-        Call call{req, m.params, std::nullopt, std::nullopt};
-        authorise(*state_, m.entry->access, call);
+        Call call{req, m.params, std::nullopt, std::nullopt, std::nullopt, std::nullopt};
+        authorise(*state_, m.entry->rule, call);
         res = m.entry->handler(call);
       } else if (m.outcome == http::Router::Outcome::kMethodNotAllowed) {
         res = error_response(405, "Method not allowed");

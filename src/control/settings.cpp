@@ -157,6 +157,9 @@ Settings load_settings() {
     HttpUrl u;
     if (auto e = parse_http_url(s.public_url, u); !e.empty()) throw std::runtime_error("CONTROL_PUBLIC_URL: " + e);
   }
+  s.agent_rate_limit = env::get_int("AGENT_RATE_LIMIT", 20, 1, 1'000'000'000);
+  s.agent_rate_window_sec = env::get_int("AGENT_RATE_WINDOW_SEC", 60, 1, 86400);
+  s.metrics_retention_days = env::get_int("METRICS_RETENTION_DAYS", 90, 1, 3650);
   s.threads = static_cast<int>(env::get_int("CONTROL_THREADS", 4, 1, 256));
   s.io_threads = static_cast<int>(env::get_int("CONTROL_IO_THREADS", 2, 1, 64));
   s.tls_cert_file = env::get_or("CONTROL_TLS_CERT_FILE", "");

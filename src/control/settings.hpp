@@ -56,6 +56,12 @@ struct Settings {
   // INVITE_DELIVERY=log: organisation invite links are also written to the log (they are bearer
   // secrets); by default they are only returned to the inviter.
   bool invite_delivery_log = false;
+  // Agents (docs/organizations.md): calls per agent per window (AGENT_RATE_LIMIT,
+  // AGENT_RATE_WINDOW_SEC), counted per control-plane process.
+  std::int64_t agent_rate_limit = 20;
+  std::int64_t agent_rate_window_sec = 60;
+  // Traffic rollups are kept this many days (METRICS_RETENTION_DAYS).
+  std::int64_t metrics_retention_days = 90;
   // Service tokens (docs/services-and-tokens.md).
   std::string gateway_jwt_alg = "ES256";  // HS256 | ES256 | EdDSA: how new tokens are signed
   std::string gateway_jwt_secret;         // HS256 only

@@ -71,6 +71,7 @@ WorkerOptions load_worker_options() {
   o.jwt_issuer = env::get_or("GATEWAY_JWT_ISSUER", "");
   o.jwt_leeway_sec = env::get_int("GATEWAY_JWT_LEEWAY_SEC", 30, 0, 3600);
   o.usage_report_ms = env::get_int("WORKER_USAGE_REPORT_SEC", 30, 1, 3600) * 1000;
+  o.traffic_report_ms = env::get_int("WORKER_TRAFFIC_REPORT_SEC", 10, 1, 3600) * 1000;
   o.ip_deny = env::get_or("WORKER_IP_DENY", "");
   o.ip_allow = env::get_or("WORKER_IP_ALLOW", "");
   o.auth_failure_limit = env::get_int("WORKER_AUTH_FAILURE_LIMIT", 50, 0, 1000000);

@@ -24,7 +24,7 @@ void ThreadRuntime::build_pipeline(const stages::Accept::Config& accept) {
       stages::Risk(*risk, geoip, limiter, metrics),
       stages::RateLimit(limiter, redis, metrics),
       stages::Route{},
-      stages::Log(log, index, metrics, coarse_now_ns),
+      stages::Log(log, index, metrics, coarse_now_ns, opts.control_url.empty() ? nullptr : &traffic),
   });
 }
 

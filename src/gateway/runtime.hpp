@@ -124,6 +124,8 @@ struct ThreadRuntime {
   TokenCache token_cache;
   TokenCheck token_check;
   stages::TokenUsage usage;
+  // This thread's traffic counts for the control plane's rollups.
+  stages::TrafficShard traffic;
   // Overload state shared by the threads (owned by the worker).
   std::atomic<std::int64_t>* open_connections = nullptr;
   std::atomic<bool>* memory_over = nullptr;

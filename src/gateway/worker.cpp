@@ -34,6 +34,7 @@
 #include "common/listen.hpp"
 #include "ratelimit/redis_limiter.hpp"
 #include "gateway/runtime.hpp"
+#include "gateway/traffic_reporter.hpp"
 #include "gateway/strict_http.hpp"
 #include "net/tls_client.hpp"
 #include "http/client.hpp"
@@ -114,9 +115,16 @@ struct Worker::Impl {
   bool bg_stop = false;
   std::shared_ptr<const config::Snapshot> current;  // the last published snapshot (under bg_mutex)
   std::atomic<std::int64_t> last_trim_ns{std::numeric_limits<std::int64_t>::min() / 2};
-  std::thread health_thread, usage_thread;
+  std::thread health_thread, usage_thread, traffic_thread;
+  std::unique_ptr<TrafficReporter> traffic;  // with a control plane
   void run_health_checks();
   void run_usage_reports();
+  void run_traffic_reports();
+  std::vector<stages::TrafficShard*> traffic_shards() {
+    std::vector<stages::TrafficShard*> v;
+    for (auto& t : threads) v.push_back(&t->traffic);
+    return v;
+  }
   bool bg_wait(std::chrono::milliseconds d) {
     std::unique_lock lock(bg_mutex);
     return !bg_cv.wait_for(lock, d, [this] { return bg_stop; });
@@ -335,6 +343,8 @@ void Worker::start() {
              std::to_string((now_ms() - started) / 1000) + "&requests=" + std::to_string(impl_->registry->total_requests());
     };
     im.source = config::make_control_plane_source(im.build, co, publish, std::move(saved));
+    im.traffic = std::make_unique<TrafficReporter>(im.opts.control_url, im.opts.control_secret, worker_id,
+                                                   static_cast<std::size_t>(3'600'000 / im.opts.traffic_report_ms) + 1);
   } else {
     spdlog::warn("no config source: set CONTROL_API_BASE_URL or --config; every request gets 503 until then");
   }
@@ -355,6 +365,7 @@ void Worker::start() {
   im.health_thread = std::thread([this] { impl_->run_health_checks(); });
   if (!im.opts.control_url.empty() && im.opts.config_dir.empty() && im.opts.config_file.empty())
     im.usage_thread = std::thread([this] { impl_->run_usage_reports(); });
+  if (im.traffic) im.traffic_thread = std::thread([this] { impl_->run_traffic_reports(); });
   spdlog::info("worker limits: {} connections{}", im.opts.max_connections,
                im.opts.max_memory_mb > 0 ? ", " + std::to_string(im.opts.max_memory_mb) + " MB resident" : std::string());
   spdlog::info("worker listening on http://{}:{} ({} threads{})", im.opts.listen_host, im.port, im.threads.size(),
@@ -461,6 +472,15 @@ void Worker::Impl::run_usage_reports() {
   send();  // what the last interval saw, on the way out
 }
 
+// Every WORKER_TRAFFIC_REPORT_SEC: the threads' traffic counts, as one batch (traffic_reporter.hpp).
+// The last counts are sent by wait(), once the threads have stopped.
+void Worker::Impl::run_traffic_reports() {
+  while (bg_wait(std::chrono::milliseconds(opts.traffic_report_ms))) {
+    traffic->collect(traffic_shards());
+    traffic->send();
+  }
+}
+
 std::uint16_t Worker::port() const { return impl_->port; }
 std::uint16_t Worker::admin_port() const { return impl_->admin ? impl_->admin->bound_port() : 0; }
 
@@ -531,6 +551,11 @@ void Worker::wait() {
   for (auto& t : im.threads) t->flush_log();
   if (im.health_thread.joinable()) im.health_thread.join();
   if (im.usage_thread.joinable()) im.usage_thread.join();
+  if (im.traffic_thread.joinable()) im.traffic_thread.join();
+  if (im.traffic) {
+    im.traffic->collect(im.traffic_shards());
+    im.traffic->send();
+  }
   if (im.admin) im.admin->stop();
   if (im.admin_thread.joinable()) im.admin_thread.join();
   im.log->flush();

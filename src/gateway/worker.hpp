@@ -56,6 +56,7 @@ struct WorkerOptions {
   std::string jwt_issuer;    // GATEWAY_JWT_ISSUER
   std::int64_t jwt_leeway_sec = 30;
   std::int64_t usage_report_ms = 30'000;  // how often token use is reported to the control plane
+  std::int64_t traffic_report_ms = 10'000;  // how often traffic counts are reported to the control plane
   // Risk engine (docs/risk.md).
   std::string ip_deny, ip_allow;              // CIDR lists, checked before anything else
   std::int64_t auth_failure_limit = 50;        // failed authentications per IP per window (0 = off)

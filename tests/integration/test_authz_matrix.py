@@ -3,21 +3,28 @@
 The route list and each route's rule come from the running server's `GET /openapi.json`, where
 the server names the rule each route was registered with (`x-antigravity-access`,
 control/api/routes.hpp); an operation without a known rule fails the test. Path parameters are replaced
-by real ids of the owner's objects (project, key, service, token); routes that change or delete
-something get fresh objects for every call. Every route is called with and without the `/api/v1`
-prefix.
+by real ids of objects of one organisation (project, key, service, token; an organisation made for
+the cell on organisation routes); routes that change or delete something get fresh objects for
+every call. Every route is called with and without the `/api/v1` prefix. Whether a route also
+takes agents comes from the same document (`x-antigravity-agents`).
 
 Callers:
   anonymous            no credentials at all
-  other_user           a valid access token of another user
-  owner                a valid access token of the user who owns the objects
+  other_user           a valid access token of a user of another organisation
+  owner                a valid access token of the organisation's owner
+  member, admin        valid access tokens of the organisation's member and admin
+  agent_member         X-Agent-Token of an agent of the organisation with the member role
+  agent_admin          X-Agent-Token of an agent of the organisation with the admin role
+  agent_bearer         the admin agent's token as Authorization: Bearer
+  revoked_agent        X-Agent-Token of a revoked agent of the organisation
+  other_agent          X-Agent-Token of an admin agent of another organisation
   worker_secret        the worker secret in x-worker-secret (no bearer token)
   wrong_worker_secret  a wrong x-worker-secret
   garbage_bearer       Authorization: Bearer <not a JWT>
   forged_bearer        a well-formed JWT with the owner's claims, signed with another secret
   expired_bearer       a JWT with the owner's claims, signed with the real JWT_SECRET_KEY, expired
 
-Expected status per rule and caller (EXPECT below; docs/api.md "Who may call what",
+Expected status per rule and caller (expect() below; docs/api.md "Who may call what",
 docs/services-and-tokens.md, docs/config-stream.md):
   public         health, openapi, docs, jwks, register, login, refresh: success for everyone
                  (the route's documented 2xx; credentials, even bad ones, are not looked at)
@@ -27,9 +34,14 @@ docs/services-and-tokens.md, docs/config-stream.md):
   user           routes of the caller's own data: 2xx for any valid user, 401 otherwise
   operator       the worker registry (/gateways): the operator (the first user: the owner here)
                  2xx, another user 403, everyone else 401
-  project_member, project_admin  project-scoped routes: owner 2xx, a user outside the project's
-                 organisation 404, everyone else 401
+  project_member, project_admin, org_member, org_admin, org_owner  the organisation's members by
+                 role (below the rule's role 403), anyone outside the organisation 404, everyone
+                 else 401
+  agent          GET /agents/me: any live agent 2xx, everyone else 401
   worker         /internal/worker/*: worker secret 2xx, everyone else 401
+Agents: on a route that takes them, an agent of the organisation is judged by its role as a member
+would be, an agent of another organisation gets 404, a revoked one 401; on a route that does not,
+every agent token is a 401 (user routes take users only).
 Beyond the status: a 401 on a bearer route carries `WWW-Authenticate: Bearer`; a refused
 mutation leaves the owner's objects unchanged; a caller other than the owner never sees the
 owner's ids in a 2xx body of a user, project or session route.
@@ -49,8 +61,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
 
-CALLERS = ("anonymous", "other_user", "owner", "worker_secret", "wrong_worker_secret",
-           "garbage_bearer", "forged_bearer", "expired_bearer")
+AGENT_CALLERS = ("agent_member", "agent_admin", "agent_bearer", "revoked_agent", "other_agent")
+CALLERS = ("anonymous", "other_user", "owner", "member", "admin") + AGENT_CALLERS + (
+    "worker_secret", "wrong_worker_secret", "garbage_bearer", "forged_bearer", "expired_bearer")
+USERS = ("owner", "other_user", "member", "admin")
 BEARER_CALLERS = ("other_user", "owner", "garbage_bearer", "forged_bearer", "expired_bearer")
 PREFIXES = ("", "/api/v1")
 
@@ -58,41 +72,53 @@ PREFIXES = ("", "/api/v1")
 # them in `x-antigravity-access`. An operation without one, or with a rule not listed here, fails
 # the test: every route must declare who may call it.
 RULES = ("public", "optional_user", "user_or_refresh_token", "user", "operator", "project_member", "project_admin",
-         "worker", "org_member", "org_admin", "org_owner")
+         "worker", "org_member", "org_admin", "org_owner", "agent")
 
 OK = "2xx"  # the route's documented success status(es), from /openapi.json
-EXPECT = {
-    "public": {c: OK for c in CALLERS},
-    "optional_user": {"anonymous": OK, "other_user": OK, "owner": OK, "worker_secret": OK,
-                "wrong_worker_secret": OK, "garbage_bearer": 401, "forged_bearer": 401,
-                "expired_bearer": 401},
-    "user_or_refresh_token": {"anonymous": 401, "other_user": OK, "owner": OK, "worker_secret": 401,
-               "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
-               "expired_bearer": 401},
-    "user": {"anonymous": 401, "other_user": OK, "owner": OK, "worker_secret": 401,
-             "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
-             "expired_bearer": 401},
-    "operator": {"anonymous": 401, "other_user": 403, "owner": OK, "worker_secret": 401,
-                 "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
-                 "expired_bearer": 401},
-    "project_member": {"anonymous": 401, "other_user": 404, "owner": OK, "worker_secret": 401,
-                "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
-                "expired_bearer": 401},
-    # The fixture organisation is the owner's (other_user is not a member: 404, as for projects).
-    "org_member": {"anonymous": 401, "other_user": 404, "owner": OK, "worker_secret": 401,
-                   "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
-                   "expired_bearer": 401},
-    "worker": {"anonymous": 401, "other_user": 401, "owner": 401, "worker_secret": OK,
-               "wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401,
-               "expired_bearer": 401},
-}
+BAD = {"wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401, "expired_bearer": 401}
+# The minimum role of the organisation rules, and what each user caller has in the organisation.
+LEAST = {"project_member": 0, "org_member": 0, "project_admin": 1, "org_admin": 1, "org_owner": 2}
+ROLE = {"member": 0, "admin": 1, "owner": 2, "agent_member": 0, "agent_admin": 1, "agent_bearer": 1}
+
+
+def expect(rule, agents):
+    """Expected status per caller for a route with `rule`, taking agents or not."""
+    e = dict(BAD, anonymous=401, worker_secret=401)
+    for a in AGENT_CALLERS:
+        e[a] = 401
+    if rule == "public":
+        return {c: OK for c in CALLERS}
+    if rule == "worker":
+        e.update({u: 401 for u in USERS}, worker_secret=OK)
+        return e
+    if rule == "agent":
+        e.update({u: 401 for u in USERS}, agent_member=OK, agent_admin=OK, agent_bearer=OK, other_agent=OK)
+        return e
+    if rule == "optional_user":
+        e.update({u: OK for u in USERS}, anonymous=OK, worker_secret=OK, wrong_worker_secret=OK)
+        return e
+    if rule in ("user", "user_or_refresh_token"):
+        e.update({u: OK for u in USERS})
+        if agents:
+            e.update(agent_member=OK, agent_admin=OK, agent_bearer=OK, other_agent=OK)
+        return e
+    if rule == "operator":  # the owner registered first: the operator
+        e.update(owner=OK, other_user=403, member=403, admin=403)
+        return e
+    least = LEAST[rule]
+    e["other_user"] = 404
+    for c in ("owner", "member", "admin") + (("agent_member", "agent_admin", "agent_bearer") if agents else ()):
+        e[c] = OK if ROLE[c] >= least else 403
+    if agents:
+        e["other_agent"] = 404
+    return e
+
+
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 UPSTREAM = "http://127.0.0.1:9/authz"
 ORIGIN = "http://localhost:8123"
 
 
-EXPECT["org_admin"] = EXPECT["org_owner"] = EXPECT["org_member"]
-EXPECT["project_admin"] = EXPECT["project_member"]
 
 
 def lower_id():
@@ -104,13 +130,22 @@ class AuthzMatrixTest(unittest.TestCase):
     def setUpClass(cls):
         # Device codes and polls are made for many cells: the per-IP limits stay out of the way.
         cls.ctl = h.start_control(h.AG_DB, env_extra={"DEVICE_MAX_POLLS_PER_IP_PER_MIN": "100000",
-                                                      "PASSKEY_ORIGIN": ORIGIN})
+                                                      "PASSKEY_ORIGIN": ORIGIN, "AGENT_RATE_LIMIT": "100000000"})
         # Passkeys signed by a software authenticator (the browser suite uses Chromium's).
         cls.authenticator = h.SoftAuthenticator(ORIGIN)
         cls.owner = h.register_user(cls.ctl)
         cls.other = h.register_user(cls.ctl)
-        cls.fixture = cls.make_fixture()
+        cls.member = h.register_user(cls.ctl)
+        cls.admin = h.register_user(cls.ctl)
         cls.boss = h.register_user(cls.ctl)  # owns the organisations other callers join
+        # The organisation the fixtures belong to, with a member, an admin and its agents.
+        cls.org = cls.new_org(cls.owner.token)
+        cls.join(cls.org, cls.owner.token, cls.member, "member")
+        cls.join(cls.org, cls.owner.token, cls.admin, "admin")
+        cls.agents = cls.org_agents(cls.org)
+        other_org = cls.new_org(cls.other.token)
+        cls.other_agent = cls.new_agent(other_org, cls.other.token, "admin")["token"]
+        cls.fixture = cls.make_fixture()
         _, claims = h.jwt_decode_unverified(cls.owner.token)
         now = int(time.time())
         expired = dict(claims, iat=now - 7200, exp=now - 3600)
@@ -129,7 +164,7 @@ class AuthzMatrixTest(unittest.TestCase):
         """A project of the owner with a slug, a key, a service and a service token."""
         ctl, token = cls.ctl, cls.owner.token
         project = h.create_project(ctl, token, name="authz-" + lower_id(), upstream=UPSTREAM,
-                                   slug="authz-" + lower_id(), key_policy="multiple")
+                                   slug="authz-" + lower_id(), key_policy="multiple", organization_id=cls.org)
         key = h.create_key(ctl, token, project["id"])
         name = "svc-" + lower_id()
         resp = ctl.request("PUT", "/projects/%s/services/%s" % (project["id"], name),
@@ -168,8 +203,11 @@ class AuthzMatrixTest(unittest.TestCase):
     def caller_headers(self, caller, route):
         if caller == "anonymous":
             return {}
-        if caller in ("owner", "other_user"):
-            user = self.owner if caller == "owner" else self.other
+        if caller in self.agent_tokens:
+            token = self.agent_tokens[caller]
+            return {"Authorization": "Bearer " + token} if caller == "agent_bearer" else {"X-Agent-Token": token}
+        if caller in USERS:
+            user = self.user(caller)
             if route == ("POST", "/auth/logout"):
                 # a session of its own: logging it out must not break the rest of the matrix
                 return {"Authorization": "Bearer " + h.login(self.ctl, user.email, user.password)["access_token"]}
@@ -200,9 +238,12 @@ class AuthzMatrixTest(unittest.TestCase):
         assert resp.json().get("status") == "authorised", resp
         return resp.json()["anchorRefreshToken"]
 
+    def user(self, caller):
+        return {"owner": self.owner, "other_user": self.other, "member": self.member, "admin": self.admin}[caller]
+
     def own_session_id(self, caller):
         """A fresh session of the caller, for the route that ends one of the caller's sessions."""
-        user = self.owner if caller == "owner" else self.other
+        user = self.user(caller)
         token = h.login(self.ctl, user.email, user.password)["access_token"]
         return self.ctl.request("GET", "/auth/session", token=token).json()["session"]["id"]
 
@@ -216,21 +257,44 @@ class AuthzMatrixTest(unittest.TestCase):
         return resp.json()["passkey"]["id"]
 
     def caller_token(self, caller):
-        return (self.owner if caller == "owner" else self.other).token
+        return self.user(caller).token
 
     # -- organisations ---------------------------------------------------------------------
 
-    def new_org(self, token):
-        resp = self.ctl.request("POST", "/organizations", {"name": "org-" + lower_id()}, token=token)
+    @classmethod
+    def new_org(cls, token):
+        resp = cls.ctl.request("POST", "/organizations", {"name": "org-" + lower_id()}, token=token)
         assert resp.status == 201, resp
         return resp.json()["id"]
 
-    def join(self, org_id, inviter_token, user, role="member"):
-        resp = self.ctl.request("POST", "/organizations/%s/invites" % org_id, {"email": user.email, "role": role},
-                                token=inviter_token)
+    @classmethod
+    def join(cls, org_id, inviter_token, user, role="member"):
+        resp = cls.ctl.request("POST", "/organizations/%s/invites" % org_id, {"email": user.email, "role": role},
+                               token=inviter_token)
         assert resp.status == 201, resp
-        resp = self.ctl.request("POST", "/invites/accept", {"token": resp.json()["token"]}, token=user.token)
+        resp = cls.ctl.request("POST", "/invites/accept", {"token": resp.json()["token"]}, token=user.token)
         assert resp.status == 200, resp
+
+    @classmethod
+    def new_agent(cls, org_id, token, role):
+        resp = cls.ctl.request("POST", "/organizations/%s/agents" % org_id, {"name": "agent-" + lower_id(), "role": role},
+                               token=token)
+        assert resp.status == 201, resp
+        return resp.json()
+
+    @classmethod
+    def org_agents(cls, org_id):
+        """The agent callers' tokens in `org_id` (the revoked one revoked)."""
+        revoked = cls.new_agent(org_id, cls.owner.token, "member")
+        resp = cls.ctl.request("DELETE", "/organizations/%s/agents/%s" % (org_id, revoked["id"]), token=cls.owner.token)
+        assert resp.status == 204, resp
+        admin = cls.new_agent(org_id, cls.owner.token, "admin")["token"]
+        return {"agent_member": cls.new_agent(org_id, cls.owner.token, "member")["token"], "agent_admin": admin,
+                "agent_bearer": admin, "revoked_agent": revoked["token"]}
+
+    @property
+    def agent_tokens(self):
+        return dict(self.agents, other_agent=self.other_agent)
 
     def org_path(self, route, caller):
         """The path of an organisation route, on an organisation made for this cell."""
@@ -240,6 +304,22 @@ class AuthzMatrixTest(unittest.TestCase):
         if route == ("POST", "/organizations/{id}/leave"):
             org = values["id"] = self.new_org(self.boss.token)  # the owner is a member there
             self.join(org, self.boss.token, self.owner)
+        # The caller's place in this organisation: a member, an admin, or one of its agents.
+        if caller in ("member", "admin"):
+            self.join(org, self.boss.token if route == ("POST", "/organizations/{id}/leave") else self.owner.token,
+                      self.user(caller), caller)
+        saved = self.agents
+        if caller in ("agent_member", "agent_admin", "agent_bearer", "revoked_agent"):
+            owner_token = self.boss.token if route == ("POST", "/organizations/{id}/leave") else self.owner.token
+            if caller == "revoked_agent":
+                a = self.new_agent(org, owner_token, "member")
+                self.ctl.request("DELETE", "/organizations/%s/agents/%s" % (org, a["id"]), token=owner_token)
+            else:
+                a = self.new_agent(org, owner_token, "member" if caller == "agent_member" else "admin")
+            self.cell_agent = a["token"]
+        if "{agent_id}" in path:
+            values["agent_id"] = self.new_agent(org, self.owner.token, "member")["id"]
+        del saved
         if "{user_id}" in path:
             member = h.register_user(self.ctl)
             self.join(org, self.owner.token, member)
@@ -253,9 +333,9 @@ class AuthzMatrixTest(unittest.TestCase):
     def body_for(self, route, fx, caller=None):
         method, path = route
         if path in ("/invites/accept", "/invites/decline"):
-            if caller not in ("owner", "other_user"):
+            if caller not in USERS:
                 return {"token": "agi_" + "x" * 43}
-            user = self.owner if caller == "owner" else self.other
+            user = self.user(caller)
             org = self.new_org(self.boss.token)
             resp = self.ctl.request("POST", "/organizations/%s/invites" % org, {"email": user.email},
                                     token=self.boss.token)
@@ -268,12 +348,19 @@ class AuthzMatrixTest(unittest.TestCase):
             return {"role": "admin"}
         if route == ("POST", "/organizations/{id}/invites"):
             return {"email": h.unique_email("inv"), "role": "member"}
+        if route == ("POST", "/organizations/{id}/agents"):
+            return {"name": "agent-" + lower_id()}
+        if route == ("POST", "/internal/worker/traffic"):
+            hour = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime())
+            return {"worker_id": "authz", "batch_id": lower_id(), "hours": [
+                {"project_id": fx["id"], "hour": hour, "requests": 1, "errors": 0, "throttled": 0, "blocked": 0,
+                 "latency_buckets": [1] + [0] * 15}]}
         if route == ("PATCH", "/users/me"):
             return {}
         if path == "/auth/register/options":
-            return {} if caller in ("owner", "other_user") else {"email": h.unique_email("authz")}
+            return {} if caller in USERS else {"email": h.unique_email("authz")}
         if path == "/auth/register/verify":
-            token = self.caller_token(caller) if caller in ("owner", "other_user") else None
+            token = self.caller_token(caller) if caller in USERS else None
             body = {} if token else {"email": h.unique_email("authz")}
             options = self.ctl.request("POST", "/auth/register/options", body, token=token).json()
             return {"credential": self.authenticator.create(options)}
@@ -325,13 +412,14 @@ class AuthzMatrixTest(unittest.TestCase):
 
     def test_matrix(self):
         doc = self.ctl.request("GET", "/openapi.json").json()
-        routes, rules = {}, {}
+        routes, rules, agents = {}, {}, {}
         for path, ops in doc["paths"].items():
             for method, op in ops.items():
                 if method.upper() in ("GET", "POST", "PUT", "PATCH", "DELETE"):
                     ok = sorted(int(c) for c in op.get("responses", {}) if c.isdigit() and 200 <= int(c) < 300)
                     routes[(method.upper(), path)] = ok
                     rules[(method.upper(), path)] = op.get("x-antigravity-access")
+                    agents[(method.upper(), path)] = op.get("x-antigravity-agents", False)
         undeclared = sorted(r for r, rule in rules.items() if rule not in RULES)
         self.assertEqual(undeclared, [], "operations of /openapi.json without a declared rule "
                          "(x-antigravity-access): a route the server does not serve, or one "
@@ -344,20 +432,25 @@ class AuthzMatrixTest(unittest.TestCase):
         for route in sorted(routes):
             cls_ = rules[route]
             success = set(routes[route]) or {200}
+            table_for_route = expect(cls_, agents[route])
             for prefix in PREFIXES:
                 for caller in CALLERS:
-                    expected = EXPECT[cls_][caller]
+                    expected = table_for_route[caller]
                     method, path = route
                     mutating = method in MUTATING and cls_ in ("project_member", "project_admin", "worker")
                     fx = self.make_fixture() if mutating else self.fixture
                     before = self.owner_view(fx) if mutating and expected != OK else None
-                    headers = self.caller_headers(caller, route)
+                    self.cell_agent = None
                     body = self.body_for(route, fx, caller)
                     url = prefix + (self.org_path(route, caller) if path.startswith("/organizations/{id}")
                                     else self.fill_path(path, fx))
-                    if route == ("DELETE", "/auth/sessions/{id}") and caller in ("owner", "other_user"):
+                    headers = self.caller_headers(caller, route)
+                    if self.cell_agent:  # an agent of the organisation made for this cell
+                        headers = ({"Authorization": "Bearer " + self.cell_agent} if caller == "agent_bearer"
+                                   else {"X-Agent-Token": self.cell_agent})
+                    if route == ("DELETE", "/auth/sessions/{id}") and caller in USERS:
                         url = prefix + "/auth/sessions/" + self.own_session_id(caller)
-                    if route == ("DELETE", "/auth/passkeys/{id}") and caller in ("owner", "other_user"):
+                    if route == ("DELETE", "/auth/passkeys/{id}") and caller in USERS:
                         url = prefix + "/auth/passkeys/" + self.add_passkey(caller)
                     resp = self.ctl.request(method, url, body=body, headers=headers)
                     cells += 1
@@ -372,7 +465,7 @@ class AuthzMatrixTest(unittest.TestCase):
                             and caller in BEARER_CALLERS + ("anonymous",)):
                         if "bearer" not in (resp.headers.get("WWW-Authenticate") or "").lower():
                             problems.append("401 without WWW-Authenticate: Bearer")
-                    if (200 <= resp.status < 300 and caller != "owner"
+                    if (200 <= resp.status < 300 and caller in ("other_user", "other_agent", "anonymous")
                             and cls_ in ("optional_user", "user", "project_member", "project_admin")):
                         leaked = [i for i in self.fixture["secret_ids"] + fx["secret_ids"]
                                   if i.encode() in resp.body]

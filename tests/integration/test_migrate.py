@@ -92,7 +92,10 @@ class MigrateTests(TempDirTestCase):
         finally:
             server.stop()
         # Back to schema 6, as the previous release left it.
-        execute("DROP INDEX projects_org_name; DROP INDEX projects_org; ALTER TABLE projects DROP COLUMN org_id;"
+        execute("DROP TABLE agents; DROP TABLE traffic_hourly; DROP TABLE traffic_latency; DROP TABLE traffic_batches;"
+                "DROP INDEX audit_log_org; ALTER TABLE audit_log DROP COLUMN actor_type;"
+                "ALTER TABLE audit_log DROP COLUMN org_id; ALTER TABLE audit_log DROP COLUMN project_id;"
+                "DROP INDEX projects_org_name; DROP INDEX projects_org; ALTER TABLE projects DROP COLUMN org_id;"
                 "ALTER TABLE users DROP COLUMN active_org_id; DROP TABLE invites; DROP TABLE memberships;"
                 "DROP TABLE organizations;"
                 "DROP TABLE external_identities; DROP TABLE device_access_tokens; DROP TABLE device_codes; DROP TABLE webauthn_challenges;"
@@ -113,6 +116,11 @@ class MigrateTests(TempDirTestCase):
                                "WHERE m.org_id = u.id AND m.role = 'owner' AND u.active_org_id = u.id"), [("3",)])
         self.assertEqual(query("SELECT COUNT(*) FROM projects WHERE org_id IS NULL OR org_id <> owner_id"), [("0",)])
         self.assertEqual(query("SELECT org_id FROM projects"), [(first.id,)])
+        # Migration 12: earlier audit records name their actor's kind, and their project and its
+        # organisation where the target is a project.
+        self.assertEqual(query("SELECT actor_type, org_id, project_id FROM audit_log WHERE action = 'project.create'"),
+                         [("user", first.id, query("SELECT id FROM projects")[0][0])])
+        self.assertEqual(query("SELECT COUNT(*) FROM agents"), [("0",)])
         # Migration 8: the sessions made before it are browser sessions.
         self.assertEqual(query("SELECT DISTINCT kind FROM sessions"), [("web",)])
         self.assertEqual(query("SELECT DISTINCT kind FROM refresh_tokens"), [("web",)])

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 
-class OrganizationsTest(unittest.TestCase):
+class OrganizationsTest(h.ControlApiTestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = h.start_control()
@@ -21,29 +21,6 @@ class OrganizationsTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.server.stop()
-
-    def req(self, method, path, body=None, user=None):
-        return self.server.request(method, path, body, token=user.token if user else None)
-
-    def ok(self, resp, status=200):
-        self.assertEqual(resp.status, status, resp)
-        return resp.json() if resp.body else None
-
-    def refused(self, resp, status, code=None):
-        self.assertEqual(resp.status, status, resp)
-        body = resp.json()
-        self.assertTrue(body["detail"])
-        self.assertEqual(body["request_id"], resp.headers["X-Request-Id"])
-        if code:
-            self.assertEqual(body.get("code"), code, resp)
-
-    def org_with(self, owner, **members):
-        """An organisation of `owner` with each user in `members` (name -> (User, role)) joined."""
-        org = self.ok(self.req("POST", "/organizations", {"name": "Team " + h.random_string(5)}, owner), 201)
-        for user, role in members.values():
-            inv = self.ok(self.req("POST", "/organizations/%s/invites" % org["id"], {"email": user.email, "role": role}, owner), 201)
-            self.ok(self.req("POST", "/invites/accept", {"token": inv["token"]}, user))
-        return org["id"]
 
     def test_every_account_has_a_personal_organization(self):
         user = h.register_user(self.server)

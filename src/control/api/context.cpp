@@ -117,16 +117,17 @@ std::string require_string(const json& obj, std::string_view field) {
 }
 
 AuditContext audit_context(const http::Request& req, const std::optional<std::string>& actor) {
-  return {actor, req.remote_ip, std::string(request_id(req))};
+  return {actor, req.remote_ip, std::string(request_id(req)), "user", std::nullopt, std::nullopt};
 }
 
 void audit(store::Connection& c, const AuditContext& who, std::string_view action, std::string_view target_type,
            const std::string& target_id, const json& detail) {
   c.exec(
       "INSERT INTO audit_log (actor_id, action, target_type, target_id, detail, request_id, ip, "
-      "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+      "created_at, actor_type, org_id, project_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
       {store::opt(who.actor), std::string(action), std::string(target_type), target_id, detail.dump(),
-       who.request_id, who.ip, now_ms()});
+       who.request_id, who.ip, now_ms(), who.actor ? store::Value(who.actor_type) : store::Value(nullptr),
+       store::opt(who.org_id), store::opt(who.project_id)});
 }
 
 void audit(store::Connection& c, const http::Request& req, const std::optional<std::string>& actor,

@@ -17,6 +17,7 @@
 #include "common/jwt.hpp"
 #include "control/settings.hpp"
 #include "control/store/database.hpp"
+#include "control/service/agent_tokens.hpp"
 #include "control/service/attempts.hpp"
 #include "control/service/oidc.hpp"
 #include "http/message.hpp"
@@ -49,6 +50,10 @@ struct AppState {
   std::string openapi_document;
   // Failed sign-ins, user-code entries and device polls (docs/auth.md, "Limits").
   AttemptLimiter attempts;
+  // When this process last dropped traffic rollups past their retention (traffic_api.cpp).
+  std::atomic<std::int64_t> traffic_swept_at{0};
+  // Agent tokens verified by this process (the slow hash runs once per token: agent_tokens.hpp).
+  agents::VerifiedTokens agent_tokens;
   // External sign-in (OIDC_ISSUER set), else null.
   std::unique_ptr<oidc::Verifier> oidc;
 };
@@ -95,7 +100,9 @@ std::string require_string(const json& obj, std::string_view field);
 std::optional<std::string> get_string_either(const json& obj, std::string_view name, std::string_view alias,
                                              std::string_view report_as);
 
-// The authenticated caller.
+// The authenticated caller: a user, or an agent of one organisation (docs/organizations.md,
+// "Agents"). For an agent, `user_id` is the agent's id (what audit records and `revoked_by`
+// name), `name` its name, and `email` is empty.
 struct Principal {
   std::string user_id;
   std::string email;
@@ -103,14 +110,25 @@ struct Principal {
   std::string session_id;
   std::int64_t session_expires_at = 0;
   bool is_operator = false;  // may see the worker registry (docs/configuration.md, "Operators")
+  bool agent = false;
+  std::string agent_org_id;  // the agent's organisation
+  std::string agent_role;    // "member" or "admin"
+
+  std::string_view kind() const { return agent ? "agent" : "user"; }
+  // How the caller is named where a person's email would be (e.g. a token's revoked_by).
+  std::string label() const { return agent ? "agent:" + name : email; }
 };
-// Who did something, and from where, for the audit log: the signed-in user (none for the CLI or
-// an anonymous sign-up), the client's address ("cli" for the CLI) and the request id. Domain
+// Who did something, and from where, for the audit log: the signed-in user or agent (none for
+// the CLI or an anonymous sign-up), the client's address ("cli" for the CLI), the request id,
+// and the organisation and project the action belongs to (the activity feed's scope). Domain
 // functions take this, not an http::Request, so the CLI calls them directly.
 struct AuditContext {
   std::optional<std::string> actor;
   std::string ip;
   std::string request_id;
+  std::string actor_type = "user";
+  std::optional<std::string> org_id;
+  std::optional<std::string> project_id;
 };
 AuditContext audit_context(const http::Request& req, const std::optional<std::string>& actor);
 

@@ -128,10 +128,10 @@ http::Response create(AppState& app, const Call& call) {
         c.exec("INSERT INTO api_keys (id, project_id, public_id, key_hash, label, created_at, rate_limit_rpm, "
                "rate_limit_burst) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                {k.id, pid, k.public_id, g.hash_hex, store::opt(label), now, store::opt(rpm), store::opt(burst)});
-        audit(c, req, user.user_id, "key.create", "api_key", k.id,
+        audit(c, call, "key.create", "api_key", k.id,
               {{"project_id", pid}, {"public_id", k.public_id}});
         if (!rotated.empty())
-          audit(c, req, user.user_id, "key.rotate", "project", pid,
+          audit(c, call, "key.rotate", "project", pid,
                 {{"new_key_id", k.id}, {"rotated", rotated}, {"grace_period_seconds", grace}});
         changes.key_upsert(k.id);
       });
@@ -169,7 +169,6 @@ http::Response list(AppState& app, const Call& call) {
 }
 
 http::Response revoke(AppState& app, const Call& call) {
-  const http::Request& req = call.req;
   const http::PathParams& params = call.params;
   const Principal& user = call.principal();
   app.db->transaction([&](store::Connection& c) {
@@ -180,7 +179,7 @@ http::Response revoke(AppState& app, const Call& call) {
     if (r.empty()) throw ApiError(404, "API key not found");
     if (!r.rows[0].is_null(0)) return;  // already revoked: nothing to do, still 204
     c.exec("UPDATE api_keys SET revoked_at = $1, revoked_by = $2 WHERE id = $3", {now_ms(), user.user_id, kid});
-    audit(c, req, user.user_id, "key.revoke", "api_key", kid, {{"project_id", pid}});
+    audit(c, call, "key.revoke", "api_key", kid, {{"project_id", pid}});
     ConfigChanges(app, c).key_delete(pid, kid, r.rows[0].text(1));
   });
   notify_config_change(app);
@@ -190,9 +189,9 @@ http::Response revoke(AppState& app, const Call& call) {
 }  // namespace
 
 void register_key_routes(RouteTable& r, AppState& app) {
-  r.add("POST", "/projects/{id}/keys", Access::kProjectAdmin, [&app](const Call& c) { return create(app, c); });
-  r.add("GET", "/projects/{id}/keys", Access::kProjectMember, [&app](const Call& c) { return list(app, c); });
-  r.add("DELETE", "/projects/{id}/keys/{key_id}", Access::kProjectAdmin, [&app](const Call& c) { return revoke(app, c); });
+  r.add("POST", "/projects/{id}/keys", or_agent(Access::kProjectAdmin), [&app](const Call& c) { return create(app, c); });
+  r.add("GET", "/projects/{id}/keys", or_agent(Access::kProjectMember), [&app](const Call& c) { return list(app, c); });
+  r.add("DELETE", "/projects/{id}/keys/{key_id}", or_agent(Access::kProjectAdmin), [&app](const Call& c) { return revoke(app, c); });
 }
 
 }  // namespace ag::control

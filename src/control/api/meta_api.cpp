@@ -1,4 +1,5 @@
 // Health, the audit feed, and the API's own documentation.
+#include <algorithm>
 #include <charconv>
 
 #include "control/api/context.hpp"
@@ -75,7 +76,16 @@ std::string openapi_with_access(const std::vector<RouteDecl>& routes) {
     for (auto& ch : method) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     auto p = paths.find(r.pattern);
     if (p == paths.end() || !p->contains(method)) continue;  // tests/unit/control/openapi_test.cpp fails on this
-    (*p)[method]["x-antigravity-access"] = access_name(r.access);
+    auto& op = (*p)[method];
+    op["x-antigravity-access"] = access_name(r.access);
+    if (r.agents) {
+      // Agents call it too: say so, and name their credential beside the user's.
+      op["x-antigravity-agents"] = true;
+      json& security = op["security"];
+      if (!security.is_array()) security = json::array({{{"bearerAuth", json::array()}}});
+      json agent = {{"agentToken", json::array()}};
+      if (std::find(security.begin(), security.end(), agent) == security.end()) security.push_back(agent);
+    }
   }
   return doc.dump(2);
 }

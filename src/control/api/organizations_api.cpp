@@ -76,7 +76,9 @@ http::Response create(AppState& app, const Call& call) {
     c.exec("INSERT INTO organizations (id, name, personal, created_at) VALUES ($1, $2, 0, $3)", {id, name, now});
     c.exec("INSERT INTO memberships (org_id, user_id, role, created_at) VALUES ($1, $2, 'owner', $3)",
            {id, call.user->user_id, now});
-    audit(c, call.req, call.user->user_id, "organization.create", "organization", id, {{"name", name}});
+    AuditContext who = audit_context(call);
+    who.org_id = id;
+    audit(c, who, "organization.create", "organization", id, {{"name", name}});
   });
   return json_response(201, {{"id", id}, {"name", name}, {"personal", false}, {"created_at", iso_time(now)}, {"role", "owner"}});
 }
@@ -106,7 +108,7 @@ http::Response update(AppState& app, const Call& call) {
   if (!name.empty())
     app.db->transaction([&](store::Connection& c) {
       c.exec("UPDATE organizations SET name = $1 WHERE id = $2", {name, call.param("id")});
-      audit(c, call.req, call.user->user_id, "organization.update", "organization", call.param("id"), {{"name", name}});
+      audit(c, call, "organization.update", "organization", call.param("id"), {{"name", name}});
     });
   return json_response(200, one(app, call));
 }
@@ -119,8 +121,9 @@ http::Response remove(AppState& app, const Call& call) {
     if (!c.exec("SELECT 1 FROM projects WHERE org_id = $1 LIMIT 1", {id}).empty())
       conflict("organization_not_empty", "Delete or move the organization's projects first");
     c.exec("UPDATE users SET active_org_id = id WHERE active_org_id = $1", {id});
+    c.exec("DELETE FROM agents WHERE org_id = $1", {id});
     c.exec("DELETE FROM organizations WHERE id = $1", {id});
-    audit(c, call.req, call.user->user_id, "organization.delete", "organization", id);
+    audit(c, call, "organization.delete", "organization", id);
   });
   return no_content();
 }
@@ -157,37 +160,35 @@ http::Response set_role(AppState& app, const Call& call) {
       conflict("last_owner", "An organization keeps at least one owner");
     c.exec("UPDATE memberships SET role = $1 WHERE org_id = $2 AND user_id = $3",
            {std::string(role_name(wanted)), call.param("id"), call.param("user_id")});
-    audit(c, call.req, call.user->user_id, "organization.member_role", "user", call.param("user_id"),
+    audit(c, call, "organization.member_role", "user", call.param("user_id"),
           {{"organization", call.param("id")}, {"role", role_name(wanted)}});
   });
   return json_response(200, {{"user_id", call.param("user_id")}, {"role", role_name(wanted)}});
 }
 
 // Takes `user_id` out of `org_id` (removal by an admin, or leaving).
-void drop_member(store::Connection& c, const http::Request& req, const std::string& actor, const std::string& org_id,
-                 const std::string& user_id, Role role, std::string_view action) {
+void drop_member(store::Connection& c, const Call& call, const std::string& org_id, const std::string& user_id, Role role,
+                 std::string_view action) {
   if (c.exec("SELECT personal FROM organizations WHERE id = $1", {org_id}).rows.at(0).integer(0) != 0)
     conflict("personal_organization", "No one leaves a personal organization");
   if (role == Role::kOwner && owners(c, org_id) <= 1) conflict("last_owner", "An organization keeps at least one owner");
   c.exec("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2", {org_id, user_id});
   c.exec("UPDATE users SET active_org_id = id WHERE id = $1 AND active_org_id = $2", {user_id, org_id});
-  audit(c, req, actor, action, "user", user_id, {{"organization", org_id}});
+  audit(c, call, action, "user", user_id, {{"organization", org_id}});
 }
 
 http::Response remove_member(AppState& app, const Call& call) {
   app.db->transaction([&](store::Connection& c) {
     Role current = member_role(c, call);
     require_can_grant(call, current, current);
-    drop_member(c, call.req, call.user->user_id, call.param("id"), call.param("user_id"), current,
-                "organization.member_remove");
+    drop_member(c, call, call.param("id"), call.param("user_id"), current, "organization.member_remove");
   });
   return no_content();
 }
 
 http::Response leave(AppState& app, const Call& call) {
   app.db->transaction([&](store::Connection& c) {
-    drop_member(c, call.req, call.user->user_id, call.param("id"), call.user->user_id, *call.org_role,
-                "organization.leave");
+    drop_member(c, call, call.param("id"), call.user->user_id, *call.org_role, "organization.leave");
   });
   return no_content();
 }
@@ -223,7 +224,7 @@ http::Response invite(AppState& app, const Call& call) {
         "VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8)",
         {id, call.param("id"), email, std::string(role_name(role)), crypto::sha256_hex(token), call.user->user_id, now,
          now + kInviteTtlMs});
-    audit(c, call.req, call.user->user_id, "organization.invite", "invite", id,
+    audit(c, call, "organization.invite", "invite", id,
           {{"organization", call.param("id")}, {"email", email}, {"role", role_name(role)}});
   });
   std::string link = public_base(app, call.req) + "/login?invite=" + token;
@@ -255,7 +256,7 @@ http::Response revoke_invite(AppState& app, const Call& call) {
     done = c.exec("UPDATE invites SET status = 'revoked', decided_at = $1 WHERE id = $2 AND org_id = $3 AND status = 'pending'",
                   {now_ms(), call.param("invite_id"), call.param("id")})
                .affected == 1;
-    if (done) audit(c, call.req, call.user->user_id, "organization.invite_revoke", "invite", call.param("invite_id"));
+    if (done) audit(c, call, "organization.invite_revoke", "invite", call.param("invite_id"));
   });
   if (!done) throw ApiError(404, "Pending invite not found");
   return no_content();
@@ -287,8 +288,10 @@ http::Response answer(AppState& app, const Call& call, bool accept) {
       out = org_json(o.rows.at(0), 0);
       out["role"] = role;
     }
-    audit(c, call.req, call.user->user_id, accept ? "organization.invite_accept" : "organization.invite_decline",
-          "invite", id, {{"organization", org}});
+    AuditContext who = audit_context(call);
+    who.org_id = org;
+    audit(c, who, accept ? "organization.invite_accept" : "organization.invite_decline", "invite", id,
+          {{"organization", org}});
   });
   return accept ? json_response(200, out) : no_content();
 }
@@ -317,7 +320,7 @@ http::Response patch_me(AppState& app, const Call& call) {
       throw ApiError(404, "Organization not found");
     if (!name.empty()) c.exec("UPDATE users SET name = $1 WHERE id = $2", {name, call.user->user_id});
     if (active) c.exec("UPDATE users SET active_org_id = $1 WHERE id = $2", {*active, call.user->user_id});
-    audit(c, call.req, call.user->user_id, "user.update", "user", call.user->user_id);
+    audit(c, call, "user.update", "user", call.user->user_id);
   });
   return json_response(200, me(app, *call.user));
 }
@@ -329,10 +332,10 @@ void register_organization_routes(RouteTable& r, AppState& app) {
   r.add("PATCH", "/users/me", Access::kUser, [&app](const Call& c) { return patch_me(app, c); });
   r.add("POST", "/organizations", Access::kUser, [&app](const Call& c) { return create(app, c); });
   r.add("GET", "/organizations", Access::kUser, [&app](const Call& c) { return list(app, c); });
-  r.add("GET", "/organizations/{id}", Access::kOrgMember, [&app](const Call& c) { return get(app, c); });
+  r.add("GET", "/organizations/{id}", or_agent(Access::kOrgMember), [&app](const Call& c) { return get(app, c); });
   r.add("PATCH", "/organizations/{id}", Access::kOrgAdmin, [&app](const Call& c) { return update(app, c); });
   r.add("DELETE", "/organizations/{id}", Access::kOrgOwner, [&app](const Call& c) { return remove(app, c); });
-  r.add("GET", "/organizations/{id}/members", Access::kOrgMember, [&app](const Call& c) { return members(app, c); });
+  r.add("GET", "/organizations/{id}/members", or_agent(Access::kOrgMember), [&app](const Call& c) { return members(app, c); });
   r.add("PATCH", "/organizations/{id}/members/{user_id}", Access::kOrgAdmin, [&app](const Call& c) { return set_role(app, c); });
   r.add("DELETE", "/organizations/{id}/members/{user_id}", Access::kOrgAdmin, [&app](const Call& c) { return remove_member(app, c); });
   r.add("POST", "/organizations/{id}/leave", Access::kOrgMember, [&app](const Call& c) { return leave(app, c); });

@@ -169,7 +169,10 @@ http::Response create(AppState& app, const Call& call) {
              "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
              {p.id, user.user_id, p.name, p.upstream, p.rpm, p.burst, p.key_policy, p.max_body,
               p.created_at, p.updated_at, store::opt(p.slug), store::opt(p.risk), p.org_id});
-      audit(c, req, user.user_id, "project.create", "project", p.id, {{"name", p.name}});
+      AuditContext who = audit_context(call);
+      who.org_id = p.org_id;
+      who.project_id = p.id;
+      audit(c, who, "project.create", "project", p.id, {{"name", p.name}});
       ConfigChanges(app, c).project_upsert(p.id);
     });
   } catch (const store::UniqueViolation&) {
@@ -182,15 +185,19 @@ http::Response create(AppState& app, const Call& call) {
 http::Response list(AppState& app, const Call& call) {
   const Principal& user = call.principal();
   // The projects of every organisation the caller is in, or of `?organization_id=` only.
+  // An agent sees its own organisation's.
   std::string org;
   http::query_param(call.req.query, "organization_id", org);
-  if (!org.empty()) require_org_role(app, user, org, Role::kMember);
+  if (user.agent && !org.empty() && org != user.agent_org_id) throw ApiError(404, "Organization not found");
+  if (!user.agent && !org.empty()) require_org_role(app, user, org, Role::kMember);
   json out = json::array();
   app.db->with_connection([&](store::Connection& c) {
-    auto r = c.exec(std::string("SELECT ") + kProjectColumns +
-                        " FROM projects WHERE org_id IN (SELECT org_id FROM memberships WHERE user_id = $1) "
-                        "AND ($2 = '' OR org_id = $2) ORDER BY seq DESC",
-                    {user.user_id, org});
+    auto r = user.agent ? c.exec(std::string("SELECT ") + kProjectColumns + " FROM projects WHERE org_id = $1 ORDER BY seq DESC",
+                                 {user.agent_org_id})
+                        : c.exec(std::string("SELECT ") + kProjectColumns +
+                                     " FROM projects WHERE org_id IN (SELECT org_id FROM memberships WHERE user_id = $1) "
+                                     "AND ($2 = '' OR org_id = $2) ORDER BY seq DESC",
+                                 {user.user_id, org});
     for (const auto& row : r.rows) out.push_back(to_json(from_row(row)));
   });
   return json_response(200, out);
@@ -207,7 +214,6 @@ http::Response get(AppState& app, const Call& call) {
 http::Response update(AppState& app, const Call& call) {
   const http::Request& req = call.req;
   const http::PathParams& params = call.params;
-  const Principal& user = call.principal();
   json body = parse_object_body(req);
   Project p;
   try {
@@ -228,7 +234,7 @@ http::Response update(AppState& app, const Call& call) {
               store::opt(p.slug), store::opt(p.risk), p.id});
       json changed = json::array();
       for (auto it = body.begin(); it != body.end(); ++it) changed.push_back(it.key());
-      audit(c, req, user.user_id, "project.update", "project", p.id, {{"fields", changed}});
+      audit(c, call, "project.update", "project", p.id, {{"fields", changed}});
       ConfigChanges(app, c).project_upsert(p.id);
     });
   } catch (const store::UniqueViolation&) {
@@ -239,16 +245,16 @@ http::Response update(AppState& app, const Call& call) {
 }
 
 http::Response remove(AppState& app, const Call& call) {
-  const http::Request& req = call.req;
   const http::PathParams& params = call.params;
-  const Principal& user = call.principal();
   app.db->transaction([&](store::Connection& c) {
     auto p = load(c, params.at("id"));
     if (!p) throw not_found();
     ConfigChanges(app, c).project_delete(p->id);  // reads the keys before they go
     c.exec("DELETE FROM api_keys WHERE project_id = $1", {p->id});
     c.exec("DELETE FROM projects WHERE id = $1", {p->id});
-    audit(c, req, user.user_id, "project.delete", "project", p->id, {{"name", p->name}});
+    c.exec("DELETE FROM traffic_hourly WHERE project_id = $1", {p->id});
+    c.exec("DELETE FROM traffic_latency WHERE project_id = $1", {p->id});
+    audit(c, call, "project.delete", "project", p->id, {{"name", p->name}});
   });
   notify_config_change(app);
   return no_content();
@@ -258,10 +264,10 @@ http::Response remove(AppState& app, const Call& call) {
 
 void register_project_routes(RouteTable& r, AppState& app) {
   r.add("POST", "/projects", Access::kUser, [&app](const Call& c) { return create(app, c); });
-  r.add("GET", "/projects", Access::kUser, [&app](const Call& c) { return list(app, c); });
-  r.add("GET", "/projects/{id}", Access::kProjectMember, [&app](const Call& c) { return get(app, c); });
-  r.add("PATCH", "/projects/{id}", Access::kProjectAdmin, [&app](const Call& c) { return update(app, c); });
-  r.add("DELETE", "/projects/{id}", Access::kProjectAdmin, [&app](const Call& c) { return remove(app, c); });
+  r.add("GET", "/projects", or_agent(Access::kUser), [&app](const Call& c) { return list(app, c); });
+  r.add("GET", "/projects/{id}", or_agent(Access::kProjectMember), [&app](const Call& c) { return get(app, c); });
+  r.add("PATCH", "/projects/{id}", or_agent(Access::kProjectAdmin), [&app](const Call& c) { return update(app, c); });
+  r.add("DELETE", "/projects/{id}", or_agent(Access::kProjectAdmin), [&app](const Call& c) { return remove(app, c); });
 }
 
 }  // namespace ag::control

@@ -2,8 +2,7 @@
 
 #include "common/crypto.hpp"
 #include "common/time.hpp"
-#include "control/api/sessions.hpp"
-#include "control/service/validation.hpp"
+#include "control/api/callers.hpp"
 
 namespace ag::control {
 
@@ -20,14 +19,18 @@ std::string_view access_name(Access access) {
     case Access::kOrgMember: return "org_member";
     case Access::kOrgAdmin: return "org_admin";
     case Access::kOrgOwner: return "org_owner";
+    case Access::kAgent: return "agent";
   }
   return "unknown";
 }
 
-void RouteTable::add(std::string method, std::string pattern, Access access, ApiHandler handler, Runs runs) {
+void RouteTable::add(std::string method, std::string pattern, Rule rule, ApiHandler handler, Runs runs) {
+  if (rule.agents() && rule.access != Access::kUser && rule.access != Access::kProjectMember &&
+      rule.access != Access::kProjectAdmin && rule.access != Access::kOrgMember && rule.access != Access::kOrgAdmin)
+    throw std::logic_error("agents cannot be admitted by the rule of " + method + " " + pattern);
   router_.add(method, pattern, entries_.size());
-  entries_.push_back({access, std::move(handler), runs});
-  decls_.push_back({std::move(method), std::move(pattern), access});
+  entries_.push_back({rule, std::move(handler), runs});
+  decls_.push_back({std::move(method), std::move(pattern), rule.access, rule.agents()});
 }
 
 RouteTable::Match RouteTable::match(std::string_view method, std::string_view path) const {
@@ -44,150 +47,61 @@ std::vector<RouteDecl> RouteTable::routes() const { return decls_; }
 
 namespace {
 
-// A device session's opaque access token (docs/auth.md, "Device sign-in"): by its hash, live
-// while the token and its session are.
-Principal device_user(AppState& app, std::string_view token) {
-  std::optional<Principal> p;
-  if (token.size() <= 64) {
-    std::int64_t now = now_ms();
-    app.db->with_connection([&](store::Connection& c) {
-      auto r = c.exec(
-          "SELECT u.id, u.email, u.name, s.id, s.expires_at, u.is_operator FROM device_access_tokens t "
-          "JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id "
-          "WHERE t.token_hash = $1 AND t.expires_at > $2 AND s.revoked_at IS NULL AND s.expires_at > $2",
-          {crypto::sha256_hex(token), now});
-      if (!r.empty())
-        p = Principal{r.rows[0].text(0), r.rows[0].text(1), r.rows[0].text(2), r.rows[0].text(3),
-                      r.rows[0].integer(4), r.rows[0].integer(5) != 0};
-    });
-  }
-  if (!p) throw unauthorized("Invalid or expired token");
-  return *p;
-}
-
-// A Bearer JWT from the OIDC issuer (docs/auth.md, "External sign-in"): the user its `sub` maps
-// to, created on first sight. An email that already belongs to an account is linked to it only
-// when the issuer says the email is verified; otherwise the token is refused rather than guessed.
-Principal external_user(AppState& app, const http::Request& req, std::string_view token) {
-  std::string why;
-  auto id = app.oidc->verify(token, why);
-  if (!id) throw unauthorized("Invalid external token: " + why);
-  const std::string& issuer = app.oidc->settings().issuer;
-  auto find = [&](store::Connection& c) -> std::optional<Principal> {
-    auto r = c.exec(
-        "SELECT u.id, u.email, u.name, u.is_operator FROM external_identities x JOIN users u ON u.id = x.user_id "
-        "WHERE x.issuer = $1 AND x.subject = $2",
-        {issuer, id->sub});
-    if (r.empty()) return std::nullopt;
-    return Principal{r.rows[0].text(0), r.rows[0].text(1), r.rows[0].text(2), "", id->expires_at_ms,
-                     r.rows[0].integer(3) != 0};
-  };
-  std::optional<Principal> p;
-  app.db->with_connection([&](store::Connection& c) { p = find(c); });
-  if (p) return *p;
-  std::string email = lower_ascii(id->email);
-  if (email.empty() || !check_email(email).empty())
-    throw unauthorized("The external token has no usable email claim ('" + app.oidc->settings().email_claim + "')");
-  std::string name = id->name.empty() || !check_name(id->name).empty() ? email.substr(0, email.find('@')) : id->name;
-  bool refused = false;
-  try {
-    app.db->transaction([&](store::Connection& c) {
-      std::string user_id;
-      if (auto existing = find_user_by_email(c, email, nullptr)) {
-        if (!id->email_verified) {
-          refused = true;
-          return;
-        }
-        user_id = existing->id;
-      } else {
-        User u{crypto::uuid_v4(), email, name, now_ms()};
-        insert_user(app, c, u, "");
-        user_id = u.id;
-        audit(c, req, user_id, "user.register", "user", user_id, {{"email", email}, {"method", "oidc"}, {"issuer", issuer}});
-      }
-      c.exec("INSERT INTO external_identities (issuer, subject, user_id, created_at) VALUES ($1, $2, $3, $4)",
-             {issuer, id->sub, user_id, now_ms()});
-      audit(c, req, user_id, "auth.external_link", "user", user_id, {{"issuer", issuer}});
-    });
-  } catch (const store::UniqueViolation&) {
-    // The same subject's first two requests at once: the other one linked it.
-  }
-  if (refused) throw ApiError(403, "This email belongs to an existing account and the issuer does not say it is verified");
-  app.db->with_connection([&](store::Connection& c) { p = find(c); });
-  if (!p) throw unauthorized("Invalid external token");
-  return *p;
-}
-
-// nullopt when no Authorization header; 401 when one is present but invalid.
-std::optional<Principal> bearer_user(AppState& app, const http::Request& req) {
-  auto auth = req.header("authorization");
-  if (auth.empty()) return std::nullopt;
-  if (auth.size() < 7 || !(auth.substr(0, 7) == "Bearer " || auth.substr(0, 7) == "bearer "))
-    throw unauthorized("Authorization header must be 'Bearer <token>'");
-  auto token = auth.substr(7);
-  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
-  if (token.substr(0, 4) == "agd_") return device_user(app, token);
-  if (app.oidc && oidc::unverified_issuer(token) == app.oidc->settings().issuer) return external_user(app, req, token);
-  auto v = jwt::verify(app.jwt_alg, app.settings.jwt_secret, token);
-  if (!v.payload) throw unauthorized("Invalid or expired token");
-  json claims = json::parse(*v.payload, nullptr, false);
-  auto str = [&](const char* k) -> std::string {
-    auto it = claims.find(k);
-    return it != claims.end() && it->is_string() ? it->get<std::string>() : std::string{};
-  };
-  auto exp = claims.find("exp");
-  if (exp == claims.end() || !exp->is_number()) throw unauthorized("Invalid or expired token");
-  std::int64_t now = now_ms();
-  if (exp->get<double>() * 1000.0 <= static_cast<double>(now)) throw unauthorized("Token expired");
-  if (str("iss") != "antigravity" || str("aud") != "antigravity-control")
-    throw unauthorized("Invalid or expired token");
-  std::string sid = str("sid"), sub = str("sub");
-  if (sid.empty() || sub.empty()) throw unauthorized("Invalid or expired token");
-  std::optional<Principal> p;
-  app.db->with_connection([&](store::Connection& c) {
-    auto r = c.exec(
-        "SELECT u.id, u.email, u.name, s.expires_at, u.is_operator FROM sessions s JOIN users u ON u.id = s.user_id "
-        "WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3",
-        {sid, sub, now});
-    if (!r.empty())
-      p = Principal{r.rows[0].text(0), r.rows[0].text(1), r.rows[0].text(2), sid, r.rows[0].integer(3),
-                    r.rows[0].integer(4) != 0};
-  });
-  if (!p) throw unauthorized("Session revoked or expired");
-  return p;
-}
-
-// X-Worker-Secret (or the older X-Control-Secret) against every configured worker secret.
-bool worker_authorised(const AppState& app, const http::Request& req) {
-  auto presented = req.header("x-worker-secret");
-  if (presented.empty()) presented = req.header("x-control-secret");
-  if (presented.empty()) return false;
-  // Hash both sides first so the comparison is constant-time whatever the lengths.
-  auto p = crypto::sha256(presented);
-  std::string_view pv(reinterpret_cast<const char*>(p.data()), p.size());
-  bool ok = false;
-  for (const auto& s : app.settings.worker_secrets) {
-    auto h = crypto::sha256(s);
-    ok |= crypto::constant_time_equal(pv, std::string_view(reinterpret_cast<const char*>(h.data()), h.size()));
-  }
-  return ok;
-}
-
-// The one project-access question: the caller's role in the project's organisation. 404 (not
-// 403) for a non-member, so another organisation's project ids cannot be told from ids that do
-// not exist; 403 for a member below `least`.
-void require_project_access(AppState& app, const Principal& user, const std::string& project_id, Role least) {
+// The one project-access question: the caller's role in the project's organisation (a member's
+// role, or an agent's own role in its organisation). 404 (not 403) for anyone else, so another
+// organisation's project ids cannot be told from ids that do not exist; 403 below `least`.
+// Returns the project's organisation.
+std::string require_project_access(AppState& app, const Principal& caller, const std::string& project_id, Role least) {
   std::optional<Role> role;
+  std::string org_id;
   if (crypto::is_uuid(project_id))
     app.db->with_connection([&](store::Connection& c) {
-      auto r = c.exec("SELECT m.role FROM projects p JOIN memberships m ON m.org_id = p.org_id AND m.user_id = $2 "
+      if (caller.agent) {
+        auto r = c.exec("SELECT org_id FROM projects WHERE id = $1", {project_id});
+        if (!r.empty() && r.rows[0].text(0) == caller.agent_org_id) {
+          org_id = caller.agent_org_id;
+          role = parse_role(caller.agent_role);
+        }
+        return;
+      }
+      auto r = c.exec("SELECT m.role, p.org_id FROM projects p JOIN memberships m ON m.org_id = p.org_id AND m.user_id = $2 "
                       "WHERE p.id = $1",
-                      {project_id, user.user_id});
-      if (!r.empty()) role = parse_role(r.rows[0].text(0));
+                      {project_id, caller.user_id});
+      if (!r.empty()) {
+        role = parse_role(r.rows[0].text(0));
+        org_id = r.rows[0].text(1);
+      }
     });
   if (!role) throw ApiError(404, "Project not found");
   if (*role < least)
     throw ApiError(403, "Requires the " + std::string(role_name(least)) + " role in the project's organization");
+  return org_id;
+}
+
+// The token of an agent, when the request carries one: X-Agent-Token, or a Bearer token with the
+// agent prefix (a Bearer that is not a user's token is tried as an agent's, as Mission Control
+// did). Both headers at once are refused: two credentials are not guessed between.
+std::optional<std::string_view> agent_token(const http::Request& req) {
+  auto header = req.header("x-agent-token");
+  auto auth = req.header("authorization");
+  if (!header.empty() && !auth.empty())
+    throw ApiError(400, "Send one credential: Authorization or X-Agent-Token, not both");
+  if (!header.empty()) return header;
+  if (auth.size() > 7 && (auth.substr(0, 7) == "Bearer " || auth.substr(0, 7) == "bearer ")) {
+    auto token = auth.substr(7);
+    while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+    if (token.substr(0, agents::kTokenPrefix.size()) == agents::kTokenPrefix) return token;
+  }
+  return std::nullopt;
+}
+
+Role least_role(Access access) {
+  switch (access) {
+    case Access::kProjectAdmin:
+    case Access::kOrgAdmin: return Role::kAdmin;
+    case Access::kOrgOwner: return Role::kOwner;
+    default: return Role::kMember;
+  }
 }
 
 }  // namespace
@@ -229,38 +143,65 @@ Role require_org_role(AppState& app, const Principal& user, const std::string& o
   return *role;
 }
 
-void authorise(AppState& app, Access access, Call& call) {
+void authorise(AppState& app, const Rule& rule, Call& call) {
+  const Access access = rule.access;
+  if (access == Access::kPublic) return;
+  if (access == Access::kWorker) {
+    if (!worker_authorised(app, call.req)) throw ApiError(401, "Invalid worker secret");
+    return;
+  }
+  if (auto token = agent_token(call.req)) {
+    if (!rule.agents() && access != Access::kAgent)
+      throw unauthorized("This route takes a user's Bearer token; agent tokens are not accepted here");
+    call.user = agent_caller(app, *token);
+  } else if (access == Access::kAgent) {
+    throw unauthorized("This route takes an agent token (X-Agent-Token)");
+  } else {
+    call.user = bearer_user(app, call.req);
+  }
+  if (access == Access::kOptionalUser || access == Access::kUserOrRefreshToken) return;
+  if (!call.user) throw unauthorized("Not authenticated");
+  const Principal& caller = *call.user;
   switch (access) {
-    case Access::kPublic:
+    case Access::kOperator:
+      if (!caller.is_operator) throw ApiError(403, "Operators only");
       return;
-    case Access::kOptionalUser:
-    case Access::kUserOrRefreshToken:
-      call.user = bearer_user(app, call.req);
-      return;
-    case Access::kUser:
     case Access::kProjectMember:
     case Access::kProjectAdmin:
-    case Access::kOperator:
-      call.user = bearer_user(app, call.req);
-      if (!call.user) throw unauthorized("Not authenticated");
-      if (access == Access::kOperator && !call.user->is_operator) throw ApiError(403, "Operators only");
-      if (access == Access::kProjectMember) require_project_access(app, *call.user, call.param("id"), Role::kMember);
-      if (access == Access::kProjectAdmin) require_project_access(app, *call.user, call.param("id"), Role::kAdmin);
-      return;
-    case Access::kWorker:
-      if (!worker_authorised(app, call.req)) throw ApiError(401, "Invalid worker secret");
+      call.project_id = call.param("id");
+      call.org_id = require_project_access(app, caller, *call.project_id, least_role(access));
       return;
     case Access::kOrgMember:
     case Access::kOrgAdmin:
     case Access::kOrgOwner:
-      call.user = bearer_user(app, call.req);
-      if (!call.user) throw unauthorized("Not authenticated");
-      call.org_role = require_org_role(app, *call.user, call.param("id"),
-                                       access == Access::kOrgOwner   ? Role::kOwner
-                                       : access == Access::kOrgAdmin ? Role::kAdmin
-                                                                     : Role::kMember);
+      call.org_id = call.param("id");
+      if (caller.agent) {
+        auto role = parse_role(caller.agent_role);
+        if (caller.agent_org_id != *call.org_id || !role) throw ApiError(404, "Organization not found");
+        if (*role < least_role(access))
+          throw ApiError(403, "Requires the " + std::string(role_name(least_role(access))) + " role in this organization");
+        call.org_role = role;
+      } else {
+        call.org_role = require_org_role(app, caller, *call.org_id, least_role(access));
+      }
+      return;
+    default:
+      if (caller.agent) call.org_id = caller.agent_org_id;
       return;
   }
+}
+
+AuditContext audit_context(const Call& call) {
+  AuditContext who = audit_context(call.req, call.user ? std::optional<std::string>(call.user->user_id) : std::nullopt);
+  if (call.user) who.actor_type = std::string(call.user->kind());
+  who.org_id = call.org_id;
+  who.project_id = call.project_id;
+  return who;
+}
+
+void audit(store::Connection& c, const Call& call, std::string_view action, std::string_view target_type,
+           const std::string& target_id, const json& detail) {
+  audit(c, audit_context(call), action, target_type, target_id, detail);
 }
 
 }  // namespace ag::control

@@ -3,8 +3,10 @@
 // it, and ControlApp checks that rule before the handler runs. Handlers never check credentials
 // or ownership themselves; they receive the caller the rule established (Call::principal()).
 //
-//   routes.add("GET", "/projects/{id}", Access::kProjectMember, handler);
+//   routes.add("GET", "/projects/{id}", or_agent(Access::kProjectMember), handler);
 //
+// A rule says what role is needed where; whether agents (X-Agent-Token) may call the route at
+// all is said beside it (`or_agent`). An agent acts in its own organisation only, with its role.
 // The rules and what each caller gets are in docs/api.md ("Who may call what"); /openapi.json
 // names each operation's rule as `x-antigravity-access`.
 #include <functional>
@@ -31,8 +33,22 @@ enum class Access {
   kOrgAdmin,            // kOrgMember with the admin or owner role (403 otherwise)
   kOrgOwner,            // kOrgMember with the owner role (403 otherwise)
   kWorker,              // a worker secret in X-Worker-Secret
+  kAgent,               // an agent token, and nothing else (401 otherwise)
 };
 std::string_view access_name(Access access);
+
+// Who may present a credential: users only, or users and agents (docs/organizations.md).
+enum class Callers : bool { kUsers, kUsersAndAgents };
+
+struct Rule {
+  Access access;
+  Callers callers = Callers::kUsers;
+  Rule(Access a) : access(a) {}  // implicit on purpose: `Access::kUser` reads as a rule
+  Rule(Access a, Callers c) : access(a), callers(c) {}
+  bool agents() const { return callers == Callers::kUsersAndAgents; }
+};
+// The rule, also open to the agents of the organisation it names (`user`: any agent).
+inline Rule or_agent(Access a) { return {a, Callers::kUsersAndAgents}; }
 
 // A member's role in an organisation, in rising order of what it may do.
 enum class Role { kMember, kAdmin, kOwner };
@@ -45,6 +61,10 @@ struct Call {
   const http::PathParams& params;
   std::optional<Principal> user;  // the bearer's user, when the rule takes bearer tokens and one was sent
   std::optional<Role> org_role;   // the caller's role in `{id}`, for the organisation rules
+  // The organisation and project the rule resolved (a project rule: the project in `{id}` and
+  // its organisation; an organisation rule: `{id}`); what audit records and the activity feed name.
+  std::optional<std::string> org_id;
+  std::optional<std::string> project_id;
 
   // The caller of a route whose rule requires a user.
   const Principal& principal() const {
@@ -63,15 +83,17 @@ struct RouteDecl {
   std::string method;
   std::string pattern;
   Access access;
+  bool agents = false;
 };
 
 class RouteTable {
  public:
-  void add(std::string method, std::string pattern, Access access, ApiHandler handler,
-           Runs runs = Runs::kOnPool);
+  // Agents are admitted only by the rules that name an organisation (project and organisation
+  // rules up to admin) and by `user`; std::logic_error for any other pairing.
+  void add(std::string method, std::string pattern, Rule rule, ApiHandler handler, Runs runs = Runs::kOnPool);
 
   struct Entry {
-    Access access;
+    Rule rule;
     ApiHandler handler;
     Runs runs = Runs::kOnPool;
   };
@@ -92,8 +114,14 @@ class RouteTable {
   std::vector<Entry> entries_;
 };
 
-// Checks `access` for the request; fills call.user. Throws ApiError (401/403/404) when refused.
-void authorise(AppState& app, Access access, Call& call);
+// Checks `rule` for the request; fills call.user, org_role, org_id, project_id. Throws ApiError
+// (400 for two credentials, 401/403/404, 429 for an agent over its rate) when refused.
+void authorise(AppState& app, const Rule& rule, Call& call);
+
+// The audit record's who and where for a call: its caller (user or agent), organisation, project.
+AuditContext audit_context(const Call& call);
+void audit(store::Connection& c, const Call& call, std::string_view action, std::string_view target_type,
+           const std::string& target_id, const json& detail = json::object());
 
 // The caller's role in `org_id` (a body field, not the path): 404 when not a member, 403 below
 // `least`. The organisation rules use the same check on `{id}`.
@@ -118,5 +146,8 @@ void register_worker_config_routes(RouteTable& r, AppState& app);
 void register_meta_routes(RouteTable& r, AppState& app);
 void register_token_routes(RouteTable& r, AppState& app);
 void register_service_routes(RouteTable& r, AppState& app);
+void register_agent_routes(RouteTable& r, AppState& app);
+void register_activity_routes(RouteTable& r, AppState& app);
+void register_traffic_routes(RouteTable& r, AppState& app);
 
 }  // namespace ag::control

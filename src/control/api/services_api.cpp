@@ -86,7 +86,6 @@ const std::string& service_name(const http::PathParams& params) {
 http::Response put(AppState& app, const Call& call) {
   const http::Request& req = call.req;
   const http::PathParams& params = call.params;
-  const Principal& user = call.principal();
   const auto& name = params.at("name");
   json body = parse_object_body(req);
   if (!valid_slug(name)) throw validation_error("name", "must match ^[a-z0-9_-]{1,63}$");
@@ -108,7 +107,7 @@ http::Response put(AppState& app, const Call& call) {
       c.exec("UPDATE services SET spec = $1, updated_at = $2 WHERE project_id = $3 AND name = $4",
              {spec.dump(), now, project.id, name});
     }
-    audit(c, req, user.user_id, created ? "service.create" : "service.update", "service", project.id + "/" + name);
+    audit(c, call, created ? "service.create" : "service.update", "service", project.id + "/" + name);
     ConfigChanges(app, c).project_upsert(project.id);
     out = record(c.exec("SELECT spec, created_at, updated_at FROM services WHERE project_id = $1 AND name = $2",
                         {project.id, name})
@@ -143,14 +142,12 @@ http::Response get(AppState& app, const Call& call) {
 }
 
 http::Response remove(AppState& app, const Call& call) {
-  const http::Request& req = call.req;
   const http::PathParams& params = call.params;
-  const Principal& user = call.principal();
   app.db->transaction([&](store::Connection& c) {
     auto project = project_ref_by_id(c, params.at("id"));
     auto r = c.exec("DELETE FROM services WHERE project_id = $1 AND name = $2", {project.id, service_name(params)});
     if (r.affected == 0) throw ApiError(404, "Service not found");
-    audit(c, req, user.user_id, "service.delete", "service", project.id + "/" + params.at("name"));
+    audit(c, call, "service.delete", "service", project.id + "/" + params.at("name"));
     ConfigChanges(app, c).project_upsert(project.id);
   });
   notify_config_change(app);
@@ -160,10 +157,10 @@ http::Response remove(AppState& app, const Call& call) {
 }  // namespace
 
 void register_service_routes(RouteTable& r, AppState& app) {
-  r.add("GET", "/projects/{id}/services", Access::kProjectMember, [&app](const Call& c) { return list(app, c); });
-  r.add("PUT", "/projects/{id}/services/{name}", Access::kProjectAdmin, [&app](const Call& c) { return put(app, c); });
-  r.add("GET", "/projects/{id}/services/{name}", Access::kProjectMember, [&app](const Call& c) { return get(app, c); });
-  r.add("DELETE", "/projects/{id}/services/{name}", Access::kProjectAdmin, [&app](const Call& c) { return remove(app, c); });
+  r.add("GET", "/projects/{id}/services", or_agent(Access::kProjectMember), [&app](const Call& c) { return list(app, c); });
+  r.add("PUT", "/projects/{id}/services/{name}", or_agent(Access::kProjectAdmin), [&app](const Call& c) { return put(app, c); });
+  r.add("GET", "/projects/{id}/services/{name}", or_agent(Access::kProjectMember), [&app](const Call& c) { return get(app, c); });
+  r.add("DELETE", "/projects/{id}/services/{name}", or_agent(Access::kProjectAdmin), [&app](const Call& c) { return remove(app, c); });
 }
 
 }  // namespace ag::control

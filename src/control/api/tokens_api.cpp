@@ -20,11 +20,11 @@ http::Response issue(AppState& app, const Call& call) {
     throw token_error("VALIDATION_ERROR", e.detail());
   }
   IssueInput in = parse_issue_body(body);
-  in.created_by = user.email;  // the authenticated issuer; a client's "createdBy" is only a label
+  in.created_by = user.label();  // the authenticated issuer; a client's "createdBy" is only a label
   json out;
   app.db->transaction([&](store::Connection& c) {
     auto project = project_ref_by_id(c, params.at("id"));
-    out = issue_token(app, c, project, in, audit_context(req, user.user_id));
+    out = issue_token(app, c, project, in, audit_context(call));
   });
   notify_config_change(app);  // a first token may have created a signing key
   return json_response(201, out);
@@ -77,7 +77,7 @@ http::Response revoke(AppState& app, const Call& call) {
   std::optional<json> out;
   app.db->transaction([&](store::Connection& c) {
     auto project = project_ref_by_id(c, params.at("id"));
-    out = revoke_token(app, c, project.id, params.at("jti"), user.email, reason, audit_context(req, user.user_id));
+    out = revoke_token(app, c, project.id, params.at("jti"), user.label(), reason, audit_context(call));
   });
   if (!out) throw ApiError(404, "Token not found or not active");
   notify_config_change(app);
@@ -95,10 +95,10 @@ http::Response well_known_jwks(AppState& app) {
 }  // namespace
 
 void register_token_routes(RouteTable& r, AppState& app) {
-  r.add("POST", "/projects/{id}/tokens", Access::kProjectAdmin, [&app](const Call& c) { return issue(app, c); });
-  r.add("GET", "/projects/{id}/tokens", Access::kProjectMember, [&app](const Call& c) { return list(app, c); });
-  r.add("GET", "/projects/{id}/tokens/{jti}", Access::kProjectMember, [&app](const Call& c) { return get(app, c); });
-  r.add("POST", "/projects/{id}/tokens/{jti}/revoke", Access::kProjectAdmin, [&app](const Call& c) { return revoke(app, c); });
+  r.add("POST", "/projects/{id}/tokens", or_agent(Access::kProjectAdmin), [&app](const Call& c) { return issue(app, c); });
+  r.add("GET", "/projects/{id}/tokens", or_agent(Access::kProjectMember), [&app](const Call& c) { return list(app, c); });
+  r.add("GET", "/projects/{id}/tokens/{jti}", or_agent(Access::kProjectMember), [&app](const Call& c) { return get(app, c); });
+  r.add("POST", "/projects/{id}/tokens/{jti}/revoke", or_agent(Access::kProjectAdmin), [&app](const Call& c) { return revoke(app, c); });
   r.add("GET", "/.well-known/jwks.json", Access::kPublic, [&app](const Call&) { return well_known_jwks(app); });
 }
 

@@ -275,7 +275,10 @@ http::Response config(AppState& app, const Call& call) {
 
 constexpr std::int64_t kLiveWindowMs = 90'000;  // a worker polls at least every ~25 s
 
-http::Response gateways(AppState& app) {
+// The worker registry. Operators see everything; an organisation's admins (`/organizations/{id}/
+// gateways`) see the workers that serve its projects — every worker serves every project — without
+// their addresses and request counts, which describe the whole installation.
+http::Response gateways(AppState& app, bool operator_view) {
   json list = json::array();
   std::int64_t version = 0, now = now_ms();
   app.db->with_connection([&](store::Connection& c) {
@@ -285,15 +288,18 @@ http::Response gateways(AppState& app) {
                     {now - 24LL * 3600 * 1000});
     for (const auto& row : r.rows) {
       bool live = now - row.integer(6) <= kLiveWindowMs;
-      list.push_back({{"id", row.text(0)},
-                      {"address", row.opt_text(1) ? json(*row.opt_text(1)) : json(nullptr)},
-                      {"version_applied", row.integer(2)},
-                      {"lag", version - row.integer(2)},
-                      {"uptime_sec", row.integer(3)},
-                      {"requests", row.integer(4)},
-                      {"first_seen", iso_time(row.integer(5))},
-                      {"last_seen", iso_time(row.integer(6))},
-                      {"live", live}});
+      json g = {{"id", row.text(0)},
+                {"version_applied", row.integer(2)},
+                {"lag", version - row.integer(2)},
+                {"uptime_sec", row.integer(3)},
+                {"first_seen", iso_time(row.integer(5))},
+                {"last_seen", iso_time(row.integer(6))},
+                {"live", live}};
+      if (operator_view) {
+        g["address"] = row.opt_text(1) ? json(*row.opt_text(1)) : json(nullptr);
+        g["requests"] = row.integer(4);
+      }
+      list.push_back(g);
     }
   });
   return json_response(200, {{"config_version", version}, {"gateways", list}});
@@ -359,7 +365,8 @@ http::Response token_usage(AppState& app, const Call& call) {
 
 void register_worker_config_routes(RouteTable& r, AppState& app) {
   r.add("POST", "/internal/worker/token-usage", Access::kWorker, [&app](const Call& c) { return token_usage(app, c); });
-  r.add("GET", "/gateways", Access::kOperator, [&app](const Call&) { return gateways(app); });
+  r.add("GET", "/gateways", Access::kOperator, [&app](const Call&) { return gateways(app, true); });
+  r.add("GET", "/organizations/{id}/gateways", or_agent(Access::kOrgAdmin), [&app](const Call&) { return gateways(app, false); });
   r.add("GET", "/gateways/propagation", Access::kOperator, [&app](const Call& c) { return propagation(app, c); });
   r.add("GET", "/internal/worker/config", Access::kWorker, [&app](const Call& c) { return config(app, c); });
 }

@@ -282,6 +282,61 @@ UPDATE projects SET org_id = owner_id;
 CREATE INDEX projects_org ON projects(org_id);
 )SQL";
 
+// Agents, the organisation activity feed and traffic rollups (docs/organizations.md). An agent's
+// token is kept as a slow salted hash found by its prefix; audit records name their organisation
+// and project and whether a user or an agent acted; traffic is one row per project and hour
+// (and one per latency bucket), with the worker batches already counted.
+constexpr const char* kAgentsActivityTraffic = R"SQL(
+CREATE TABLE agents (
+  seq @SERIAL@,
+  id TEXT NOT NULL UNIQUE,
+  org_id TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  role TEXT NOT NULL,
+  token_prefix TEXT NOT NULL,
+  token_hash TEXT NOT NULL,
+  created_by TEXT,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT,
+  rotated_at BIGINT,
+  revoked_at BIGINT,
+  last_seen_at BIGINT
+);
+CREATE INDEX agents_prefix ON agents(token_prefix);
+CREATE INDEX agents_org ON agents(org_id);
+ALTER TABLE audit_log ADD COLUMN actor_type TEXT;
+ALTER TABLE audit_log ADD COLUMN org_id TEXT;
+ALTER TABLE audit_log ADD COLUMN project_id TEXT;
+CREATE INDEX audit_log_org ON audit_log(org_id, id);
+UPDATE audit_log SET actor_type = 'user' WHERE actor_id IS NOT NULL;
+UPDATE audit_log SET project_id = target_id WHERE target_type = 'project';
+UPDATE audit_log SET org_id = (SELECT p.org_id FROM projects p WHERE p.id = audit_log.project_id) WHERE project_id IS NOT NULL;
+UPDATE audit_log SET org_id = target_id WHERE target_type = 'organization';
+CREATE TABLE traffic_hourly (
+  project_id TEXT NOT NULL,
+  hour BIGINT NOT NULL,
+  requests BIGINT NOT NULL,
+  errors BIGINT NOT NULL,
+  throttled BIGINT NOT NULL,
+  blocked BIGINT NOT NULL,
+  PRIMARY KEY (project_id, hour)
+);
+CREATE INDEX traffic_hourly_hour ON traffic_hourly(hour);
+CREATE TABLE traffic_latency (
+  project_id TEXT NOT NULL,
+  hour BIGINT NOT NULL,
+  bucket INTEGER NOT NULL,
+  count BIGINT NOT NULL,
+  PRIMARY KEY (project_id, hour, bucket)
+);
+CREATE TABLE traffic_batches (
+  worker_id TEXT NOT NULL,
+  batch_id TEXT NOT NULL,
+  received_at BIGINT NOT NULL,
+  PRIMARY KEY (worker_id, batch_id)
+);
+)SQL";
+
 // Listed, with what each does to an existing database, in docs/configuration.md ("Database"):
 // a new migration gets its row there too.
 const Migration kMigrations[] = {
@@ -305,6 +360,7 @@ const Migration kMigrations[] = {
     {10, "organisations: personal organisations, memberships, invites", kOrganizations, kOrganizations},
     {11, "project names unique per organisation", "CREATE UNIQUE INDEX projects_org_name ON projects(org_id, name);",
      "CREATE UNIQUE INDEX projects_org_name ON projects(org_id, name);"},
+    {12, "agents, organisation activity, traffic rollups", kAgentsActivityTraffic, kAgentsActivityTraffic},
 };
 
 constexpr const char* kCreateTable =

@@ -26,7 +26,7 @@ in one module per topic:
 Environment: AG_BIN, AG_DB, AG_TEST_PG_URL, AG_TEST_REQUIRE_PG, AG_TEST_KEEP (see common.py).
 """
 
-from .api import (User, create_key, create_project, find_project, login, new_token,  # noqa: F401
+from .api import (ControlApiTestCase, User, create_key, create_project, find_project, login, new_token,  # noqa: F401
                   register_user, unique_email)
 from .browser import Browser, BrowserError  # noqa: F401
 from .common import (AG_BIN, AG_DB, ALNUM, API_KEY_RE, BASE62, MB, REFRESH_RE,  # noqa: F401
@@ -36,7 +36,7 @@ from .common import (AG_BIN, AG_DB, ALNUM, API_KEY_RE, BASE62, MB, REFRESH_RE,  
 from .control import (CONFIG_VARS, CONTROL_LISTEN_RE, ControlServer, base_env,  # noqa: F401
                       run_binary, start_control, start_control_at)
 from .db import (create_pg_database, drop_pg_database, pg_required, pg_url_with_db,  # noqa: F401
-                 psql)
+                 psql, execute as db_execute, query as db_query)
 from .http import (Headers, Response, error_detail, http_request, read_http_head,  # noqa: F401
                    read_http_response, stream_request)
 from .jwt_tools import b64url_decode, b64url_encode, jwt_decode_unverified, jwt_encode  # noqa: F401

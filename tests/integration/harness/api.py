@@ -1,6 +1,7 @@
 """Calls of the control API that set up a test: users, logins, projects, API keys."""
 
 import string
+import unittest
 
 from .common import random_string
 
@@ -75,3 +76,38 @@ def find_project(config, project_id):
         if project["id"] == project_id:
             return project
     return None
+
+
+class ControlApiTestCase(unittest.TestCase):
+    """Assertions and set-up shared by the control-API suites; the subclass starts `cls.server`."""
+
+    server = None
+
+    def req(self, method, path, body=None, user=None, agent=None, headers=None):
+        """A request as `user` (Bearer) or `agent` (X-Agent-Token), or as nobody."""
+        headers = dict(headers or {})
+        if agent:
+            headers["X-Agent-Token"] = agent
+        return self.server.request(method, path, body, token=user.token if user else None, headers=headers)
+
+    def ok(self, resp, status=200):
+        self.assertEqual(resp.status, status, resp)
+        return resp.json() if resp.body else None
+
+    def refused(self, resp, status, code=None):
+        """A refusal: the status, a {"detail", "request_id"} body matching X-Request-Id, and `code`."""
+        self.assertEqual(resp.status, status, resp)
+        body = resp.json()
+        self.assertTrue(body["detail"])
+        self.assertEqual(body["request_id"], resp.headers["X-Request-Id"])
+        if code:
+            self.assertEqual(body.get("code"), code, resp)
+        return body
+
+    def org_with(self, owner, **members):
+        """An organisation of `owner` with each user in `members` (name -> (User, role)) joined."""
+        org = self.ok(self.req("POST", "/organizations", {"name": "Team " + random_string(5)}, owner), 201)
+        for user, role in members.values():
+            inv = self.ok(self.req("POST", "/organizations/%s/invites" % org["id"], {"email": user.email, "role": role}, owner), 201)
+            self.ok(self.req("POST", "/invites/accept", {"token": inv["token"]}, user))
+        return org["id"]

@@ -79,6 +79,18 @@ def execute(db, db_path, db_url, sql):
         psql(db_url, sql)
 
 
+def query(db, db_path, db_url, sql):
+    """Rows of one SELECT, as tuples of strings (None for NULL on SQLite; '' on PostgreSQL)."""
+    if db == "sqlite":
+        conn = sqlite3.connect(db_path, timeout=10)
+        try:
+            return [tuple(None if v is None else str(v) for v in row) for row in conn.execute(sql).fetchall()]
+        finally:
+            conn.close()
+    out = psql(db_url, sql)
+    return [tuple(line.split("|")) for line in out.splitlines() if line]
+
+
 def table_counts(db, db_path, db_url):
     """{table: row count} for every table of the database."""
     if db == "sqlite":

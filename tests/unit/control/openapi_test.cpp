@@ -56,8 +56,10 @@ TEST(OpenApi, ServedDocumentNamesEachRoutesRule) {
     std::string method = r.method;
     std::transform(method.begin(), method.end(), method.begin(), ::tolower);
     EXPECT_NE(access_name(r.access), "unknown") << r.pattern;
-    EXPECT_EQ(doc["paths"][r.pattern][method].value("x-antigravity-access", ""), access_name(r.access))
-        << r.method << " " << r.pattern;
+    const auto& op = doc["paths"][r.pattern][method];
+    EXPECT_EQ(op.value("x-antigravity-access", ""), access_name(r.access)) << r.method << " " << r.pattern;
+    EXPECT_EQ(op.value("x-antigravity-agents", false), r.agents) << r.method << " " << r.pattern;
+    if (r.agents) EXPECT_NE(op["security"].dump().find("agentToken"), std::string::npos) << r.method << " " << r.pattern;
   }
 }
 
