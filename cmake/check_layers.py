@@ -6,7 +6,8 @@ The layers (docs/architecture.md, "Layers"), each allowed only the ones listed:
   net, http                   common (http also net)
   config, ratelimit, metrics  common, net, http
   gateway (the worker)        common, net, http, config, ratelimit, metrics
-  control (the control plane) common, net, http, config, ratelimit, metrics
+  relay (the WebSocket relay)  common, net, http
+  control (the control plane) common, net, http, config, ratelimit, metrics, relay
   app                         everything
 so the worker never includes the control plane, nor the control plane the worker, and nothing
 below app includes app. Run by the build (the `check_layers` target) on every build.
@@ -26,7 +27,8 @@ ALLOWED = {
     "ratelimit": BASE | {"net", "http", "ratelimit"},
     "metrics": BASE | {"net", "http", "metrics"},
     "gateway": BASE | {"net", "http", "config", "ratelimit", "metrics", "gateway"},
-    "control": BASE | {"net", "http", "config", "ratelimit", "metrics", "control"},
+    "relay": BASE | {"net", "http", "relay"},
+    "control": BASE | {"net", "http", "config", "ratelimit", "metrics", "relay", "control"},
     "app": None,  # the top: may include anything
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/')

@@ -156,7 +156,9 @@ int main(int argc, char** argv) {
       "Sign-in (docs/auth.md): AUTH_MODE (basic|passkey), PASSKEY_ORIGIN, PASSKEY_RP_ID, the DEVICE_* and ANCHOR_*\n"
       "lifetimes, AUTH_MAX_FAILURES_PER_IP/_PER_ACCOUNT, OIDC_ISSUER with OIDC_AUDIENCE, CONTROL_PUBLIC_URL;\n"
       "organisations (docs/organizations.md): INVITE_DELIVERY (return|log), AGENT_RATE_LIMIT per AGENT_RATE_WINDOW_SEC\n"
-      "(default 20 per 60 s); METRICS_RETENTION_DAYS (traffic rollups, default 90).");
+      "(default 20 per 60 s); METRICS_RETENTION_DAYS (traffic rollups, default 90);\n"
+      "the WebSocket relay (docs/relay.md): RELAY_MAX_MESSAGE_BYTES, RELAY_MAX_QUEUE_BYTES, RELAY_MAX_MESSAGES_PER_SEC,\n"
+      "RELAY_MESSAGE_BURST, RELAY_IDLE_TIMEOUT_SEC, RELAY_PERMESSAGE_DEFLATE (on|off).");
 
   std::string wlisten, admin_listen, config_file, config_dir;
   int wthreads = 0;

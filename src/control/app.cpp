@@ -12,6 +12,7 @@
 #include <csignal>
 #include <thread>
 
+#include "common/ascii.hpp"
 #include "common/crypto.hpp"
 #include "common/request_id.hpp"
 #include "common/signals.hpp"
@@ -20,6 +21,8 @@
 #include "control/store/migrations.hpp"
 #include "http/client.hpp"
 #include "http/server.hpp"
+#include "relay/relay.hpp"
+#include "http/upgrade.hpp"
 
 namespace ag::control {
 
@@ -51,6 +54,17 @@ ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>())
   if (!st.applied_now.empty())
     spdlog::info("database migrated to schema version {} ({} migration(s) applied)", st.current,
                  st.applied_now.size());
+  {
+    const Settings& s = state_->settings;
+    relay::Limits limits;
+    limits.max_message_bytes = static_cast<std::size_t>(s.relay_max_message_bytes);
+    limits.max_queue_bytes = static_cast<std::size_t>(s.relay_max_queue_bytes);
+    limits.messages_per_sec = static_cast<double>(s.relay_messages_per_sec);
+    limits.burst = static_cast<double>(s.relay_message_burst);
+    limits.idle_timeout_sec = static_cast<int>(s.relay_idle_timeout_sec);
+    limits.deflate = s.relay_deflate;
+    state_->relay = std::make_unique<relay::Relay>(limits);
+  }
   register_auth_routes(routes_, *state_);
   register_organization_routes(routes_, *state_);
   register_device_routes(routes_, *state_);
@@ -63,6 +77,7 @@ ControlApp::ControlApp(Settings settings) : state_(std::make_unique<AppState>())
   register_agent_routes(routes_, *state_);
   register_activity_routes(routes_, *state_);
   register_traffic_routes(routes_, *state_);
+  register_relay_routes(routes_, *state_);
   register_token_routes(routes_, *state_);
   state_->openapi_document = openapi_with_access(routes_.routes());
 }
@@ -95,6 +110,7 @@ http::Response ControlApp::handle(http::Request& req) {
   set_request_id(req);
   http::Response res;
   std::string path(without_api_prefix(req.path));
+  const RouteTable::Entry* entry = nullptr;
   auto origin = req.header("origin");
   bool cors = false;
   if (!origin.empty())
@@ -109,6 +125,7 @@ http::Response ControlApp::handle(http::Request& req) {
     } else {
       auto m = routes_.match(req.method, path);
       if (m.outcome == http::Router::Outcome::kFound) {
+        entry = m.entry;
         // The route's declared rule is checked here, before its handler runs.
         Call call{req, m.params, std::nullopt, std::nullopt, std::nullopt, std::nullopt};
         authorise(*state_, m.entry->rule, call);
@@ -125,6 +142,15 @@ http::Response ControlApp::handle(http::Request& req) {
           : e.code.empty() ? error_response(e.status(), e.detail())
                            : json_response(e.status(), {{"detail", e.detail()}, {"code", e.code}});
     for (const auto& h : e.headers) res.set_header(h.name, h.value);
+    // A WebSocket upgrade to the relay whose token is refused: a browser's WebSocket cannot read
+    // an HTTP status, so the socket is opened and closed at once with 1008 and the reason.
+    if (entry && (entry->rule.access == Access::kRelayClient || entry->rule.access == Access::kRelayAnchor) &&
+        e.status() == 401 && iequals_ascii(req.header("upgrade"), "websocket")) {
+      relay::Relay* relay = state_->relay.get();
+      res.take_over = [relay, why = e.detail()](std::unique_ptr<http::UpgradedConnection> conn) {
+        relay->reject(std::move(conn), relay::kClosePolicy, why.substr(0, 120));
+      };
+    }
   } catch (const store::DatabaseError& e) {
     spdlog::error("request {} {} {}: database error: {}", request_id(req), req.method, path, e.what());
     res = error_response(503, "Database unavailable, try again");
@@ -316,6 +342,18 @@ std::uint16_t ControlServer::port() const { return impl_->server ? impl_->server
 const Settings& ControlServer::settings() const { return impl_->app.state().settings; }
 
 void ControlServer::stop() {
+  // Relay sockets first: each is told (close 1001) so its peer reconnects elsewhere; up to 2 s
+  // for the close frames to go out before the event loop stops.
+  if (impl_->server && !impl_->stopping) {
+    auto& relay = *impl_->app.state().relay;
+    relay.shutdown();
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (std::chrono::steady_clock::now() < until) {
+      auto s = relay.stats();
+      if (s.clients + s.anchors == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
   if (impl_->server) impl_->server->stop();
   {
     std::lock_guard lock(impl_->maintenance_mutex);

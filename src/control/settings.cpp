@@ -160,6 +160,15 @@ Settings load_settings() {
   s.agent_rate_limit = env::get_int("AGENT_RATE_LIMIT", 20, 1, 1'000'000'000);
   s.agent_rate_window_sec = env::get_int("AGENT_RATE_WINDOW_SEC", 60, 1, 86400);
   s.metrics_retention_days = env::get_int("METRICS_RETENTION_DAYS", 90, 1, 3650);
+  s.relay_max_message_bytes = env::get_int("RELAY_MAX_MESSAGE_BYTES", 1024 * 1024, 1024, 64LL * 1024 * 1024);
+  s.relay_max_queue_bytes = env::get_int("RELAY_MAX_QUEUE_BYTES", 1024 * 1024, 1024, 1024LL * 1024 * 1024);
+  s.relay_messages_per_sec = env::get_int("RELAY_MAX_MESSAGES_PER_SEC", 100, 1, 1'000'000);
+  s.relay_message_burst = env::get_int("RELAY_MESSAGE_BURST", 200, 1, 1'000'000);
+  s.relay_idle_timeout_sec = env::get_int("RELAY_IDLE_TIMEOUT_SEC", 60, 2, 3600);
+  if (auto d = env::get_or("RELAY_PERMESSAGE_DEFLATE", "off"); d != "on" && d != "off")
+    throw std::runtime_error("RELAY_PERMESSAGE_DEFLATE must be on or off (got '" + d + "')");
+  else
+    s.relay_deflate = d == "on";
   s.threads = static_cast<int>(env::get_int("CONTROL_THREADS", 4, 1, 256));
   s.io_threads = static_cast<int>(env::get_int("CONTROL_IO_THREADS", 2, 1, 64));
   s.tls_cert_file = env::get_or("CONTROL_TLS_CERT_FILE", "");

@@ -62,6 +62,13 @@ struct Settings {
   std::int64_t agent_rate_window_sec = 60;
   // Traffic rollups are kept this many days (METRICS_RETENTION_DAYS).
   std::int64_t metrics_retention_days = 90;
+  // The relay's limits (docs/relay.md, "Limits"): RELAY_*.
+  std::int64_t relay_max_message_bytes = 1024 * 1024;
+  std::int64_t relay_max_queue_bytes = 1024 * 1024;
+  std::int64_t relay_messages_per_sec = 100;
+  std::int64_t relay_message_burst = 200;
+  std::int64_t relay_idle_timeout_sec = 60;
+  bool relay_deflate = false;
   // Service tokens (docs/services-and-tokens.md).
   std::string gateway_jwt_alg = "ES256";  // HS256 | ES256 | EdDSA: how new tokens are signed
   std::string gateway_jwt_secret;         // HS256 only

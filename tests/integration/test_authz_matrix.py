@@ -38,6 +38,9 @@ docs/services-and-tokens.md, docs/config-stream.md):
                  role (below the rule's role 403), anyone outside the organisation 404, everyone
                  else 401
   agent          GET /agents/me: any live agent 2xx, everyone else 401
+  relay_client   GET /ws/client without an upgrade: a person's valid token 426, everyone else 401
+  relay_anchor   GET /ws/anchor: a device token only (none here): everyone 401 (tests/integration/test_relay.py
+                 covers devices)
   worker         /internal/worker/*: worker secret 2xx, everyone else 401
 Agents: on a route that takes them, an agent of the organisation is judged by its role as a member
 would be, an agent of another organisation gets 404, a revoked one 401; on a route that does not,
@@ -72,7 +75,7 @@ PREFIXES = ("", "/api/v1")
 # them in `x-antigravity-access`. An operation without one, or with a rule not listed here, fails
 # the test: every route must declare who may call it.
 RULES = ("public", "optional_user", "user_or_refresh_token", "user", "operator", "project_member", "project_admin",
-         "worker", "org_member", "org_admin", "org_owner", "agent")
+         "worker", "org_member", "org_admin", "org_owner", "agent", "relay_client", "relay_anchor")
 
 OK = "2xx"  # the route's documented success status(es), from /openapi.json
 BAD = {"wrong_worker_secret": 401, "garbage_bearer": 401, "forged_bearer": 401, "expired_bearer": 401}
@@ -93,6 +96,12 @@ def expect(rule, agents):
         return e
     if rule == "agent":
         e.update({u: 401 for u in USERS}, agent_member=OK, agent_admin=OK, agent_bearer=OK, other_agent=OK)
+        return e
+    if rule == "relay_client":  # a plain GET with a person's valid token: 426, "connect with a WebSocket"
+        e.update({u: 426 for u in USERS})
+        return e
+    if rule == "relay_anchor":  # device tokens only: nobody in the matrix holds one
+        e.update({u: 401 for u in USERS})
         return e
     if rule == "optional_user":
         e.update({u: OK for u in USERS}, anonymous=OK, worker_secret=OK, wrong_worker_secret=OK)

@@ -84,15 +84,20 @@ Principal external_user(AppState& app, const http::Request& req, std::string_vie
   return *p;
 }
 
-}  // namespace
 
-std::optional<Principal> bearer_user(AppState& app, const http::Request& req) {
+// The token of `Authorization: Bearer <token>`; nullopt without the header, 401 for another scheme.
+std::optional<std::string_view> bearer_token(const http::Request& req) {
   auto auth = req.header("authorization");
   if (auth.empty()) return std::nullopt;
   if (auth.size() < 7 || !(auth.substr(0, 7) == "Bearer " || auth.substr(0, 7) == "bearer "))
     throw unauthorized("Authorization header must be 'Bearer <token>'");
   auto token = auth.substr(7);
   while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+  return token;
+}
+
+// A person's token: a session JWT, a device token, or the OIDC issuer's JWT.
+Principal token_user(AppState& app, const http::Request& req, std::string_view token) {
   if (token.substr(0, 4) == "agd_") return device_user(app, token);
   if (app.oidc && oidc::unverified_issuer(token) == app.oidc->settings().issuer) return external_user(app, req, token);
   auto v = jwt::verify(app.jwt_alg, app.settings.jwt_secret, token);
@@ -121,7 +126,29 @@ std::optional<Principal> bearer_user(AppState& app, const http::Request& req) {
                     r.rows[0].integer(4) != 0, false, {}, {}};
   });
   if (!p) throw unauthorized("Session revoked or expired");
-  return p;
+  return *p;
+}
+
+}  // namespace
+
+std::optional<Principal> bearer_user(AppState& app, const http::Request& req) {
+  auto token = bearer_token(req);
+  if (!token) return std::nullopt;
+  return token_user(app, req, *token);
+}
+
+Principal relay_caller(AppState& app, const http::Request& req, bool anchor) {
+  std::string query_token;
+  bool in_query = http::query_param(req.query, "token", query_token) && !query_token.empty();
+  auto header = bearer_token(req);
+  if (in_query && header) throw ApiError(400, "Send the token once: in ?token= or in Authorization, not both");
+  std::string token = in_query ? query_token : header ? std::string(*header) : std::string();
+  if (token.empty()) throw unauthorized("Not authenticated: send the token in ?token= or Authorization: Bearer");
+  const bool device = token.rfind("agd_", 0) == 0;
+  if (anchor && !device) throw unauthorized("Anchors connect with a device token (agd_…, from device sign-in)");
+  if (!anchor && device) throw unauthorized("A device token connects to /ws/anchor; clients use a session token");
+  if (token.rfind(agents::kTokenPrefix, 0) == 0) throw unauthorized("Agent tokens do not connect to the relay");
+  return token_user(app, req, token);
 }
 
 bool worker_authorised(const AppState& app, const http::Request& req) {

@@ -20,6 +20,11 @@ std::optional<Principal> bearer_user(AppState& app, const http::Request& req);
 // every 30 s.
 Principal agent_caller(AppState& app, std::string_view token);
 
+// The caller of a relay WebSocket (docs/relay.md, "Connecting"): the token in `?token=` or in
+// Authorization: Bearer (both at once: 400). Anchors present a device token; clients a user's
+// session token (a device token there, or a session token on the anchor route, is a 401).
+Principal relay_caller(AppState& app, const http::Request& req, bool anchor);
+
 // X-Worker-Secret (or the older X-Control-Secret) against every configured worker secret.
 bool worker_authorised(const AppState& app, const http::Request& req);
 

@@ -22,6 +22,10 @@
 #include "control/service/oidc.hpp"
 #include "http/message.hpp"
 
+namespace ag::relay {
+class Relay;
+}
+
 namespace ag::control {
 
 using json = nlohmann::json;
@@ -54,6 +58,8 @@ struct AppState {
   std::atomic<std::int64_t> traffic_swept_at{0};
   // Agent tokens verified by this process (the slow hash runs once per token: agent_tokens.hpp).
   agents::VerifiedTokens agent_tokens;
+  // The WebSocket relay (docs/relay.md).
+  std::unique_ptr<relay::Relay> relay;
   // External sign-in (OIDC_ISSUER set), else null.
   std::unique_ptr<oidc::Verifier> oidc;
 };

@@ -20,6 +20,8 @@ std::string_view access_name(Access access) {
     case Access::kOrgAdmin: return "org_admin";
     case Access::kOrgOwner: return "org_owner";
     case Access::kAgent: return "agent";
+    case Access::kRelayClient: return "relay_client";
+    case Access::kRelayAnchor: return "relay_anchor";
   }
   return "unknown";
 }
@@ -148,6 +150,10 @@ void authorise(AppState& app, const Rule& rule, Call& call) {
   if (access == Access::kPublic) return;
   if (access == Access::kWorker) {
     if (!worker_authorised(app, call.req)) throw ApiError(401, "Invalid worker secret");
+    return;
+  }
+  if (access == Access::kRelayClient || access == Access::kRelayAnchor) {
+    call.user = relay_caller(app, call.req, access == Access::kRelayAnchor);
     return;
   }
   if (auto token = agent_token(call.req)) {

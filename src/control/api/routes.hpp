@@ -34,6 +34,8 @@ enum class Access {
   kOrgOwner,            // kOrgMember with the owner role (403 otherwise)
   kWorker,              // a worker secret in X-Worker-Secret
   kAgent,               // an agent token, and nothing else (401 otherwise)
+  kRelayClient,         // a user's session token in `?token=` or Authorization: Bearer (not a device token)
+  kRelayAnchor,         // a device token (agd_…) in `?token=` or Authorization: Bearer
 };
 std::string_view access_name(Access access);
 
@@ -149,5 +151,6 @@ void register_service_routes(RouteTable& r, AppState& app);
 void register_agent_routes(RouteTable& r, AppState& app);
 void register_activity_routes(RouteTable& r, AppState& app);
 void register_traffic_routes(RouteTable& r, AppState& app);
+void register_relay_routes(RouteTable& r, AppState& app);
 
 }  // namespace ag::control

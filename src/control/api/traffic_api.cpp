@@ -180,7 +180,8 @@ json series_json(const std::map<std::int64_t, traffic::Tally>& by_hour, traffic:
 }
 
 http::Response project_metrics(AppState& app, const Call& call) {
-  auto [from, to] = range(app, call);
+  const auto span = range(app, call);
+  const std::int64_t from = span.first, to = span.second;
   std::map<std::int64_t, traffic::Tally> by_hour;
   std::map<std::string, traffic::Tally> by_project;
   app.db->with_connection([&](store::Connection& c) { load(c, "project_id = $1", *call.project_id, from, to, by_hour, by_project); });
@@ -194,7 +195,8 @@ http::Response project_metrics(AppState& app, const Call& call) {
 }
 
 http::Response org_metrics(AppState& app, const Call& call) {
-  auto [from, to] = range(app, call);
+  const auto span = range(app, call);
+  const std::int64_t from = span.first, to = span.second;
   std::map<std::int64_t, traffic::Tally> by_hour;
   std::map<std::string, traffic::Tally> by_project;
   json projects = json::array();

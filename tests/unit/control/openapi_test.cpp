@@ -59,7 +59,9 @@ TEST(OpenApi, ServedDocumentNamesEachRoutesRule) {
     const auto& op = doc["paths"][r.pattern][method];
     EXPECT_EQ(op.value("x-antigravity-access", ""), access_name(r.access)) << r.method << " " << r.pattern;
     EXPECT_EQ(op.value("x-antigravity-agents", false), r.agents) << r.method << " " << r.pattern;
-    if (r.agents) EXPECT_NE(op["security"].dump().find("agentToken"), std::string::npos) << r.method << " " << r.pattern;
+    if (r.agents) {
+      EXPECT_NE(op["security"].dump().find("agentToken"), std::string::npos) << r.method << " " << r.pattern;
+    }
   }
 }
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Relay benchmark (docs/benchmarks.md, "Relay"): starts `antigravity control` on a throwaway SQLite
+# database, signs a user and a device in, then with build/bench/relay/ag_relay_bench:
+#   1. holds N idle client sockets (default 10000) and reports the control plane's RSS growth
+#      per socket and its CPU while they sit idle;
+#   2. fans one anchor's messages out to F subscribers of one thread (default 1000, 50 messages);
+#   3. runs client → anchor → client round trips, one at a time, for S seconds (default 5).
+# Usage: bench/relay/run.sh [-n SOCKETS] [-f SUBSCRIBERS] [-m MESSAGES] [-s SECONDS]
+# Loopback only; stops what it started. Needs ulimit -n above SOCKETS + 100 (it raises it if it can).
+set -euo pipefail
+N=10000 F=1000 M=50 S=5
+while getopts "n:f:m:s:h" o; do
+  case "$o" in n) N="$OPTARG" ;; f) F="$OPTARG" ;; m) M="$OPTARG" ;; s) S="$OPTARG" ;; *) sed -n '2,10p' "$0"; exit 2 ;; esac
+done
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="${AG_BIN:-$ROOT/build/antigravity}"
+LOAD="${AG_RELAY_BENCH:-$ROOT/build/bench/relay/ag_relay_bench}"
+[[ -x $LOAD ]] || { echo "build it first: ninja -C build ag_relay_bench" >&2; exit 1; }
+ulimit -n "$(( N + 1000 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+WORK="$(mktemp -d)"
+PID=""
+cleanup() { [[ -n $PID ]] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+export ENV=development DATABASE_URL="sqlite://$WORK/bench.db"
+export JWT_SECRET_KEY="$(head -c 48 /dev/urandom | base64 | tr -d '/+=' | head -c 48)"
+export WORKER_SECRET_KEY="$(head -c 48 /dev/urandom | base64 | tr -d '/+=' | head -c 48)"
+# The round-trip and fan-out runs send faster than the default per-socket rate (100/s).
+export RELAY_MAX_MESSAGES_PER_SEC=1000000 RELAY_MESSAGE_BURST=1000000
+(cd "$WORK" && exec "$BIN" --log-level warn control --listen 127.0.0.1:0 2>"$WORK/log" & echo $! >"$WORK/pid")
+sleep 0.3; PID="$(cat "$WORK/pid")"
+PORT=""
+for _ in $(seq 1 50); do
+  PORT="$(ss -ltnpH 2>/dev/null | awk -v pid="pid=$PID," '$0 ~ pid {split($4,a,":"); print a[length(a)]; exit}')"
+  [[ -n $PORT ]] && break; sleep 0.1
+done
+[[ -n $PORT ]] || { echo "control plane did not start:" >&2; cat "$WORK/log" >&2; exit 1; }
+B="http://127.0.0.1:$PORT"
+json() { python3 -c "import sys,json;print(json.load(sys.stdin)$1)"; }
+TOKEN="$(curl -sf -X POST "$B/auth/register" -H 'content-type: application/json' \
+  -d '{"email":"bench@example.com","password":"bench-password-1"}' | json '["access_token"]')"
+CODE="$(curl -sf -X POST "$B/auth/device/code" -H 'content-type: application/json' -d '{}')"
+curl -sf -X POST "$B/auth/device/authorise" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+  -d "{\"userCode\":\"$(echo "$CODE" | json '["userCode"]')\"}" >/dev/null
+DEVICE="$(curl -sf -X POST "$B/auth/device/token" -H 'content-type: application/json' \
+  -d "{\"deviceCode\":\"$(echo "$CODE" | json '["deviceCode"]')\"}" | json '["anchorAccessToken"]')"
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+TICK=$(getconf CLK_TCK)
+
+# 1. Idle sockets.
+before="$(rss_kb)"
+coproc HOLD { "$LOAD" "$PORT" "$TOKEN" "$DEVICE" idle "$N"; }
+read -r line <&"${HOLD[0]}"
+echo "idle: $line"
+sleep 2
+after="$(rss_kb)"
+c0="$(cpu_ticks)"; sleep 10; c1="$(cpu_ticks)"
+awk -v b="$before" -v a="$after" -v n="$N" -v c=$((c1 - c0)) -v t="$TICK" 'BEGIN {
+  printf "idle: %d sockets, control-plane RSS %.1f MB -> %.1f MB: %.0f bytes per socket; CPU while idle %.1f%% of a core\n",
+    n, b / 1024, a / 1024, (a - b) * 1024 / n, 100 * c / t / 10 }'
+echo >&"${HOLD[1]}"
+wait "$HOLD_PID" 2>/dev/null || true
+sleep 1
+
+# 2. Fan-out.
+"$LOAD" "$PORT" "$TOKEN" "$DEVICE" fanout "$F" "$M"
+# 3. Round trips.
+"$LOAD" "$PORT" "$TOKEN" "$DEVICE" rtt "$S"
