@@ -35,7 +35,8 @@ using tcp = asio::ip::tcp;
 using Ws = websocket::stream<beast::tcp_stream>;
 using json = nlohmann::json;
 
-static std::string g_host = "127.0.0.1", g_port;
+// PORT, or ANCHOR_PORT,CLIENT_PORT: the anchor on one replica and the clients on another.
+static std::string g_host = "127.0.0.1", g_anchor_port, g_client_port;
 
 static std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -44,7 +45,8 @@ static std::int64_t now_ns() {
 static asio::awaitable<std::unique_ptr<Ws>> connect(std::string target) {
   auto ex = co_await asio::this_coro::executor;
   tcp::resolver resolver(ex);
-  auto results = co_await resolver.async_resolve(g_host, g_port, asio::use_awaitable);
+  const std::string& port = target.rfind("/ws/anchor", 0) == 0 ? g_anchor_port : g_client_port;
+  auto results = co_await resolver.async_resolve(g_host, port, asio::use_awaitable);
   auto ws = std::make_unique<Ws>(ex);
   co_await beast::get_lowest_layer(*ws).async_connect(results, asio::use_awaitable);
   beast::get_lowest_layer(*ws).socket().set_option(tcp::no_delay(true));
@@ -76,10 +78,12 @@ static void report(const char* what, std::vector<double>& v) {
 
 int main(int argc, char** argv) {
   if (argc < 6) {
-    std::fprintf(stderr, "usage: relay_bench PORT CLIENT_TOKEN DEVICE_TOKEN idle N | fanout N M | rtt SECONDS\n");
+    std::fprintf(stderr, "usage: relay_bench PORT[,CLIENT_PORT] CLIENT_TOKEN DEVICE_TOKEN idle N | fanout N M | rtt SECONDS\n");
     return 2;
   }
-  g_port = argv[1];
+  std::string ports = argv[1];
+  g_anchor_port = ports.substr(0, ports.find(','));
+  g_client_port = ports.find(',') == std::string::npos ? g_anchor_port : ports.substr(ports.find(',') + 1);
   const std::string client = "/ws/client?token=" + std::string(argv[2]);
   const std::string anchor = "/ws/anchor?token=" + std::string(argv[3]) + "&anchorId=bench";
   const std::string mode = argv[4];

@@ -5,12 +5,14 @@
 #      per socket and its CPU while they sit idle;
 #   2. fans one anchor's messages out to F subscribers of one thread (default 1000, 50 messages);
 #   3. runs client → anchor → client round trips, one at a time, for S seconds (default 5).
-# Usage: bench/relay/run.sh [-n SOCKETS] [-f SUBSCRIBERS] [-m MESSAGES] [-s SECONDS]
+#   4. with -p POSTGRES_URL (an empty database): two control planes on it, the fan-out again with
+#      the anchor on one and the subscribers on the other (the cross-replica hop).
+# Usage: bench/relay/run.sh [-n SOCKETS] [-f SUBSCRIBERS] [-m MESSAGES] [-s SECONDS] [-p POSTGRES_URL]
 # Loopback only; stops what it started. Needs ulimit -n above SOCKETS + 100 (it raises it if it can).
 set -euo pipefail
-N=10000 F=1000 M=50 S=5
-while getopts "n:f:m:s:h" o; do
-  case "$o" in n) N="$OPTARG" ;; f) F="$OPTARG" ;; m) M="$OPTARG" ;; s) S="$OPTARG" ;; *) sed -n '2,10p' "$0"; exit 2 ;; esac
+N=10000 F=1000 M=50 S=5 PG=""
+while getopts "n:f:m:s:p:h" o; do
+  case "$o" in n) N="$OPTARG" ;; f) F="$OPTARG" ;; m) M="$OPTARG" ;; s) S="$OPTARG" ;; p) PG="$OPTARG" ;; *) sed -n '2,13p' "$0"; exit 2 ;; esac
 done
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="${AG_BIN:-$ROOT/build/antigravity}"
@@ -18,23 +20,28 @@ LOAD="${AG_RELAY_BENCH:-$ROOT/build/bench/relay/ag_relay_bench}"
 [[ -x $LOAD ]] || { echo "build it first: ninja -C build ag_relay_bench" >&2; exit 1; }
 ulimit -n "$(( N + 1000 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 WORK="$(mktemp -d)"
-PID=""
-cleanup() { [[ -n $PID ]] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
+PID="" PID2=""
+cleanup() { for p in $PID $PID2; do kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-export ENV=development DATABASE_URL="sqlite://$WORK/bench.db"
+export ENV=development DATABASE_URL="${PG:-sqlite://$WORK/bench.db}"
 export JWT_SECRET_KEY="$(head -c 48 /dev/urandom | base64 | tr -d '/+=' | head -c 48)"
 export WORKER_SECRET_KEY="$(head -c 48 /dev/urandom | base64 | tr -d '/+=' | head -c 48)"
 # The round-trip and fan-out runs send faster than the default per-socket rate (100/s).
 export RELAY_MAX_MESSAGES_PER_SEC=1000000 RELAY_MESSAGE_BURST=1000000
-(cd "$WORK" && exec "$BIN" --log-level warn control --listen 127.0.0.1:0 2>"$WORK/log" & echo $! >"$WORK/pid")
-sleep 0.3; PID="$(cat "$WORK/pid")"
-PORT=""
-for _ in $(seq 1 50); do
-  PORT="$(ss -ltnpH 2>/dev/null | awk -v pid="pid=$PID," '$0 ~ pid {split($4,a,":"); print a[length(a)]; exit}')"
-  [[ -n $PORT ]] && break; sleep 0.1
-done
-[[ -n $PORT ]] || { echo "control plane did not start:" >&2; cat "$WORK/log" >&2; exit 1; }
+start_control() {  # prints "PID PORT"
+  (cd "$WORK" && exec "$BIN" --log-level warn control --listen 127.0.0.1:0 2>>"$WORK/log" & echo $! >"$WORK/pid")
+  sleep 0.3
+  local pid port=""
+  pid="$(cat "$WORK/pid")"
+  for _ in $(seq 1 50); do
+    port="$(ss -ltnpH 2>/dev/null | awk -v pid="pid=$pid," '$0 ~ pid {split($4,a,":"); print a[length(a)]; exit}')"
+    [[ -n $port ]] && break; sleep 0.1
+  done
+  [[ -n $port ]] || { echo "control plane did not start:" >&2; cat "$WORK/log" >&2; exit 1; }
+  echo "$pid $port"
+}
+read -r PID PORT < <(start_control)
 B="http://127.0.0.1:$PORT"
 json() { python3 -c "import sys,json;print(json.load(sys.stdin)$1)"; }
 TOKEN="$(curl -sf -X POST "$B/auth/register" -H 'content-type: application/json' \
@@ -68,3 +75,12 @@ sleep 1
 "$LOAD" "$PORT" "$TOKEN" "$DEVICE" fanout "$F" "$M"
 # 3. Round trips.
 "$LOAD" "$PORT" "$TOKEN" "$DEVICE" rtt "$S"
+# 4. Across two replicas.
+if [[ -n $PG ]]; then
+  read -r PID2 PORT2 < <(start_control)
+  sleep 6  # a heartbeat: each replica knows the other's anchors
+  echo "same replica:"
+  "$LOAD" "$PORT" "$TOKEN" "$DEVICE" fanout "$F" "$M"
+  echo "anchor on one replica, subscribers on the other:"
+  "$LOAD" "$PORT,$PORT2" "$TOKEN" "$DEVICE" fanout "$F" "$M"
+fi

@@ -22,6 +22,7 @@
 #include "http/client.hpp"
 #include "http/server.hpp"
 #include "relay/relay.hpp"
+#include "control/relay_bus.hpp"
 #include "http/upgrade.hpp"
 
 namespace ag::control {
@@ -255,6 +256,8 @@ class PgConfigListener {
 struct ControlServer::Impl {
   explicit Impl(Settings s) : opts(make_opts(s)), app(std::move(s)) {}
   std::unique_ptr<PgConfigListener> listener;
+  // With PostgreSQL: the relay's route to the other replicas.
+  std::unique_ptr<PgRelayBus> relay_bus;
   static http::ServerOptions make_opts(const Settings& s) {
     http::ServerOptions o;
     o.host = s.listen_host;
@@ -328,8 +331,10 @@ void ControlServer::start() {
   im.server->listen();
   http::Server* server = im.server.get();
   im.app.state().on_config_change = [server] { server->wake_all(); };
-  if (im.app.state().db->engine() == store::Engine::kPostgres)
+  if (im.app.state().db->engine() == store::Engine::kPostgres) {
     im.listener = std::make_unique<PgConfigListener>(im.app.state().settings.database_url, [server] { server->wake_all(); });
+    im.relay_bus = std::make_unique<PgRelayBus>(im.app.state().settings.database_url, *im.app.state().relay);
+  }
   std::string host = im.opts.host.find(':') != std::string::npos ? "[" + im.opts.host + "]" : im.opts.host;
   spdlog::info("control plane listening on {}://{}:{} (database: {})", im.server->tls() ? "https" : "http", host,
                im.server->bound_port(),
@@ -366,6 +371,7 @@ void ControlServer::wait() {
   if (impl_->thread.joinable()) impl_->thread.join();
   if (impl_->maintenance.joinable()) impl_->maintenance.join();
   impl_->listener.reset();
+  impl_->relay_bus.reset();
 }
 
 int run_control_server(Settings settings) {

@@ -16,6 +16,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "relay/bus.hpp"
 #include "relay/protocol.hpp"
 
 namespace ag::relay {
@@ -46,6 +47,8 @@ struct HubCounters {
   std::atomic<std::uint64_t> unroutable{0};     // anchor messages with nobody to receive them
   std::atomic<std::uint64_t> replaced{0};       // sockets closed because the same id connected again
   std::atomic<std::uint64_t> invalid{0};        // frames refused as invalid
+  std::atomic<std::uint64_t> too_large_for_bus{0};  // messages too large to cross to another replica
+  std::atomic<std::uint64_t> bus_in{0}, bus_out{0};  // envelopes from and to other replicas
 };
 
 class Hub {
@@ -57,6 +60,19 @@ class Hub {
   void on_message(const std::shared_ptr<Peer>& peer, std::string_view text, std::int64_t now_ms);
   void on_close(const std::shared_ptr<Peer>& peer);
 
+  // Other replicas: `bus` carries envelopes between them (null: this process is the only one).
+  // Set once, before any socket connects.
+  void attach(Bus* bus, std::string replica_id);
+  // An envelope another replica published (own envelopes are ignored).
+  void on_remote(std::string_view envelope, std::int64_t now_ms);
+  // Every kHeartbeatMs: tells the other replicas which anchors are here.
+  void heartbeat(std::int64_t now_ms);
+  // Every second: forgets (telling this replica's clients) anchors whose replica has been
+  // silent for kRemoteAnchorTtlMs, so a dead replica's anchors leave within TTL + 1 s.
+  void sweep(std::int64_t now_ms);
+  static constexpr std::int64_t kHeartbeatMs = 5000;
+  static constexpr std::int64_t kRemoteAnchorTtlMs = 15000;
+
   // Every open socket (for a graceful shutdown).
   std::vector<std::shared_ptr<Peer>> all();
   HubCounters counters;
@@ -67,6 +83,12 @@ class Hub {
     std::string hostname, platform;
     std::int64_t connected_at = 0;
   };
+  struct RemoteAnchor {
+    std::string replica;
+    std::string hostname, platform;
+    std::int64_t connected_at = 0;
+    std::int64_t expires_at = 0;
+  };
   struct Pending {
     std::weak_ptr<Peer> client;
     nlohmann::json original_id;
@@ -75,6 +97,7 @@ class Hub {
   struct User {
     std::unordered_map<std::string, std::shared_ptr<Peer>> clients;  // by client id
     std::unordered_map<std::string, AnchorInfo> anchors;              // by anchor id
+    std::unordered_map<std::string, RemoteAnchor> remote_anchors;     // on other replicas, by anchor id
     std::unordered_map<std::string, std::unordered_set<Peer*>> followers;  // thread → subscribed clients
     std::unordered_map<std::string, std::string> thread_anchor;       // thread → the anchor it is bound to
     std::unordered_map<std::string, Pending> pending;                  // relay request id → requester
@@ -82,14 +105,28 @@ class Hub {
     std::unordered_map<Peer*, std::unordered_set<std::string>> subscriptions;  // client → threads
   };
   using Out = std::vector<std::pair<std::shared_ptr<Peer>, std::shared_ptr<const std::string>>>;
+  struct Effects {
+    Out out;
+    std::vector<std::string> publish;  // envelopes for the other replicas
+  };
 
-  void client_message(User& u, const std::shared_ptr<Peer>& peer, Inbound& in, Out& out);
-  void anchor_message(User& u, const std::shared_ptr<Peer>& peer, Inbound& in, Out& out);
+  void client_message(const std::string& uid, User& u, const std::shared_ptr<Peer>& peer, Inbound& in, Effects& fx);
+  void anchor_message(const std::string& uid, User& u, const std::shared_ptr<Peer>& peer, Inbound& in, Effects& fx);
   void drop_client(User& u, Peer* p);
+  // An answer for the pending request `rid`, delivered to its requester.
+  void answer(User& u, const std::string& rid, const std::string& anchor_id, nlohmann::json doc, Effects& fx);
+  void anchor_gone(User& u, const std::string& anchor_id, Effects& fx);
+  void to_followers(User& u, const std::string& thread, const std::shared_ptr<const std::string>& msg, Effects& fx);
+  bool live_remote(const User& u, const std::string& anchor_id, std::int64_t now) const;
+  void emit(Effects& fx, const std::string& uid, const char* kind, nlohmann::json fields);
+  void flush(Effects& fx);
 
   std::mutex mu_;
   std::unordered_map<std::string, User> users_;
   std::uint64_t next_request_ = 0;
+  Bus* bus_ = nullptr;
+  std::string replica_ = "local";
+  std::int64_t now_ = 0;  // the time of the event being handled (under mu_)
 };
 
 }  // namespace ag::relay

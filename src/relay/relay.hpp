@@ -9,6 +9,7 @@
 #include <string>
 
 #include "http/message.hpp"
+#include "relay/bus.hpp"
 #include "relay/protocol.hpp"
 
 namespace ag::relay {
@@ -40,6 +41,7 @@ struct Stats {
   std::uint64_t messages_in = 0, messages_out = 0;
   std::uint64_t closed_slow = 0, closed_rate = 0, closed_too_big = 0, closed_idle = 0;
   std::uint64_t routed = 0, rpc_errors = 0, unroutable = 0, replaced = 0, invalid = 0;
+  std::uint64_t bus_in = 0, bus_out = 0, too_large_for_bus = 0;
 };
 
 class Relay {
@@ -55,6 +57,13 @@ class Relay {
   void reject(std::unique_ptr<http::UpgradedConnection> conn, std::uint16_t code, std::string reason);
   // Tells every socket the relay is going away (close 1001); new sockets are refused the same way.
   void shutdown();
+  // Several replicas (docs/relay.md): `bus` carries envelopes to the others; call on_remote with
+  // every envelope the bus delivers, heartbeat() every Hub::kHeartbeatMs and sweep() every
+  // second. Before any socket.
+  void attach(Bus* bus, std::string replica_id);
+  void on_remote(std::string_view envelope);
+  void heartbeat();
+  void sweep();
   Stats stats() const;
   // Prometheus text exposition (GET /relay/metrics).
   std::string metrics_text() const;

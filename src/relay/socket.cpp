@@ -297,6 +297,11 @@ void Relay::shutdown() {
 
 const Limits& Relay::limits() const { return impl_->limits; }
 
+void Relay::attach(Bus* bus, std::string replica_id) { impl_->hub.attach(bus, std::move(replica_id)); }
+void Relay::on_remote(std::string_view envelope) { impl_->hub.on_remote(envelope, now_ms()); }
+void Relay::heartbeat() { impl_->hub.heartbeat(now_ms()); }
+void Relay::sweep() { impl_->hub.sweep(now_ms()); }
+
 Stats Relay::stats() const {
   const Impl& i = *impl_;
   Stats s;
@@ -314,6 +319,9 @@ Stats Relay::stats() const {
   s.unroutable = i.hub.counters.unroutable.load();
   s.replaced = i.hub.counters.replaced.load();
   s.invalid = i.hub.counters.invalid.load();
+  s.bus_in = i.hub.counters.bus_in.load();
+  s.bus_out = i.hub.counters.bus_out.load();
+  s.too_large_for_bus = i.hub.counters.too_large_for_bus.load();
   return s;
 }
 
@@ -340,7 +348,10 @@ std::string Relay::metrics_text() const {
   out += "ag_relay_dropped_total{reason=\"invalid\"} " + std::to_string(s.invalid) + "\n";
   out += "ag_relay_dropped_total{reason=\"unroutable\"} " + std::to_string(s.unroutable) + "\n";
   out += "ag_relay_dropped_total{reason=\"rpc_error\"} " + std::to_string(s.rpc_errors) + "\n";
+  out += "ag_relay_dropped_total{reason=\"too_large_for_replicas\"} " + std::to_string(s.too_large_for_bus) + "\n";
   line("ag_relay_routed_total", "counter", "Thread-routed messages delivered (per recipient).", "", s.routed);
+  line("ag_relay_bus_envelopes_in_total", "counter", "Envelopes received from other replicas.", "", s.bus_in);
+  line("ag_relay_bus_envelopes_out_total", "counter", "Envelopes published to other replicas.", "", s.bus_out);
   return out;
 }
 

@@ -455,6 +455,92 @@ class RelayTlsTest(unittest.TestCase):
         run(go())
 
 
+class RelayReplicasTest(unittest.TestCase):
+    """Two control planes on one PostgreSQL: a user's client on one and anchor on the other."""
+
+    @classmethod
+    def setUpClass(cls):
+        if h.AG_DB != "postgres":
+            raise unittest.SkipTest("replicas share a PostgreSQL database (AG_DB=postgres)")
+        cls.a = h.start_control("postgres")
+        cls.b = h.start_control("postgres", db_url=cls.a.db_url,
+                                env_extra={"JWT_SECRET_KEY": cls.a.jwt_secret, "WORKER_SECRET_KEY": cls.a.worker_secret})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.b.stop()
+        cls.a.stop()
+
+    def test_a_thread_across_replicas(self):
+        user = h.register_user(self.a)
+        device = device_token(self.a, user)
+        ra, rb = Relay(self.a), Relay(self.b)
+
+        async def go():
+            ca = await ra.client(user.token, "on-a")
+            cb = await rb.client(user.token, "on-b")
+            anchor = await rb.anchor(device, "far")
+            ev = await recv_type(ca, "orbit.anchor-connected", 10)
+            self.assertEqual(ev["anchor"]["id"], "far")
+            await ca.send(json.dumps({"type": "orbit.list-anchors"}))
+            self.assertEqual([x["id"] for x in (await recv_type(ca, "orbit.anchors"))["anchors"]], ["far"])
+            # A subscription on A reaches the anchor on B.
+            await ca.send(json.dumps({"type": "orbit.subscribe", "threadId": "x"}))
+            await recv_type(ca, "orbit.subscribed")
+            note = await recv_type(anchor, "orbit.client-subscribed", 10)
+            self.assertEqual((note["threadId"], note["clientId"]), ("x", "on-a"))
+            await cb.send(json.dumps({"type": "orbit.subscribe", "threadId": "x"}))
+            await recv_type(cb, "orbit.subscribed")
+            # A request from A to the anchor on B, and its answer back to A only.
+            await ca.send(json.dumps({"id": 42, "method": "run", "params": {"threadId": "x"}}))
+            req = await recv_json(anchor, 10)
+            while "method" not in req:
+                req = await recv_json(anchor, 10)
+            self.assertEqual(req["method"], "run")
+            await anchor.send(json.dumps({"id": req["id"], "result": {"threadId": "x", "ok": 1}}))
+            self.assertEqual(await recv_json(ca, 10), {"id": 42, "result": {"threadId": "x", "ok": 1}})
+            # The anchor's notification reaches the thread's followers on both replicas.
+            await anchor.send(json.dumps({"method": "out", "params": {"threadId": "x", "n": 1}}))
+            self.assertEqual((await recv_json(ca, 10))["params"]["n"], 1)
+            self.assertEqual((await recv_json(cb, 10))["params"]["n"], 1)
+            # Too large to cross replicas: said so, not lost silently.
+            await ca.send(json.dumps({"id": 43, "method": "run", "params": {"threadId": "x", "pad": "z" * 9000}}))
+            self.assertEqual((await recv_json(ca, 10))["error"]["data"]["code"], "message_too_large")
+            await anchor.close()
+            gone = await recv_type(ca, "orbit.anchor-disconnected", 10)
+            self.assertEqual(gone["anchorId"], "far")
+            await ca.close()
+            await cb.close()
+        run(go())
+
+    def test_a_dead_replicas_anchors_leave_the_list(self):
+        c = h.start_control("postgres", db_url=self.a.db_url,
+                            env_extra={"JWT_SECRET_KEY": self.a.jwt_secret, "WORKER_SECRET_KEY": self.a.worker_secret})
+        user = h.register_user(self.a)
+        device = device_token(self.a, user)
+        ra, rc = Relay(self.a), Relay(c)
+
+        async def go():
+            client = await ra.client(user.token)
+            anchor = await rc.anchor(device, "doomed")
+            await recv_type(client, "orbit.anchor-connected", 10)
+            c.process.proc.kill()  # no goodbye: its anchors must expire
+            killed = time.monotonic()
+            gone = await recv_type(client, "orbit.anchor-disconnected", 30)
+            waited = time.monotonic() - killed
+            h.report("relay: a killed replica's anchor left the other replica's list after %.1f s", waited)
+            self.assertEqual(gone["anchorId"], "doomed")
+            self.assertLess(waited, 18)  # 15 s without a heartbeat (sent every 5 s), checked every second
+            await client.send(json.dumps({"type": "orbit.list-anchors"}))
+            self.assertEqual((await recv_type(client, "orbit.anchors"))["anchors"], [])
+            await client.close()
+            del anchor
+        try:
+            run(go())
+        finally:
+            c.stop(drop_database=False)
+
+
 class RelayShutdownTest(unittest.TestCase):
     def test_shutdown_tells_every_socket_to_go_away(self):
         server = h.start_control()
