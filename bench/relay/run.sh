@@ -8,7 +8,8 @@
 #   4. with -p POSTGRES_URL (an empty database): two control planes on it, the fan-out again with
 #      the anchor on one and the subscribers on the other (the cross-replica hop).
 # Usage: bench/relay/run.sh [-n SOCKETS] [-f SUBSCRIBERS] [-m MESSAGES] [-s SECONDS] [-p POSTGRES_URL]
-# Loopback only; stops what it started. Needs ulimit -n above SOCKETS + 100 (it raises it if it can).
+# Loopback only; stops what it started. Needs ulimit -n above SOCKETS and SUBSCRIBERS + 1000 (it
+# raises it if it can).
 set -euo pipefail
 N=10000 F=1000 M=50 S=5 PG=""
 while getopts "n:f:m:s:p:h" o; do
@@ -18,7 +19,10 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="${AG_BIN:-$ROOT/build/antigravity}"
 LOAD="${AG_RELAY_BENCH:-$ROOT/build/bench/relay/ag_relay_bench}"
 [[ -x $LOAD ]] || { echo "build it first: ninja -C build ag_relay_bench" >&2; exit 1; }
-ulimit -n "$(( N + 1000 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# Descriptors for the larger of the idle sockets and the followers, on both ends, and some spare.
+want=$(( (N > F ? N : F) + 1000 ))
+ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+(( $(ulimit -n) >= want )) || echo "warning: ulimit -n is $(ulimit -n), below the $want this run needs" >&2
 WORK="$(mktemp -d)"
 PID="" PID2=""
 cleanup() { for p in $PID $PID2; do kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; rm -rf "$WORK"; }

@@ -27,6 +27,7 @@
 #include <set>
 #include <cctype>
 #include <stdexcept>
+#include <cerrno>
 #include <thread>
 
 #include "http/upgrade.hpp"
@@ -93,13 +94,28 @@ struct Server::Impl {
     co_return out;
   }
 
+  std::chrono::steady_clock::time_point last_accept_warning{};
   asio::awaitable<void> accept_loop() {
     for (;;) {
       boost::system::error_code ec;
       tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-        spdlog::warn("accept failed: {}", ec.message());
+        // Out of file descriptors (or memory): accepting again at once fails again at once, a
+        // busy loop. Pause accepting for 100 ms, as nginx does; pending connections wait in the
+        // listen backlog meanwhile. One warning per second at most.
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_accept_warning >= std::chrono::seconds(1)) {
+          last_accept_warning = now;
+          spdlog::warn("accept failed: {}{}", ec.message(),
+                       ec == asio::error::no_descriptors ? " (raise the open-file limit, ulimit -n)" : "");
+        }
+        if (ec == asio::error::no_descriptors || ec.value() == ENFILE || ec == asio::error::no_buffer_space ||
+            ec == asio::error::no_memory) {
+          asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
+          boost::system::error_code ignored;
+          co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+        }
         continue;
       }
       std::string ip;

@@ -105,6 +105,57 @@ def make_certificate(directory):
 
 
 @unittest.skipIf(shutil.which("openssl") is None, "needs the openssl command")
+class DescriptorExhaustionTests(unittest.TestCase):
+    """Out of file descriptors, the control plane pauses accepting instead of retrying in a busy
+    loop, and accepts again once descriptors are free."""
+
+    @unittest.skipIf(shutil.which("prlimit") is None, "needs prlimit (util-linux)")
+    def test_out_of_descriptors_does_not_spin(self):
+        workdir = tempfile.mkdtemp(prefix="ag-control-fds-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        env = h.base_env({"DATABASE_URL": "sqlite:///" + os.path.join(workdir, "ag.db")})
+        proc = subprocess.Popen(["prlimit", "--nofile=64:64", h.AG_BIN, "control", "--listen", "127.0.0.1:0"],
+                                cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.stderr.close)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        port = None
+        lines = []
+        deadline = time.monotonic() + 20
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "listening on http://127.0.0.1:" in line:
+                port = int(line.split("listening on http://127.0.0.1:", 1)[1].split()[0])
+        self.assertIsNotNone(port, "".join(lines))
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # keep draining
+        socks = []
+        for _ in range(120):  # past the 64 descriptors: the rest wait in the listen backlog
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+
+        def ticks():
+            with open("/proc/%d/stat" % proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+
+        t0 = ticks()
+        time.sleep(2)
+        used = (ticks() - t0) / os.sysconf("SC_CLK_TCK") / 2
+        h.report("control plane out of descriptors: %.1f%% of a core", used * 100)
+        self.assertLess(used, 0.2, "the accept loop spins when out of descriptors")
+        for sk in socks:
+            sk.close()
+        # Descriptors free again: it answers.
+        def health():
+            try:
+                return h.http_request("127.0.0.1", port, "GET", "/health", timeout=5).status
+            except OSError:
+                return None
+        status, _, ok = h.poll_until(health, lambda s: s == 200, 15)
+        self.assertTrue(ok, status)
+
+
 class TlsTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
