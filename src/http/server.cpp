@@ -108,10 +108,11 @@ struct Server::Impl {
         if (now - last_accept_warning >= std::chrono::seconds(1)) {
           last_accept_warning = now;
           spdlog::warn("accept failed: {}{}", ec.message(),
-                       ec == asio::error::no_descriptors ? " (raise the open-file limit, ulimit -n)" : "");
+                       ec.value() == EMFILE ? " (raise the open-file limit, ulimit -n)" : "");
         }
-        if (ec == asio::error::no_descriptors || ec.value() == ENFILE || ec == asio::error::no_buffer_space ||
-            ec == asio::error::no_memory) {
+        // By errno value: accept's errors are system errors.
+        const int e = ec.value();
+        if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
           asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
           boost::system::error_code ignored;
           co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ignored));

@@ -110,6 +110,9 @@ class DescriptorExhaustionTests(unittest.TestCase):
     loop, and accepts again once descriptors are free."""
 
     @unittest.skipIf(shutil.which("prlimit") is None, "needs prlimit (util-linux)")
+    @unittest.skipIf("ASAN_OPTIONS" in os.environ,
+                     "under the sanitizers: UBSan's dynamic-type check needs file descriptors of its "
+                     "own and reports a false error when the process has none left")
     def test_out_of_descriptors_does_not_spin(self):
         workdir = tempfile.mkdtemp(prefix="ag-control-fds-")
         self.addCleanup(shutil.rmtree, workdir, True)
@@ -146,13 +149,13 @@ class DescriptorExhaustionTests(unittest.TestCase):
         self.assertLess(used, 0.2, "the accept loop spins when out of descriptors")
         for sk in socks:
             sk.close()
-        # Descriptors free again: it answers.
-        def health():
+        # Descriptors free again: it accepts and answers (the API document needs no database).
+        def answer():
             try:
-                return h.http_request("127.0.0.1", port, "GET", "/health", timeout=5).status
-            except OSError:
+                return h.http_request("127.0.0.1", port, "GET", "/openapi.json", timeout=5).status
+            except (OSError, http.client.HTTPException):
                 return None
-        status, _, ok = h.poll_until(health, lambda s: s == 200, 15)
+        status, _, ok = h.poll_until(answer, lambda s: s == 200, 30)
         self.assertTrue(ok, status)
 
 
