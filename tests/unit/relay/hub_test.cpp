@@ -71,13 +71,21 @@ class Wire : public Bus {
   }
 };
 
-TEST(RelayHub, AThreadAcrossTwoReplicas) {
+// Hubs "A" and "B", each publishing to the other.
+struct TwoReplicas {
+  TwoReplicas() {
+    ab.to = &b;
+    ba.to = &a;
+    a.attach(&ab, "A");
+    b.attach(&ba, "B");
+  }
   Hub a, b;
   Wire ab, ba;
-  ab.to = &b;
-  ba.to = &a;
-  a.attach(&ab, "A");
-  b.attach(&ba, "B");
+};
+
+TEST(RelayHub, AThreadAcrossTwoReplicas) {
+  TwoReplicas r;
+  Hub &a = r.a, &b = r.b;
   auto client = open(a, Role::kClient, "u", "c");
   auto stranger = open(a, Role::kClient, "v", "s");
   auto anchor = open(b, Role::kAnchor, "u", "dev");
@@ -102,12 +110,9 @@ TEST(RelayHub, AThreadAcrossTwoReplicas) {
 }
 
 TEST(RelayHub, ASilentReplicasAnchorsExpire) {
-  Hub a, b;
-  Wire ab, ba;
-  ab.to = &b;
-  ba.to = &a;
-  a.attach(&ab, "A");
-  b.attach(&ba, "B");
+  TwoReplicas r;
+  Hub &a = r.a, &b = r.b;
+  Wire& ba = r.ba;
   auto client = open(a, Role::kClient, "u", "c");
   auto anchor = open(b, Role::kAnchor, "u", "dev");
   hello(b, anchor, "far");
