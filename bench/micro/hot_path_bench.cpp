@@ -21,6 +21,7 @@
 #include "gateway/stages/accept/client.hpp"
 #include "gateway/stages/identify/credentials.hpp"
 #include "gateway/stages/log/log_line.hpp"
+#include "gateway/stages/log/traffic.hpp"
 #include "gateway/stages/proxy/headers.hpp"
 #include "gateway/stages/risk/endpoint.hpp"
 #include "gateway/stages/risk/risk.hpp"
@@ -121,6 +122,28 @@ void BM_ApplyOneKeyDelta(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(config::apply_delta(f.snapshot, delta, bench_ctx).snapshot);
 }
 BENCHMARK(BM_ApplyOneKeyDelta);
+
+// The log stage's per-project traffic tally (a worker with a control plane counts every request
+// this way): one project, a 200 answered in ~0.4 ms, handed over every 4,096 requests (the sweep
+// does it every 250 ms on a real thread).
+void BM_TrafficTally(benchmark::State& state) {
+  auto& f = fixture();
+  const config::Project* project = nullptr;
+  for (const auto& p : f.snapshot->projects)
+    if (p) project = p.get();
+  gateway::stages::TrafficShard shard;
+  gateway::stages::TrafficByHour into;
+  std::int64_t n = 0;
+  for (auto _ : state) {
+    shard.count(*project, 200, gateway::Reason::kNone, 420000);
+    if ((++n & 4095) == 0) {
+      shard.hand_over(1'780'000'000'000);
+      shard.take(into);
+    }
+  }
+  benchmark::DoNotOptimize(into.size());
+}
+BENCHMARK(BM_TrafficTally);
 
 // Service tokens as the worker sees them: {"jti":uuid,"project","service","iat","exp"}.
 struct TokenFixture {

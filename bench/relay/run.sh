@@ -75,8 +75,10 @@ echo >&"${HOLD[1]}"
 wait "$HOLD_PID" 2>/dev/null || true
 sleep 1
 
-# 2. Fan-out.
-"$LOAD" "$PORT" "$TOKEN" "$DEVICE" fanout "$F" "$M"
+# 2. Fan-out. The generator reads the control planes' CPU time (utime + stime in /proc) while the
+# messages go out (RELAY_PIDS) and reports it per delivery beside its own.
+fanout() { RELAY_PIDS="$PID $PID2" "$LOAD" "$1" "$TOKEN" "$DEVICE" fanout "$F" "$M"; }
+fanout "$PORT"
 # 3. Round trips.
 "$LOAD" "$PORT" "$TOKEN" "$DEVICE" rtt "$S"
 # 4. Across two replicas.
@@ -84,7 +86,7 @@ if [[ -n $PG ]]; then
   read -r PID2 PORT2 < <(start_control)
   sleep 6  # a heartbeat: each replica knows the other's anchors
   echo "same replica:"
-  "$LOAD" "$PORT" "$TOKEN" "$DEVICE" fanout "$F" "$M"
+  fanout "$PORT"
   echo "anchor on one replica, subscribers on the other:"
-  "$LOAD" "$PORT,$PORT2" "$TOKEN" "$DEVICE" fanout "$F" "$M"
+  fanout "$PORT,$PORT2"
 fi

@@ -10,7 +10,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -44,14 +44,27 @@ struct Server::Impl {
   ServerOptions options;
   RequestHandler handler;
   ProtocolErrorHandler on_error;
-  asio::io_context ioc;
-  tcp::acceptor acceptor{ioc};
+  // One event loop per I/O thread (concurrency hint 1: a thread's own queue takes no lock). The
+  // acceptor runs on the first and hands each connection to the next loop in turn; a connection
+  // stays on its loop for its whole life, also after an upgrade, so its handlers never run
+  // concurrently and need no strand, and whoever shares its thread reaches it without a
+  // cross-thread wake-up (the relay's fan-out: docs/benchmarks.md, "Relay").
+  std::vector<std::unique_ptr<asio::io_context>> loops;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> keep_running;
+  std::size_t next_loop = 0;
+  tcp::acceptor acceptor;
   std::uint16_t port = 0;
   std::unique_ptr<ssl::context> tls;
-  // Declared after ioc: destroyed (joined) first, so no handler finishes into a dead io_context.
+  // Declared after the loops: destroyed (joined) first, so no handler finishes into a dead loop.
   std::optional<asio::thread_pool> pool;
 
-  // Long polls. Each session runs on its own strand, so a wake-up posted to that strand cannot
+  static std::vector<std::unique_ptr<asio::io_context>> make_loops(int n) {
+    std::vector<std::unique_ptr<asio::io_context>> v;
+    for (int i = 0; i < std::max(1, n); ++i) v.push_back(std::make_unique<asio::io_context>(1));
+    return v;
+  }
+
+  // Long polls. A session's handlers all run on its one loop, so a wake-up posted there cannot
   // race the session arming its timer; `generation` closes the gap between the handler's check
   // and the wait.
   struct Waiter {
@@ -71,13 +84,15 @@ struct Server::Impl {
   }
 
   Impl(ServerOptions o, RequestHandler h, ProtocolErrorHandler e)
-      : options(std::move(o)), handler(std::move(h)), on_error(std::move(e)), ioc(options.threads) {
+      : options(std::move(o)), handler(std::move(h)), on_error(std::move(e)), loops(make_loops(options.threads)),
+        acceptor(*loops.front()) {
+    for (auto& l : loops) keep_running.push_back(asio::make_work_guard(*l));
     if (options.handler_threads > 0) pool.emplace(static_cast<std::size_t>(options.handler_threads));
   }
 
   // Runs `f` on the handler pool (or here, without one) and resumes the calling coroutine on its
-  // own strand with the result. The pool signals completion by cancelling a timer posted to the
-  // strand (the coroutine has suspended on it by then: the strand runs one thing at a time);
+  // own loop with the result. The pool signals completion by cancelling a timer posted to the
+  // loop (the coroutine has suspended on it by then: the loop runs one thing at a time);
   // Server::run() joins the pool before this frame can be destroyed.
   template <class F>
   asio::awaitable<Response> on_pool(F f) {
@@ -98,7 +113,9 @@ struct Server::Impl {
   asio::awaitable<void> accept_loop() {
     for (;;) {
       boost::system::error_code ec;
-      tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+      asio::io_context& loop = *loops[next_loop++ % loops.size()];
+      tcp::socket socket = co_await acceptor.async_accept(asio::any_io_executor(loop.get_executor()),
+                                                          asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
         // Out of file descriptors (or memory): accepting again at once fails again at once, a
@@ -128,11 +145,10 @@ struct Server::Impl {
         // delayed ACK (~40 ms, Nagle's algorithm).
         socket.set_option(tcp::no_delay(true), ignored);
       }
-      auto strand = asio::make_strand(ioc);
       if (tls) {
-        asio::co_spawn(strand, tls_session(beast::tcp_stream(std::move(socket)), std::move(ip)), asio::detached);
+        asio::co_spawn(loop, tls_session(beast::tcp_stream(std::move(socket)), std::move(ip)), asio::detached);
       } else {
-        asio::co_spawn(strand, session(beast::tcp_stream(std::move(socket)), std::move(ip)), asio::detached);
+        asio::co_spawn(loop, session(beast::tcp_stream(std::move(socket)), std::move(ip)), asio::detached);
       }
     }
   }
@@ -311,10 +327,11 @@ std::uint16_t Server::bound_port() const { return impl_->port; }
 bool Server::tls() const { return impl_->tls != nullptr; }
 
 void Server::run() {
-  asio::co_spawn(impl_->ioc, impl_->accept_loop(), asio::detached);
+  auto& loops = impl_->loops;
+  asio::co_spawn(*loops.front(), impl_->accept_loop(), asio::detached);
   std::vector<std::thread> threads;
-  for (int i = 1; i < impl_->options.threads; ++i) threads.emplace_back([this] { impl_->ioc.run(); });
-  impl_->ioc.run();
+  for (std::size_t i = 1; i < loops.size(); ++i) threads.emplace_back([l = loops[i].get()] { l->run(); });
+  loops.front()->run();
   for (auto& t : threads) t.join();
   if (impl_->pool) impl_->pool->join();
 }
@@ -322,10 +339,10 @@ void Server::run() {
 void Server::wake_all() { impl_->wake_all(); }
 
 void Server::stop() {
-  asio::post(impl_->ioc, [this] {
+  asio::post(*impl_->loops.front(), [this] {
     boost::system::error_code ec;
     impl_->acceptor.close(ec);
-    impl_->ioc.stop();
+    for (auto& l : impl_->loops) l->stop();
   });
 }
 

@@ -2,7 +2,8 @@
 // The HTTP/1.1 server of the control plane (and of the worker's admin port). Beast stays inside
 // server.cpp; an upgraded connection is handed over as http/upgrade.hpp's UpgradedConnection.
 //
-// Threads: `threads` I/O threads read and write every connection (and do TLS); handlers that may
+// Threads: `threads` I/O threads, each with its own event loop, read and write the connections
+// (and do TLS); a connection stays on the thread that accepted it. Handlers that may
 // block (database work) run on a separate pool of `handler_threads`, so a slow handler never
 // holds up reading, writing, TLS handshakes, held long polls or the answers that need no
 // handler thread (`runs_inline`). With handler_threads = 0 every handler runs on the I/O threads

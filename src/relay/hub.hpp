@@ -1,9 +1,10 @@
 #pragma once
 // The relay's routing state (docs/relay.md, "Routing"): for each user, their connected clients and
 // anchors, which clients follow which thread, which anchor a thread is bound to, and the requests
-// waiting for an anchor's answer. Sockets call on_open / on_message / on_close from their own
-// strands; the hub holds its lock only to read or change that state and sends after releasing it,
-// so one slow socket never holds up another (a send only appends to the socket's bounded queue).
+// waiting for an anchor's answer. Sockets call on_open / on_message / on_close from their I/O
+// threads; the hub holds its lock only to read or change that state and sends after releasing it,
+// so one slow socket never holds up another (a send appends to the socket's bounded queue and at
+// most starts a non-blocking write).
 //
 // Users never meet: every lookup is inside the caller's own user.
 #include <atomic>

@@ -1,7 +1,10 @@
-// The relay's WebSockets (Beast), one object per socket, every handler on the socket's strand.
-// Nothing waits on a thread: a socket is a pending read, and a write only while it has
-// something to send; an idle socket holds the WebSocket stream, an empty read buffer and this
-// object (docs/benchmarks.md, "Relay": bytes per idle socket).
+// The relay's WebSockets (Beast), one object per socket, every handler on the event loop of the
+// I/O thread the connection arrived on (http/server.cpp: one loop per thread, a connection never
+// moves), so a socket's handlers never run at once and need no strand. A message for a socket
+// goes to its thread's mailbox, which that thread empties in one handler (a fan-out wakes each
+// other thread once, not once per socket). Nothing waits on a thread: a socket is a pending read,
+// and a write only while it has something to send; an idle socket holds the WebSocket stream, an
+// empty read buffer and this object (docs/benchmarks.md, "Relay": bytes per idle socket).
 //
 // Writes: Beast allows one write at a time and keeps no queue, so each socket has its own,
 // bounded in bytes (Limits::max_queue_bytes). Over the bound the socket is a slow consumer: what
@@ -9,10 +12,10 @@
 // written within 5 s, the TCP connection is cut. Other sockets never wait for it: a send only
 // appends to this queue.
 #include <boost/asio/bind_executor.hpp>
+#include <boost/asio/execution_context.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/websocket/stream.hpp>
 
@@ -21,6 +24,7 @@
 #include <mutex>
 #include <unordered_map>
 #include <variant>
+#include <vector>
 
 #include "common/crypto.hpp"
 #include "common/time.hpp"
@@ -57,22 +61,101 @@ struct Relay::Impl {
 
 namespace {
 
+// What a mailbox calls on its own thread: queue the message, and write it if nothing is being written.
+class Delivery : public Peer {
+ public:
+  using Peer::Peer;
+  virtual void deliver(std::shared_ptr<const std::string> text) = 0;
+};
+
+// One per I/O thread's event loop (an Asio service of its io_context): messages for that thread's
+// sockets. The first message into an empty mailbox posts one drain handler; the rest ride along
+// with it. Also for sockets on the sender's own thread: a fan-out first hands every other thread
+// its whole share (one wake-up each) and writes its own share after, so the threads write in
+// parallel (docs/benchmarks.md, "Relay").
+class Mailbox : public asio::execution_context::service {
+ public:
+  static asio::execution_context::id id;
+  explicit Mailbox(asio::execution_context& ctx) : service(ctx) {}
+
+  void put(asio::io_context::executor_type loop, std::shared_ptr<Delivery> to, std::shared_ptr<const std::string> text) {
+    {
+      std::lock_guard lock(mu_);
+      items_.emplace_back(std::move(to), std::move(text));
+      if (scheduled_) return;
+      scheduled_ = true;
+    }
+    asio::post(loop, [this] { drain(); });
+  }
+
+ private:
+  void shutdown() override {}
+
+  // On the mailbox's own thread.
+  void drain() {
+    {
+      std::lock_guard lock(mu_);
+      draining_.swap(items_);
+      scheduled_ = false;
+    }
+    for (auto& [to, text] : draining_) to->deliver(std::move(text));
+    draining_.clear();  // keeps its capacity for the next fan-out
+  }
+
+  std::mutex mu_;
+  std::vector<std::pair<std::shared_ptr<Delivery>, std::shared_ptr<const std::string>>> items_, draining_;
+  bool scheduled_ = false;
+};
+asio::execution_context::id Mailbox::id;
+
+template <class Executor>
+asio::io_context& loop_of(const Executor& ex) {
+  return static_cast<asio::io_context&>(asio::query(ex, asio::execution::context));
+}
+
+// A plain connection leaves Beast's tcp_stream for a socket typed with its loop's own executor:
+// no per-operation timer bookkeeping and no type-erased executor copies on each write (the
+// WebSocket stream keeps its own handshake and idle timeouts). Measured with bench/relay/run.sh:
+// docs/benchmarks.md, "Relay".
+using PlainSocket = asio::basic_stream_socket<asio::ip::tcp, asio::io_context::executor_type>;
+
+PlainSocket rebind(beast::tcp_stream& stream) {
+  auto& old = stream.socket();
+  auto& loop = loop_of(old.get_executor());
+  PlainSocket sock(loop.get_executor());
+  boost::system::error_code ec;
+  auto protocol = old.local_endpoint(ec).protocol();
+  if (ec) return sock;  // already gone: the handshake fails and the socket finishes
+  auto fd = old.release(ec);
+  if (!ec) sock.assign(protocol, fd, ec);
+  return sock;
+}
+
+// The TCP socket under a WebSocket stream, plain or TLS.
+template <class Stream>
+auto& tcp_socket_of(Stream& ws) {
+  auto& lowest = beast::get_lowest_layer(ws);
+  if constexpr (requires { lowest.socket(); }) return lowest.socket();
+  else return lowest;
+}
+
 template <class Next>
-class Socket : public Peer, public std::enable_shared_from_this<Socket<Next>> {
+class Socket : public Delivery, public std::enable_shared_from_this<Socket<Next>> {
  public:
   Socket(std::shared_ptr<Relay::Impl> relay, Next&& next, Identity who)
-      : Peer(who.role, std::move(who.user_id), std::move(who.id)),
+      : Delivery(who.role, std::move(who.user_id), std::move(who.id)),
         relay_(std::move(relay)),
         ws_(std::move(next)),
-        // A strand of the server's io_context's own executor type: Beast 1.74's saved handlers need
-        // an executor with the work-counting interface, which a strand of any_io_executor lacks.
-        strand_(asio::make_strand(static_cast<asio::io_context&>(asio::query(ws_.get_executor(), asio::execution::context)))) {}
+        // The connection's own loop, as io_context::executor_type: Beast 1.74's saved handlers need
+        // an executor with the work-counting interface.
+        loop_(loop_of(ws_.get_executor()).get_executor()),
+        mailbox_(asio::use_service<Mailbox>(loop_of(ws_.get_executor()))) {}
 
   void start(beast::http::request<beast::http::string_body> req, std::optional<websocket::close_reason> reject) {
     auto self = this->shared_from_this();
-    asio::post(strand_, [self, req = std::move(req), reject = std::move(reject)]() mutable {
+    asio::post(loop_, [self, req = std::move(req), reject = std::move(reject)]() mutable {
       self->configure();
-      self->ws_.async_accept(req, asio::bind_executor(self->strand_, [self, reject](beast::error_code ec) {
+      self->ws_.async_accept(req, asio::bind_executor(self->loop_, [self, reject](beast::error_code ec) {
         if (ec) return self->finish(false);
         if (reject) {
           self->closing_ = true;
@@ -92,13 +175,14 @@ class Socket : public Peer, public std::enable_shared_from_this<Socket<Next>> {
   }
 
   void send(std::shared_ptr<const std::string> text) override {
-    auto self = this->shared_from_this();
-    asio::post(strand_, [self, text = std::move(text)]() mutable { self->enqueue(std::move(text)); });
+    mailbox_.put(loop_, this->shared_from_this(), std::move(text));
   }
+
+  void deliver(std::shared_ptr<const std::string> text) override { enqueue(std::move(text)); }
 
   void close(std::uint16_t code, std::string reason) override {
     auto self = this->shared_from_this();
-    asio::post(strand_, [self, code, reason = std::move(reason)]() mutable {
+    asio::post(loop_, [self, code, reason = std::move(reason)]() mutable {
       self->begin_close(close_why(code, reason));
     });
   }
@@ -124,7 +208,7 @@ class Socket : public Peer, public std::enable_shared_from_this<Socket<Next>> {
   }
 
   void do_read() {
-    ws_.async_read(rbuf_, asio::bind_executor(strand_, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+    ws_.async_read(rbuf_, asio::bind_executor(loop_, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
       self->on_read(ec);
     }));
   }
@@ -174,7 +258,7 @@ class Socket : public Peer, public std::enable_shared_from_this<Socket<Next>> {
   void do_write() {
     writing_ = true;
     ws_.async_write(asio::buffer(*queue_.front()),
-                    asio::bind_executor(strand_, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                    asio::bind_executor(loop_, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
                       self->on_write(ec);
                     }));
   }
@@ -209,11 +293,11 @@ class Socket : public Peer, public std::enable_shared_from_this<Socket<Next>> {
       queue_.pop_back();
     }
     // A peer that reads nothing may never take the close frame: cut the connection after 5 s.
-    cutoff_ = std::make_unique<asio::steady_timer>(strand_, std::chrono::seconds(5));
+    cutoff_ = std::make_unique<asio::steady_timer>(loop_, std::chrono::seconds(5));
     cutoff_->async_wait([self = this->shared_from_this()](beast::error_code ec) {
       if (!ec && !self->finished_) {
         beast::error_code ignored;
-        beast::get_lowest_layer(self->ws_).socket().close(ignored);
+        tcp_socket_of(self->ws_).close(ignored);
       }
     });
     if (writing_) pending_close_ = std::move(why);
@@ -221,7 +305,7 @@ class Socket : public Peer, public std::enable_shared_from_this<Socket<Next>> {
   }
 
   void do_close(const websocket::close_reason& why) {
-    ws_.async_close(why, asio::bind_executor(strand_, [self = this->shared_from_this()](beast::error_code) {
+    ws_.async_close(why, asio::bind_executor(loop_, [self = this->shared_from_this()](beast::error_code) {
       // The read in progress ends with the peer's close (or the cut-off); finish() runs there.
       if (!self->opened_) self->finish(false);
     }));
@@ -246,7 +330,8 @@ class Socket : public Peer, public std::enable_shared_from_this<Socket<Next>> {
 
   std::shared_ptr<Relay::Impl> relay_;
   websocket::stream<Next> ws_;
-  asio::strand<asio::io_context::executor_type> strand_;
+  asio::io_context::executor_type loop_;
+  Mailbox& mailbox_;
   beast::flat_buffer rbuf_;
   std::deque<std::shared_ptr<const std::string>> queue_;
   std::size_t queued_ = 0;
@@ -267,8 +352,14 @@ void serve(std::shared_ptr<Relay::Impl> impl, Next&& next, beast::http::request<
 
 void dispatch(const std::shared_ptr<Relay::Impl>& impl, std::unique_ptr<http::UpgradedConnection> conn, Identity who,
               std::optional<websocket::close_reason> reject) {
-  std::visit([&](auto& stream) { serve(impl, std::move(stream), std::move(conn->request), std::move(who), std::move(reject)); },
-             conn->stream);
+  std::visit(
+      [&](auto& stream) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(stream)>, http::UpgradedConnection::Plain>)
+          serve(impl, rebind(stream), std::move(conn->request), std::move(who), std::move(reject));
+        else
+          serve(impl, std::move(stream), std::move(conn->request), std::move(who), std::move(reject));
+      },
+      conn->stream);
 }
 
 }  // namespace
