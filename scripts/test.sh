@@ -23,11 +23,17 @@ fi
 build() {
   ./scripts/setup.sh
   if ((SANITIZE)); then
-    # -O0: the build is the larger part of this suite's time, and -O0 builds in well under half
-    # the time of -O1 with sanitizers, while the suite is I/O bound either way.
+    # clang 14 at -O0 -g1, with the libFuzzer targets (AG_BUILD_FUZZ implies the sanitizers): one
+    # build serves this suite and CI's fuzz phase (FUZZ_BUILD_DIR=build-asan ./scripts/fuzz.sh).
+    # The build is the larger part of this suite's time; -O0 compiles in half the time of -O1,
+    # line tables (-g1) are all a report's stack needs, and the suite is I/O bound either way.
     BUILD_DIR="${BUILD_DIR:-build-asan}"
-    BUILD_DIR="$BUILD_DIR" BUILD_TYPE="${BUILD_TYPE:-Debug}" ./scripts/build.sh \
-      -DAG_BUILD_TESTS=ON -DAG_SANITIZE=ON -DAG_BUILD_BENCH=OFF
+    if [[ -f $BUILD_DIR/CMakeCache.txt ]] && ! grep -q '^AG_BUILD_FUZZ:BOOL=ON' "$BUILD_DIR/CMakeCache.txt"; then
+      echo "test: $BUILD_DIR was configured without clang's fuzz build; configuring it afresh"
+      rm -rf "$BUILD_DIR"
+    fi
+    CC=clang-14 CXX=clang++-14 BUILD_DIR="$BUILD_DIR" BUILD_TYPE="${BUILD_TYPE:-Debug}" ./scripts/build.sh \
+      -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g1" -DAG_BUILD_TESTS=ON -DAG_BUILD_FUZZ=ON -DAG_BUILD_BENCH=OFF
   else
     BUILD_DIR="${BUILD_DIR:-build}"
     BUILD_DIR="$BUILD_DIR" ./scripts/build.sh -DAG_BUILD_TESTS=ON
