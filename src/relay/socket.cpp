@@ -23,6 +23,7 @@
 #include <deque>
 #include <mutex>
 #include <unordered_map>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -49,13 +50,27 @@ websocket::close_reason close_why(std::uint16_t code, std::string_view reason) {
 struct Relay::Impl {
   explicit Impl(Limits l) : limits(l) {}
   Limits limits;
+  std::mutex mu;
   Hub hub;
   std::atomic<bool> stopping{false};
-  std::atomic<std::int64_t> clients{0}, anchors{0}, queued_bytes{0};
-  std::atomic<std::uint64_t> messages_in{0}, messages_out{0};
+  std::atomic<std::int64_t> clients{0}, anchors{0};
+  // Counters every message touches, one set per I/O thread, each written only by its own thread
+  // (a plain load and store, no locked instruction) and on a cache line of its own: a fan-out
+  // on two threads does not bounce one line between them for every delivery. stats() sums them.
+  struct alignas(64) LoopCounters {
+    std::atomic<std::int64_t> queued_bytes{0};
+    std::atomic<std::uint64_t> messages_in{0}, messages_out{0};
+  };
+  std::deque<LoopCounters> loop_counters;  // under mu; a deque never moves its elements
+  std::unordered_map<const void*, LoopCounters*> counters_by_loop;
+  LoopCounters& counters_for(const void* loop) {
+    std::lock_guard lock(mu);
+    auto& c = counters_by_loop[loop];
+    if (!c) c = &loop_counters.emplace_back();
+    return *c;
+  }
   std::atomic<std::uint64_t> closed_slow{0}, closed_rate{0}, closed_too_big{0}, closed_idle{0};
   // Every open socket, for shutdown (anchors are in the hub only after anchor.hello).
-  std::mutex mu;
   std::unordered_map<Peer*, std::weak_ptr<Peer>> open;
 };
 
@@ -81,7 +96,8 @@ class Mailbox : public asio::execution_context::service {
   void put(asio::io_context::executor_type loop, std::shared_ptr<Delivery> to, std::shared_ptr<const std::string> text) {
     {
       std::lock_guard lock(mu_);
-      items_.emplace_back(std::move(to), std::move(text));
+      if (items_.empty() || items_.back().text != text) items_.push_back(Batch{std::move(text), {}});
+      items_.back().to.push_back(std::move(to));
       if (scheduled_) return;
       scheduled_ = true;
     }
@@ -98,15 +114,31 @@ class Mailbox : public asio::execution_context::service {
       draining_.swap(items_);
       scheduled_ = false;
     }
-    for (auto& [to, text] : draining_) to->deliver(std::move(text));
-    draining_.clear();  // keeps its capacity for the next fan-out
+    for (auto& b : draining_) {
+      // A message for several sockets here is copied once: their queues then share a reference
+      // count that only this thread touches, not the sender's, which other threads count too.
+      auto text = b.to.size() > 1 ? std::make_shared<const std::string>(*b.text) : std::move(b.text);
+      for (auto& to : b.to) to->deliver(text);
+    }
+    draining_.clear();
   }
 
+  // One message and the sockets here it goes to (a fan-out arrives as one batch).
+  struct Batch {
+    std::shared_ptr<const std::string> text;
+    std::vector<std::shared_ptr<Delivery>> to;
+  };
   std::mutex mu_;
-  std::vector<std::pair<std::shared_ptr<Delivery>, std::shared_ptr<const std::string>>> items_, draining_;
+  std::vector<Batch> items_, draining_;
   bool scheduled_ = false;
 };
 asio::execution_context::id Mailbox::id;
+
+// Adds to a counter only its own thread writes.
+template <class T>
+void bump(std::atomic<T>& counter, std::type_identity_t<T> n) {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
 
 template <class Executor>
 asio::io_context& loop_of(const Executor& ex) {
@@ -149,7 +181,8 @@ class Socket : public Delivery, public std::enable_shared_from_this<Socket<Next>
         // The connection's own loop, as io_context::executor_type: Beast 1.74's saved handlers need
         // an executor with the work-counting interface.
         loop_(loop_of(ws_.get_executor()).get_executor()),
-        mailbox_(asio::use_service<Mailbox>(loop_of(ws_.get_executor()))) {}
+        mailbox_(asio::use_service<Mailbox>(loop_of(ws_.get_executor()))),
+        counters_(relay_->counters_for(&loop_of(ws_.get_executor()))) {}
 
   void start(beast::http::request<beast::http::string_body> req, std::optional<websocket::close_reason> reject) {
     auto self = this->shared_from_this();
@@ -219,7 +252,7 @@ class Socket : public Delivery, public std::enable_shared_from_this<Socket<Next>
       else if (ec == beast::error::timeout) relay_->closed_idle.fetch_add(1);
       return finish(true);
     }
-    relay_->messages_in.fetch_add(1, std::memory_order_relaxed);
+    bump(counters_.messages_in, 1);
     std::string text = beast::buffers_to_string(rbuf_.data());
     rbuf_.consume(rbuf_.size());
     if (rbuf_.capacity() > 4096) rbuf_.shrink_to_fit();  // an idle socket keeps no large buffer
@@ -250,7 +283,7 @@ class Socket : public Delivery, public std::enable_shared_from_this<Socket<Next>
       return begin_close(close_why(kCloseSlow, "slow consumer: too many unsent bytes"));
     }
     queued_ += text->size();
-    relay_->queued_bytes.fetch_add(static_cast<std::int64_t>(text->size()), std::memory_order_relaxed);
+    bump(counters_.queued_bytes, static_cast<std::int64_t>(text->size()));
     queue_.push_back(std::move(text));
     if (!writing_) do_write();
   }
@@ -270,7 +303,7 @@ class Socket : public Delivery, public std::enable_shared_from_this<Socket<Next>
       queue_.pop_front();
     }
     if (ec) return finish(true);
-    relay_->messages_out.fetch_add(1, std::memory_order_relaxed);
+    bump(counters_.messages_out, 1);
     if (pending_close_) {
       auto why = std::move(*pending_close_);
       pending_close_.reset();
@@ -281,7 +314,7 @@ class Socket : public Delivery, public std::enable_shared_from_this<Socket<Next>
 
   void forget(std::size_t n) {
     queued_ -= n;
-    relay_->queued_bytes.fetch_sub(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+    bump(counters_.queued_bytes, -static_cast<std::int64_t>(n));
   }
 
   // Drops what is not yet being written and sends the close frame after the write in progress.
@@ -332,6 +365,7 @@ class Socket : public Delivery, public std::enable_shared_from_this<Socket<Next>
   websocket::stream<Next> ws_;
   asio::io_context::executor_type loop_;
   Mailbox& mailbox_;
+  Relay::Impl::LoopCounters& counters_;  // this thread's
   beast::flat_buffer rbuf_;
   std::deque<std::shared_ptr<const std::string>> queue_;
   std::size_t queued_ = 0;
@@ -398,9 +432,14 @@ Stats Relay::stats() const {
   Stats s;
   s.clients = i.clients.load();
   s.anchors = i.anchors.load();
-  s.queued_bytes = i.queued_bytes.load();
-  s.messages_in = i.messages_in.load();
-  s.messages_out = i.messages_out.load();
+  {
+    std::lock_guard lock(impl_->mu);
+    for (const auto& c : i.loop_counters) {
+      s.queued_bytes += c.queued_bytes.load(std::memory_order_relaxed);
+      s.messages_in += c.messages_in.load(std::memory_order_relaxed);
+      s.messages_out += c.messages_out.load(std::memory_order_relaxed);
+    }
+  }
   s.closed_slow = i.closed_slow.load();
   s.closed_rate = i.closed_rate.load();
   s.closed_too_big = i.closed_too_big.load();
