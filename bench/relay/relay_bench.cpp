@@ -175,6 +175,35 @@ static double relay_cpu_us() {
   return total;
 }
 
+// read_ticks on one thread per core, each with every R-th socket, from construction to join(),
+// which returns every latency they recorded.
+class Readers {
+ public:
+  Readers(const std::vector<int>& fds, int m) {
+    const std::size_t r = std::max(1u, std::thread::hardware_concurrency());
+    lats_.resize(r);  // before any thread starts: each keeps a reference to its own
+    for (std::size_t i = 0; i < r; ++i) {
+      std::vector<int> mine;
+      for (std::size_t k = i; k < fds.size(); k += r) mine.push_back(fds[k]);
+      threads_.emplace_back([this, i, mine = std::move(mine), m] { read_ticks(mine, m, lats_[i]); });
+    }
+  }
+  Readers(const Readers&) = delete;
+  Readers& operator=(const Readers&) = delete;
+  std::vector<double> join() {
+    std::vector<double> all;
+    for (std::size_t i = 0; i < threads_.size(); ++i) {
+      threads_[i].join();
+      all.insert(all.end(), lats_[i].begin(), lats_[i].end());
+    }
+    return all;
+  }
+
+ private:
+  std::vector<std::vector<double>> lats_;
+  std::vector<std::thread> threads_;
+};
+
 // The calling thread's CPU time, in microseconds.
 static double thread_cpu_us() {
   timespec ts{};
@@ -237,15 +266,8 @@ static int floor_run(int n, int m) {
     }
     second_cpu = thread_cpu_us();
   });
-  const std::size_t r = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::vector<double>> lats(r);
-  std::vector<std::thread> readers;
   const double cpu_before = cpu_us();
-  for (std::size_t i = 0; i < r; ++i) {
-    std::vector<int> mine;
-    for (std::size_t k = i; k < readers_fds.size(); k += r) mine.push_back(readers_fds[k]);
-    readers.emplace_back([&lats, i, mine = std::move(mine), m] { read_ticks(mine, m, lats[i]); });
-  }
+  Readers readers(readers_fds, m);
   const double first_before = thread_cpu_us();  // this thread connected the sockets before
   for (int k = 0; k < m; ++k) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -257,10 +279,8 @@ static int floor_run(int n, int m) {
   }
   const double first_cpu = thread_cpu_us() - first_before;
   second.join();
-  for (auto& th : readers) th.join();
+  std::vector<double> lat = readers.join();
   const double cpu_after = cpu_us();
-  std::vector<double> lat;
-  for (auto& v : lats) lat.insert(lat.end(), v.begin(), v.end());
   char what[64];
   std::snprintf(what, sizeof what, "floor: fanout to %d", n);
   report(what, lat);
@@ -313,7 +333,6 @@ int main(int argc, char** argv) {
 
   if (mode == "fanout") {
     std::vector<double> lat;
-    std::vector<std::thread> readers;
     std::vector<int> fds_to_close;
     double cpu_before = 0, cpu_after = 0, relay_before = 0, relay_after = 0;
     asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
@@ -334,25 +353,18 @@ int main(int argc, char** argv) {
       // core sits idle while the relay's last messages wait to be read, so on a 2-core machine
       // the figure is the relay's fan-out, not this generator's backlog.
       for (auto& c : subs) fds_to_close.push_back(beast::get_lowest_layer(*c).socket().release());
-      const std::size_t r = std::max(1u, std::thread::hardware_concurrency());
-      std::vector<std::vector<double>> lats(r);
       cpu_before = cpu_us();
       relay_before = relay_cpu_us();
-      for (std::size_t i = 0; i < r; ++i) {
-        std::vector<int> mine;
-        for (std::size_t k = i; k < fds_to_close.size(); k += r) mine.push_back(fds_to_close[k]);
-        readers.emplace_back([&lats, i, mine = std::move(mine), m] { read_ticks(mine, m, lats[i]); });
-      }
+      Readers readers(fds_to_close, m);
       asio::steady_timer t(ioc);
       for (int k = 0; k < m; ++k) {
         t.expires_after(std::chrono::milliseconds(20));
         co_await t.async_wait(asio::use_awaitable);
         { const json msg = {{"method", "tick"}, {"params", {{"threadId", "bench"}, {"t", now_ns()}}}}; co_await send(*a, msg); }
       }
-      for (auto& th : readers) th.join();
+      lat = readers.join();
       cpu_after = cpu_us();
       relay_after = relay_cpu_us();
-      for (auto& v : lats) lat.insert(lat.end(), v.begin(), v.end());
       keep = std::move(subs);
       keep.push_back(std::move(a));
       ioc.stop();

@@ -93,7 +93,7 @@ class Mailbox : public asio::execution_context::service {
   static asio::execution_context::id id;
   explicit Mailbox(asio::execution_context& ctx) : service(ctx) {}
 
-  void put(asio::io_context::executor_type loop, std::shared_ptr<Delivery> to, std::shared_ptr<const std::string> text) {
+  void put(std::shared_ptr<Delivery> to, std::shared_ptr<const std::string> text) {
     {
       std::lock_guard lock(mu_);
       if (items_.empty() || items_.back().text != text) items_.push_back(Batch{std::move(text), {}});
@@ -101,7 +101,7 @@ class Mailbox : public asio::execution_context::service {
       if (scheduled_) return;
       scheduled_ = true;
     }
-    asio::post(loop, [this] { drain(); });
+    asio::post(static_cast<asio::io_context&>(context()), [this] { drain(); });
   }
 
  private:
@@ -181,8 +181,8 @@ class Socket : public Delivery, public std::enable_shared_from_this<Socket<Next>
         // The connection's own loop, as io_context::executor_type: Beast 1.74's saved handlers need
         // an executor with the work-counting interface.
         loop_(loop_of(ws_.get_executor()).get_executor()),
-        mailbox_(asio::use_service<Mailbox>(loop_of(ws_.get_executor()))),
-        counters_(relay_->counters_for(&loop_of(ws_.get_executor()))) {}
+        mailbox_(asio::use_service<Mailbox>(loop_.context())),
+        counters_(relay_->counters_for(&loop_.context())) {}
 
   void start(beast::http::request<beast::http::string_body> req, std::optional<websocket::close_reason> reject) {
     auto self = this->shared_from_this();
@@ -208,7 +208,7 @@ class Socket : public Delivery, public std::enable_shared_from_this<Socket<Next>
   }
 
   void send(std::shared_ptr<const std::string> text) override {
-    mailbox_.put(loop_, this->shared_from_this(), std::move(text));
+    mailbox_.put(this->shared_from_this(), std::move(text));
   }
 
   void deliver(std::shared_ptr<const std::string> text) override { enqueue(std::move(text)); }
